@@ -1,0 +1,213 @@
+//! config: the command line. Every setting is a flag and an environment
+//! variable; `--help` on each command lists them with their defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::pgconn::ConnInfo;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-relay",
+    version,
+    about = "Realtime chat events from Postgres to WebSocket clients: exactly once, in seq order, only to participants",
+    long_about = "chat-relay follows the chat_messages and chat_participants tables through logical \
+replication (pgoutput), drops duplicates, keeps every chat's seq strictly increasing, and pushes the \
+events to authorised WebSocket clients.\n\nStart with `chat-relay demo` to see it work against a \
+throwaway local Postgres; in production run `chat-relay migrate` once, then `chat-relay serve`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the schema migrations and create the publication (idempotent).
+    Migrate(MigrateArgs),
+    /// Run the relay until SIGTERM or SIGINT, then drain and exit 0.
+    Serve(Box<ServeArgs>),
+    /// Start a throwaway Postgres, the relay and a client, and show messages flowing.
+    Demo(DemoArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres URL, e.g. postgres://user:pass@host:5432/db?sslmode=verify-full.
+    /// The replication connection is derived from it. sslmode: disable, prefer
+    /// (default), require, verify-ca, verify-full; sslrootcert=PATH for the CA.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Publication that carries chat_messages and chat_participants.
+    #[arg(long, env = "CHAT_RELAY_PUBLICATION", default_value = "chat_relay", value_parser = parse_pg_name)]
+    pub publication: String,
+}
+
+impl DbArgs {
+    pub fn conn_info(&self) -> anyhow::Result<ConnInfo> {
+        Ok(ConnInfo::parse(&self.database_url)?)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Tracing filter (e.g. info, chat_relay=debug).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Address for HTTP and WebSocket (/v1/ws, /metrics, /healthz, /readyz).
+    #[arg(long, env = "CHAT_RELAY_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that client JWTs are signed with.
+    #[arg(long, env = "CHAT_RELAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "CHAT_RELAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Logical replication slot (created when missing). Lowercase letters, digits, underscore.
+    #[arg(long, env = "CHAT_RELAY_SLOT", default_value = "chat_relay", value_parser = parse_slot_name)]
+    pub slot: String,
+
+    /// Window in which delivered/read marks are coalesced into one write.
+    #[arg(long, env = "CHAT_RELAY_DELIVERED_DEBOUNCE_MS", default_value_t = 200)]
+    pub delivered_debounce_ms: u64,
+
+    /// Largest client frame accepted; larger ones close the connection with 1009.
+    #[arg(long, env = "CHAT_RELAY_MAX_FRAME_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..))]
+    pub max_frame_bytes: u32,
+
+    /// Largest message content accepted by `send`, in bytes.
+    #[arg(long, env = "CHAT_RELAY_MAX_CONTENT_BYTES", default_value_t = 16384)]
+    pub max_content_bytes: usize,
+
+    /// Connections in the query pool (backfill, membership, send, marking).
+    #[arg(long, env = "CHAT_RELAY_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pool_size: u32,
+
+    /// Event frames queued per connection before it counts as a slow consumer (closed with 4008).
+    #[arg(long, env = "CHAT_RELAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbound_queue: u32,
+
+    /// Entries kept in the duplicate-detection cache (ids and client_generated_ids).
+    #[arg(long, env = "CHAT_RELAY_DEDUPE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dedupe_capacity: u32,
+
+    /// How long an entry stays in the duplicate-detection cache.
+    #[arg(long, env = "CHAT_RELAY_DEDUPE_TTL_SECS", default_value_t = 600)]
+    pub dedupe_ttl_secs: u64,
+
+    /// How long a chat's later events wait for a missing seq before it is fetched from the database.
+    #[arg(long, env = "CHAT_RELAY_GAP_WINDOW_MS", default_value_t = 50)]
+    pub gap_window_ms: u64,
+
+    /// How long a membership check is cached (changes to chat_participants invalidate it at once).
+    #[arg(long, env = "CHAT_RELAY_MEMBERSHIP_TTL_MS", default_value_t = 30_000)]
+    pub membership_ttl_ms: u64,
+
+    /// Rows per page when replaying history for `subscribe` with `after_seq`.
+    #[arg(long, env = "CHAT_RELAY_BACKFILL_PAGE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub backfill_page: i64,
+
+    /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
+    #[arg(long, env = "CHAT_RELAY_PING_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval_secs: u64,
+
+    /// Count a message as delivered once its frame was written to a recipient's connection
+    /// (for clients that never send `ack`).
+    #[arg(long, env = "CHAT_RELAY_AUTO_DELIVERED", default_value_t = false)]
+    pub auto_delivered: bool,
+
+    /// Tracing filter (e.g. info, chat_relay=debug).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format: text or json.
+    #[arg(long, env = "CHAT_RELAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl ServeArgs {
+    pub fn delivered_debounce(&self) -> Duration {
+        Duration::from_millis(self.delivered_debounce_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How many messages to send before stopping (0: until Ctrl-C).
+    #[arg(long, default_value_t = 12)]
+    pub messages: u32,
+
+    /// Milliseconds between two messages.
+    #[arg(long, default_value_t = 400)]
+    pub interval_ms: u64,
+
+    /// Tracing filter for the relay's own logs during the demo.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+fn parse_slot_name(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        Ok(s.to_string())
+    } else {
+        Err("slot names are 1 to 63 characters of lowercase letters, digits and underscore".into())
+    }
+}
+
+fn parse_pg_name(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 63 && !s.contains('\0') {
+        Ok(s.to_string())
+    } else {
+        Err("must be 1 to 63 characters".into())
+    }
+}
+
+/// Sets up `tracing` with the given filter and format.
+pub fn init_tracing(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("invalid log filter {filter:?} ({e}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn slot_names_are_validated() {
+        assert!(parse_slot_name("chat_relay_2").is_ok());
+        assert!(parse_slot_name("Chat").is_err());
+        assert!(parse_slot_name("a-b").is_err());
+        assert!(parse_slot_name("").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! metrics: every Prometheus series the relay exports, named in one place.
+//!
+//! The names are part of the operating contract (dashboards and alerts read
+//! them); [`install`] registers every one at zero so the series exist before
+//! the first event. Elsewhere the code calls the small functions below, never
+//! the `metrics` macros with a literal name.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::pgoutput::{Change, Transaction};
+
+pub const EVENTS: &str = "chat_relay_events_total";
+pub const DUPLICATES: &str = "chat_relay_duplicates_total";
+pub const SEQ_GAPS: &str = "chat_relay_seq_gaps_total";
+pub const LAG_BYTES: &str = "chat_relay_replication_lag_bytes";
+pub const WS_CONNECTIONS: &str = "chat_relay_ws_connections";
+pub const MESSAGES_SENT: &str = "chat_relay_messages_sent_total";
+pub const SLOW_CONSUMERS: &str = "chat_relay_slow_consumer_disconnects_total";
+pub const DELIVERED_FLUSHES: &str = "chat_relay_delivered_flushes_total";
+pub const COMMIT_TO_SEND: &str = "chat_relay_commit_to_send_seconds";
+// Beyond the contract: operational detail.
+pub const SLOT_RECREATED: &str = "chat_relay_slot_recreated_total";
+pub const REPLICATION_ERRORS: &str = "chat_relay_replication_errors_total";
+pub const GAPS_REPAIRED: &str = "chat_relay_seq_gaps_repaired_total";
+pub const DEDUPE_CACHE: &str = "chat_relay_dedupe_cache_total";
+
+/// The contract's metric names, for tests and the dashboard check.
+pub const CONTRACT: [&str; 9] =
+    [EVENTS, DUPLICATES, SEQ_GAPS, LAG_BYTES, WS_CONNECTIONS, MESSAGES_SENT, SLOW_CONSUMERS, DELIVERED_FLUSHES, COMMIT_TO_SEND];
+
+/// Installs the global Prometheus recorder and registers every series at zero.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(COMMIT_TO_SEND.to_string()),
+            &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )?
+        .install_recorder()?;
+    describe();
+    for op in ["insert", "update", "delete"] {
+        counter!(EVENTS, "op" => op).absolute(0);
+    }
+    for key in ["id", "client_generated_id", "seq"] {
+        counter!(DUPLICATES, "key" => key).absolute(0);
+    }
+    for result in ["hit", "miss"] {
+        counter!(DEDUPE_CACHE, "result" => result).absolute(0);
+    }
+    counter!(SEQ_GAPS).absolute(0);
+    counter!(GAPS_REPAIRED).absolute(0);
+    gauge!(LAG_BYTES).set(0.0);
+    gauge!(WS_CONNECTIONS).set(0.0);
+    counter!(MESSAGES_SENT).absolute(0);
+    counter!(SLOW_CONSUMERS).absolute(0);
+    counter!(DELIVERED_FLUSHES).absolute(0);
+    counter!(SLOT_RECREATED).absolute(0);
+    counter!(REPLICATION_ERRORS).absolute(0);
+    // Registering the histogram makes its (empty) buckets appear.
+    let _ = histogram!(COMMIT_TO_SEND);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(EVENTS, "Row changes decoded from the WAL, by operation");
+    describe_counter!(DUPLICATES, "Events dropped as duplicates, by the key that matched");
+    describe_counter!(SEQ_GAPS, "Times a chat's seq skipped and the missing messages could not be found");
+    describe_counter!(GAPS_REPAIRED, "Missing seqs filled from the database");
+    describe_counter!(DEDUPE_CACHE, "Lookups in the duplicate-detection cache");
+    describe_gauge!(LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed position");
+    describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(MESSAGES_SENT, "Event frames written to clients");
+    describe_counter!(SLOW_CONSUMERS, "Connections closed with 4008 because they fell behind");
+    describe_counter!(DELIVERED_FLUSHES, "Batched delivered/read-marking writes");
+    describe_histogram!(COMMIT_TO_SEND, Unit::Seconds, "Transaction commit time to event frame written");
+    describe_counter!(SLOT_RECREATED, "Replication slot lost (dropped or invalidated) and recreated");
+    describe_counter!(REPLICATION_ERRORS, "Replication stream failures that caused a reconnect");
+}
+
+/// Counts the row changes of a committed transaction.
+pub fn events_decoded(txn: &Transaction) {
+    let (mut ins, mut upd, mut del) = (0u64, 0u64, 0u64);
+    for c in &txn.changes {
+        match c {
+            Change::Insert { .. } => ins += 1,
+            Change::Update { .. } => upd += 1,
+            Change::Delete { .. } => del += 1,
+            _ => {}
+        }
+    }
+    for (op, n) in [("insert", ins), ("update", upd), ("delete", del)] {
+        if n > 0 {
+            counter!(EVENTS, "op" => op).increment(n);
+        }
+    }
+}
+
+/// Which key identified a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DupKey {
+    Id,
+    ClientGeneratedId,
+    Seq,
+}
+
+pub fn duplicate(key: DupKey) {
+    let key = match key {
+        DupKey::Id => "id",
+        DupKey::ClientGeneratedId => "client_generated_id",
+        DupKey::Seq => "seq",
+    };
+    counter!(DUPLICATES, "key" => key).increment(1);
+}
+
+pub fn dedupe_cache(hit: bool) {
+    counter!(DEDUPE_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+pub fn seq_gap() {
+    counter!(SEQ_GAPS).increment(1);
+}
+
+pub fn gap_repaired(n: u64) {
+    counter!(GAPS_REPAIRED).increment(n);
+}
+
+pub fn lag_bytes(bytes: i64) {
+    gauge!(LAG_BYTES).set(bytes.max(0) as f64);
+}
+
+pub fn ws_connected() {
+    gauge!(WS_CONNECTIONS).increment(1.0);
+}
+
+pub fn ws_disconnected() {
+    gauge!(WS_CONNECTIONS).decrement(1.0);
+}
+
+pub fn messages_sent(n: u64) {
+    counter!(MESSAGES_SENT).increment(n);
+}
+
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMERS).increment(1);
+}
+
+pub fn delivered_flush() {
+    counter!(DELIVERED_FLUSHES).increment(1);
+}
+
+pub fn commit_to_send(seconds: f64) {
+    histogram!(COMMIT_TO_SEND).record(seconds);
+}
+
+pub fn slot_recreated() {
+    counter!(SLOT_RECREATED).increment(1);
+}
+
+pub fn replication_errors() {
+    counter!(REPLICATION_ERRORS).increment(1);
+}

@@ -1,0 +1,512 @@
+//! replication: follow the slot, hand committed transactions on, confirm progress.
+//!
+//! [`Replicator::run`] owns one replication connection at a time ([`wire`]):
+//! it makes sure the slot exists (creating it, or recreating it loudly when it
+//! was dropped or invalidated underneath), runs `START_REPLICATION` from the
+//! slot's confirmed position, feeds every XLogData payload to the
+//! [`Decoder`](crate::pgoutput::Decoder) and sends each committed
+//! [`Transaction`] down a bounded channel.
+//!
+//! LSN feedback is careful: the position confirmed to the server (the slot's
+//! `confirmed_flush_lsn`) is only ever one the downstream pipeline reported as
+//! handed on through [`Progress`], or, when everything received has been handed
+//! on, the server's own idle position from a keepalive. So a crash at any point
+//! replays what was not yet handed on, never skips it. Status updates go out
+//! promptly after progress (at most every 100 ms) and at least every 10 s.
+//!
+//! Any error or disconnect: log, back off with jitter, reconnect, resume from
+//! the slot; the half-received transaction is dropped and comes again.
+
+mod lsn;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use lsn::{Lsn, ParseLsnError};
+use wire::{CopyMessage, ReplConnection, WireError};
+
+use crate::metrics as m;
+use crate::pgconn::ConnInfo;
+use crate::pgoutput::{DecodeError, Decoder, Transaction};
+
+/// Microseconds between 1970-01-01 and Postgres's epoch 2000-01-01.
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Settings of the replication stream.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub conn: ConnInfo,
+    pub slot: String,
+    pub publication: String,
+    /// Longest time between two standby status updates.
+    pub status_interval: Duration,
+}
+
+/// What the stream hands downstream, in order.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A committed transaction.
+    Transaction(Transaction),
+    /// The slot was lost (dropped or invalidated) and recreated: changes
+    /// between the loss and now are not in the stream, so anyone relying on it
+    /// must resynchronise from the tables.
+    SlotReset { reason: String },
+}
+
+/// How far the downstream pipeline has handed transactions on; shared between
+/// the pipeline (writer) and the replication task (reader).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: Arc<watch::Sender<Lsn>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { tx: Arc::new(watch::channel(Lsn(0)).0) }
+    }
+}
+
+impl Progress {
+    /// Everything up to `lsn` (a transaction's end LSN) has left the pipeline.
+    pub fn handed_on(&self, lsn: Lsn) {
+        self.tx.send_if_modified(|cur| {
+            if lsn > *cur {
+                *cur = lsn;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    pub fn current(&self) -> Lsn {
+        *self.tx.borrow()
+    }
+    fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.tx.subscribe()
+    }
+}
+
+/// Whether the stream is running, and why not; read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    streaming: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Health {
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Acquire)
+    }
+    pub fn reason(&self) -> String {
+        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+    fn set(&self, streaming: bool, reason: impl Into<String>) {
+        self.streaming.store(streaming, Ordering::Release);
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason.into();
+        }
+    }
+}
+
+/// Why one streaming session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("decoding pgoutput: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("slot {slot} belongs to another consumer ({detail})")]
+    SlotBusy { slot: String, detail: String },
+    #[error("slot {0} exists but is not a pgoutput logical slot of this database; refusing to touch it")]
+    ForeignSlot(String),
+    #[error("malformed replication message: {0}")]
+    Malformed(&'static str),
+    #[error("downstream pipeline stopped")]
+    Downstream,
+}
+
+/// The replication task.
+pub struct Replicator {
+    cfg: ReplicationConfig,
+    out: mpsc::Sender<StreamEvent>,
+    progress: Progress,
+    health: Arc<Health>,
+    decoder: Decoder,
+    /// The slot existed at some point in this process: its disappearance is a loss.
+    slot_seen: bool,
+    /// Highest position confirmed to the server (never moves backwards).
+    confirmed: Lsn,
+    /// End LSN of the last transaction sent downstream.
+    forwarded: Lsn,
+    /// Server position at the last keepalive received between transactions.
+    idle_position: Lsn,
+}
+
+impl Replicator {
+    pub fn new(cfg: ReplicationConfig, out: mpsc::Sender<StreamEvent>, progress: Progress, health: Arc<Health>) -> Self {
+        Replicator {
+            cfg,
+            out,
+            progress,
+            health,
+            decoder: Decoder::new(),
+            slot_seen: false,
+            confirmed: Lsn(0),
+            forwarded: Lsn(0),
+            idle_position: Lsn(0),
+        }
+    }
+
+    /// Streams until `shutdown`, reconnecting as needed. On shutdown it waits
+    /// (bounded) for the pipeline to hand on what was forwarded, then confirms
+    /// that position to the server.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut busy_logged = false;
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let result = self.session(&shutdown).await;
+            self.health.set(false, "replication stream not running");
+            self.decoder.reset();
+            match result {
+                Ok(()) => break, // clean shutdown
+                Err(SessionError::Downstream) => break,
+                Err(SessionError::SlotBusy { slot, detail }) => {
+                    // Another relay holds the slot (rolling update): wait quietly.
+                    if !busy_logged {
+                        tracing::info!(slot, detail, "slot is in use by another consumer; waiting for it to be released");
+                        busy_logged = true;
+                    } else {
+                        tracing::debug!(slot, "slot still in use");
+                    }
+                    self.health.set(false, format!("waiting for slot {slot}, in use by another consumer"));
+                    let wait = Duration::from_millis(1000 + fastrand::u64(0..1000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next();
+                    m::replication_errors();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "replication stream failed; reconnecting");
+                    self.health.set(false, format!("replication stream failed: {e}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+            busy_logged = busy_logged && !shutdown.is_cancelled();
+        }
+        self.health.set(false, "shutting down");
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let mut conn = tokio::select! {
+            c = ReplConnection::connect(&self.cfg.conn) => c?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let ident = conn.simple_query("IDENTIFY_SYSTEM").await?;
+        if let Some(row) = ident.first() {
+            tracing::info!(
+                systemid = row.first().cloned().flatten().unwrap_or_default(),
+                timeline = row.get(1).cloned().flatten().unwrap_or_default(),
+                xlogpos = row.get(2).cloned().flatten().unwrap_or_default(),
+                tls = conn.tls,
+                "replication connection established"
+            );
+        }
+        let slot_confirmed = self.ensure_slot(&mut conn).await?;
+        self.confirmed = self.confirmed.max(slot_confirmed);
+        // Everything at or before the slot position is done by definition.
+        self.forwarded = self.forwarded.max(slot_confirmed);
+
+        let start = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {}, messages 'true')",
+            quote_ident(&self.cfg.slot),
+            quote_literal(&quote_ident(&self.cfg.publication)),
+        );
+        if let Err(e) = conn.start_copy_both(&start).await {
+            return Err(self.classify_start_error(e));
+        }
+        tracing::info!(slot = %self.cfg.slot, from = %self.confirmed, "streaming");
+        self.health.set(true, "streaming");
+
+        let mut progress = self.progress.subscribe();
+        let mut last_status = Instant::now();
+        let mut dirty = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.drain_and_confirm(&mut conn, &mut progress).await;
+                    conn.close().await;
+                    return Ok(());
+                }
+                msg = conn.recv_copy() => {
+                    match msg? {
+                        CopyMessage::Done => {
+                            return Err(SessionError::Wire(WireError::Protocol("server ended the stream".into())));
+                        }
+                        CopyMessage::Data(data) => {
+                            if self.on_copy_data(data).await? {
+                                self.send_status(&mut conn, false).await?;
+                                last_status = Instant::now();
+                                dirty = false;
+                            }
+                        }
+                    }
+                }
+                _ = progress.changed() => dirty = true,
+                _ = tick.tick() => {
+                    let due = last_status.elapsed() >= self.cfg.status_interval;
+                    if (dirty && self.confirmable() > self.confirmed) || due {
+                        self.send_status(&mut conn, false).await?;
+                        last_status = Instant::now();
+                        dirty = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one CopyData payload; true when the server asked for a reply now.
+    async fn on_copy_data(&mut self, mut data: Bytes) -> Result<bool, SessionError> {
+        if data.is_empty() {
+            return Err(SessionError::Malformed("empty CopyData"));
+        }
+        match data.get_u8() {
+            b'w' => {
+                if data.len() < 24 {
+                    return Err(SessionError::Malformed("short XLogData header"));
+                }
+                let _wal_start = data.get_u64();
+                let _wal_end = data.get_u64();
+                let _send_time = data.get_i64();
+                if let Some(txn) = self.decoder.feed(&data)? {
+                    m::events_decoded(&txn);
+                    tracing::debug!(
+                        xid = txn.xid,
+                        commit_lsn = %txn.commit_lsn,
+                        end_lsn = %txn.end_lsn,
+                        changes = txn.changes.len(),
+                        "committed transaction"
+                    );
+                    let end = txn.end_lsn;
+                    self.out.send(StreamEvent::Transaction(txn)).await.map_err(|_| SessionError::Downstream)?;
+                    self.forwarded = self.forwarded.max(end);
+                }
+                Ok(false)
+            }
+            b'k' => {
+                if data.len() < 17 {
+                    return Err(SessionError::Malformed("short keepalive"));
+                }
+                let wal_end = Lsn(data.get_u64());
+                let _send_time = data.get_i64();
+                let reply = data.get_u8() == 1;
+                if !self.decoder.in_transaction() {
+                    self.idle_position = self.idle_position.max(wal_end);
+                }
+                Ok(reply)
+            }
+            _ => Err(SessionError::Malformed("unknown CopyData message")),
+        }
+    }
+
+    /// The position that is safe to confirm now.
+    fn confirmable(&self) -> Lsn {
+        let handed = self.progress.current();
+        let pos = if handed >= self.forwarded { handed.max(self.idle_position) } else { handed };
+        pos.max(self.confirmed)
+    }
+
+    async fn send_status(&mut self, conn: &mut ReplConnection, reply: bool) -> Result<(), SessionError> {
+        let pos = self.confirmable();
+        let mut msg = Vec::with_capacity(34);
+        msg.push(b'r');
+        msg.extend_from_slice(&pos.0.to_be_bytes()); // written
+        msg.extend_from_slice(&pos.0.to_be_bytes()); // flushed: becomes confirmed_flush_lsn
+        msg.extend_from_slice(&pos.0.to_be_bytes()); // applied
+        msg.extend_from_slice(&now_pg_micros().to_be_bytes());
+        msg.push(reply as u8);
+        conn.send_copy_data(&msg).await?;
+        if pos > self.confirmed {
+            tracing::trace!(lsn = %pos, "confirmed");
+        }
+        self.confirmed = pos;
+        Ok(())
+    }
+
+    /// Shutdown: give the pipeline a moment to hand on what it holds, then
+    /// confirm the final position.
+    async fn drain_and_confirm(&mut self, conn: &mut ReplConnection, progress: &mut watch::Receiver<Lsn>) {
+        let forwarded = self.forwarded;
+        let wait = progress.wait_for(|lsn| *lsn >= forwarded);
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+        match self.send_status(conn, false).await {
+            Ok(()) => tracing::info!(lsn = %self.confirmed, "final position confirmed"),
+            Err(e) => tracing::warn!(error = %e, "could not confirm the final position"),
+        }
+    }
+
+    /// Makes sure the slot exists and is usable; returns its confirmed position.
+    async fn ensure_slot(&mut self, conn: &mut ReplConnection) -> Result<Lsn, SessionError> {
+        let query = format!(
+            "SELECT slot_type, plugin, database = current_database(), wal_status, \
+             confirmed_flush_lsn, active_pid FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(&self.cfg.slot)
+        );
+        let rows = conn.simple_query(&query).await?;
+        let lost_reason = match rows.first() {
+            None if self.slot_seen => Some("the slot was dropped while the relay was using it".to_string()),
+            None => None,
+            Some(row) => {
+                let get = |i: usize| row.get(i).cloned().flatten();
+                if get(0).as_deref() != Some("logical") || get(1).as_deref() != Some("pgoutput") || get(2).as_deref() != Some("t") {
+                    return Err(SessionError::ForeignSlot(self.cfg.slot.clone()));
+                }
+                if let Some(pid) = get(5) {
+                    return Err(SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: format!("active pid {pid}") });
+                }
+                if get(3).as_deref() == Some("lost") {
+                    let reason = "the slot was invalidated (max_slot_wal_keep_size exceeded)".to_string();
+                    conn.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(&self.cfg.slot))).await?;
+                    Some(reason)
+                } else {
+                    self.slot_seen = true;
+                    let lsn = get(4).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
+                    return Ok(lsn);
+                }
+            }
+        };
+        let created = conn
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                quote_ident(&self.cfg.slot)
+            ))
+            .await;
+        let rows = match created {
+            Ok(rows) => rows,
+            // Another relay created it between our check and now.
+            Err(e) if e.sqlstate() == Some("42710") => {
+                return Err(SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: "created concurrently".into() })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let lsn = rows.first().and_then(|r| r.get(1).cloned().flatten()).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
+        self.slot_seen = true;
+        match lost_reason {
+            Some(reason) => {
+                m::slot_recreated();
+                tracing::error!(
+                    slot = %self.cfg.slot,
+                    reason,
+                    lsn = %lsn,
+                    "replication slot LOST and recreated: changes since the loss were not streamed; clients are told to resynchronise"
+                );
+                // The old positions belong to the old slot.
+                self.confirmed = Lsn(0);
+                self.forwarded = Lsn(0);
+                self.idle_position = Lsn(0);
+                self.out.send(StreamEvent::SlotReset { reason }).await.map_err(|_| SessionError::Downstream)?;
+            }
+            None => tracing::info!(slot = %self.cfg.slot, lsn = %lsn, "replication slot created"),
+        }
+        Ok(lsn)
+    }
+
+    fn classify_start_error(&mut self, e: WireError) -> SessionError {
+        match e.sqlstate() {
+            // object_in_use: "replication slot ... is active for PID ..."
+            Some("55006") => SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: e.to_string() },
+            // The slot vanished between our check and START: next session recreates it.
+            Some("42704") => e.into(),
+            _ => e.into(),
+        }
+    }
+}
+
+fn now_pg_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(base: Duration, cap: Duration) -> Self {
+        Backoff { base, cap, attempt: 0 }
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    fn next(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        // Half fixed, half random: never zero, never in lockstep with peers.
+        let half = exp / 2;
+        half + Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = b.next();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            let d = b.next();
+            assert!(d <= Duration::from_secs(2) && d >= Duration::from_millis(50));
+        }
+        assert!(b.next() >= Duration::from_secs(1));
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(&quote_ident("pub")), "'\"pub\"'");
+    }
+
+    #[test]
+    fn progress_only_moves_forward() {
+        let p = Progress::default();
+        p.handed_on(Lsn(10));
+        p.handed_on(Lsn(5));
+        assert_eq!(p.current(), Lsn(10));
+    }
+}

@@ -1,0 +1,331 @@
+//! sequencer: exactly once and in order, per chat.
+//!
+//! Between the decoder and the fan-out. For every chat it knows the highest
+//! `seq` handed on (the high-water mark). A message insert is dropped and
+//! counted as a duplicate when its `id` or `(chat_id, client_generated_id)` was
+//! already handed on (bounded TTL+LRU caches) or its `seq` is at or below the
+//! mark (the usual cause: WAL replayed after a reconnect). An insert that jumps
+//! ahead of the mark makes the chat hold its later events for a short window;
+//! then the driver asks the database for the missing seqs ([`GapFill`]) and
+//! hands the result to [`Sequencer::fill`]: what exists is inserted in order,
+//! what does not is counted as a gap and skipped. Other chats never wait.
+//!
+//! Non-insert events (updates, deletes, participant changes) keep their place
+//! relative to the inserts of their chat; replays of them (a transaction at or
+//! below the last seen LSN) are dropped.
+//!
+//! The state machine is synchronous and takes `now` as an argument, so it can
+//! be driven by property tests; [`crate::relay`] drives it for real.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lru::LruCache;
+use uuid::Uuid;
+
+use crate::event::{ChatEvent, ChatTxn, MessageRow};
+use crate::metrics::{self as m, DupKey};
+use crate::replication::Lsn;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    pub dedupe_capacity: usize,
+    pub dedupe_ttl: Duration,
+    pub gap_window: Duration,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig { dedupe_capacity: 100_000, dedupe_ttl: Duration::from_secs(600), gap_window: Duration::from_millis(50) }
+    }
+}
+
+/// An event cleared for fan-out, with the commit time of its transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequenced {
+    pub commit_time: DateTime<Utc>,
+    pub event: ChatEvent,
+}
+
+/// A request to look up a chat's missing messages: seqs in `(after, before)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapFill {
+    pub chat_id: Uuid,
+    pub after: i64,
+    pub before: i64,
+}
+
+struct Held {
+    /// Inserts: their seq. Others: the seq of the insert they followed.
+    key: i64,
+    commit_lsn: Lsn,
+    item: Sequenced,
+}
+
+#[derive(Default)]
+struct ChatState {
+    /// Highest seq handed on; None until the first insert is seen.
+    high_water: Option<i64>,
+    held: Vec<Held>,
+    deadline: Option<Instant>,
+    fill_requested: bool,
+}
+
+/// A TTL+LRU set.
+struct Seen<K: Hash + Eq> {
+    cache: LruCache<K, Instant>,
+    ttl: Duration,
+}
+
+impl<K: Hash + Eq> Seen<K> {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        Seen { cache: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)), ttl }
+    }
+    fn contains(&mut self, k: &K, now: Instant) -> bool {
+        let hit = match self.cache.peek(k) {
+            Some(t) if now.duration_since(*t) < self.ttl => true,
+            Some(_) => {
+                self.cache.pop(k);
+                false
+            }
+            None => false,
+        };
+        m::dedupe_cache(hit);
+        hit
+    }
+    fn insert(&mut self, k: K, now: Instant) {
+        self.cache.put(k, now);
+    }
+}
+
+/// The per-chat ordering and dedupe state machine.
+pub struct Sequencer {
+    cfg: SequencerConfig,
+    chats: HashMap<Uuid, ChatState>,
+    ids: Seen<Uuid>,
+    client_ids: Seen<(Uuid, Uuid)>,
+    last_end: Lsn,
+    /// Commit LSNs of transactions with held events, with how many are held.
+    held_lsns: BTreeMap<Lsn, usize>,
+}
+
+impl Sequencer {
+    pub fn new(cfg: SequencerConfig) -> Sequencer {
+        Sequencer {
+            ids: Seen::new(cfg.dedupe_capacity, cfg.dedupe_ttl),
+            client_ids: Seen::new(cfg.dedupe_capacity, cfg.dedupe_ttl),
+            cfg,
+            chats: HashMap::new(),
+            last_end: Lsn(0),
+            held_lsns: BTreeMap::new(),
+        }
+    }
+
+    /// Declares a chat's high-water mark (everything up to `seq` is handed on).
+    pub fn set_high_water(&mut self, chat_id: Uuid, seq: i64) {
+        self.chats.entry(chat_id).or_default().high_water = Some(seq);
+    }
+
+    /// The chat's high-water mark, if known.
+    pub fn high_water(&self, chat_id: &Uuid) -> Option<i64> {
+        self.chats.get(chat_id).and_then(|c| c.high_water)
+    }
+
+    /// The position that is safe to confirm: the end of the last transaction,
+    /// or, while events are held, the commit LSN of the oldest one holding them
+    /// (so that a restart replays it).
+    pub fn safe_lsn(&self) -> Lsn {
+        self.held_lsns.keys().next().copied().unwrap_or(self.last_end)
+    }
+
+    /// When the earliest hold expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.chats.values().filter(|c| !c.fill_requested).filter_map(|c| c.deadline).min()
+    }
+
+    /// Takes one committed transaction; returns what may be handed on now.
+    pub fn push(&mut self, txn: ChatTxn, now: Instant) -> Vec<Sequenced> {
+        let replay = txn.end_lsn <= self.last_end;
+        let mut out = Vec::with_capacity(txn.events.len());
+        for event in txn.events {
+            let item = Sequenced { commit_time: txn.commit_time, event };
+            match &item.event {
+                ChatEvent::Inserted(_) => self.on_insert(item, txn.commit_lsn, now, &mut out),
+                _ if replay => tracing::debug!(lsn = %txn.commit_lsn, "dropping replayed change"),
+                _ => {
+                    let chat = item.event.chat_id();
+                    match chat.and_then(|c| self.chats.get_mut(&c)).filter(|s| !s.held.is_empty()) {
+                        Some(state) => {
+                            let key = state.held.last().map(|h| h.key).unwrap_or(0);
+                            state.held.push(Held { key, commit_lsn: txn.commit_lsn, item });
+                            *self.held_lsns.entry(txn.commit_lsn).or_default() += 1;
+                        }
+                        None => out.push(item),
+                    }
+                }
+            }
+        }
+        self.last_end = self.last_end.max(txn.end_lsn);
+        out
+    }
+
+    fn on_insert(&mut self, item: Sequenced, commit_lsn: Lsn, now: Instant, out: &mut Vec<Sequenced>) {
+        let ChatEvent::Inserted(msg) = &item.event else { return };
+        if self.ids.contains(&msg.id, now) {
+            m::duplicate(DupKey::Id);
+            return;
+        }
+        if let Some(cgid) = msg.client_generated_id {
+            if self.client_ids.contains(&(msg.chat_id, cgid), now) {
+                m::duplicate(DupKey::ClientGeneratedId);
+                return;
+            }
+        }
+        let state = self.chats.entry(msg.chat_id).or_default();
+        if state.high_water.is_some_and(|hw| msg.seq <= hw)
+            || state.held.iter().any(|h| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == msg.seq))
+        {
+            m::duplicate(DupKey::Seq);
+            return;
+        }
+        let in_order = state.high_water.is_none_or(|hw| msg.seq == hw + 1);
+        if state.held.is_empty() && in_order {
+            let (id, chat, cgid, seq) = (msg.id, msg.chat_id, msg.client_generated_id, msg.seq);
+            state.high_water = Some(seq);
+            self.remember(id, chat, cgid, now);
+            out.push(item);
+            return;
+        }
+        // Out of order, or behind held events: hold it (and, through `push`,
+        // what follows in this chat), then release whatever became contiguous.
+        let seq = msg.seq;
+        let chat = msg.chat_id;
+        if state.deadline.is_none() {
+            state.deadline = Some(now + self.cfg.gap_window);
+        }
+        state.held.push(Held { key: seq, commit_lsn, item });
+        *self.held_lsns.entry(commit_lsn).or_default() += 1;
+        out.extend(self.release(chat, Vec::new(), None, now));
+    }
+
+    fn remember(&mut self, id: Uuid, chat: Uuid, cgid: Option<Uuid>, now: Instant) {
+        self.ids.insert(id, now);
+        if let Some(c) = cgid {
+            self.client_ids.insert((chat, c), now);
+        }
+    }
+
+    /// Chats whose hold window has passed and that need a database lookup.
+    pub fn expired(&mut self, now: Instant) -> Vec<GapFill> {
+        let mut fills = Vec::new();
+        for (chat_id, state) in &mut self.chats {
+            if state.fill_requested || state.deadline.is_none_or(|d| d > now) {
+                continue;
+            }
+            let first_held = state
+                .held
+                .iter()
+                .filter_map(|h| match &h.item.event {
+                    ChatEvent::Inserted(m) => Some(m.seq),
+                    _ => None,
+                })
+                .min();
+            match (state.high_water, first_held) {
+                (Some(after), Some(before)) => {
+                    state.fill_requested = true;
+                    fills.push(GapFill { chat_id: *chat_id, after, before });
+                }
+                _ => state.deadline = Some(now), // nothing to look up; released by `fill`
+            }
+        }
+        fills
+    }
+
+    /// Hands in the database's answer to a [`GapFill`]: `found` are the
+    /// messages of the missing range that exist. Releases the chat's held
+    /// events in order up to the range's end; seqs still missing there are
+    /// counted as gaps. A later gap starts its own window.
+    pub fn fill(&mut self, gap: GapFill, found: Vec<MessageRow>, now: Instant) -> Vec<Sequenced> {
+        let found = found.into_iter().filter(|r| r.chat_id == gap.chat_id && r.seq > gap.after && r.seq < gap.before).collect();
+        self.release(gap.chat_id, found, Some(gap.before), now)
+    }
+
+    /// Hands on held events in order. Inserts pass when contiguous, or when
+    /// their seq is at most `force_until` (the end of a range the database was
+    /// asked about: what it did not return is a real gap).
+    fn release(&mut self, chat_id: Uuid, found: Vec<MessageRow>, force_until: Option<i64>, now: Instant) -> Vec<Sequenced> {
+        let Some(state) = self.chats.get_mut(&chat_id) else { return Vec::new() };
+        let mut held = std::mem::take(&mut state.held);
+        let commit_time = held.first().map(|h| h.item.commit_time).unwrap_or_else(Utc::now);
+        let mut repaired = 0u64;
+        for row in found {
+            held.push(Held { key: row.seq, commit_lsn: Lsn(0), item: Sequenced { commit_time, event: ChatEvent::Inserted(row) } });
+        }
+        held.sort_by_key(|h| h.key); // stable: followers stay after their insert
+        let mut out = Vec::new();
+        let mut rest = Vec::new();
+        let mut blocked = false;
+        for h in held {
+            if blocked {
+                rest.push(h);
+                continue;
+            }
+            let lsn = h.commit_lsn;
+            match &h.item.event {
+                ChatEvent::Inserted(msg) => {
+                    let hw = state.high_water;
+                    if hw.is_some_and(|hw| msg.seq <= hw) || self.ids.contains(&msg.id, now) {
+                        m::duplicate(if hw.is_some_and(|hw| msg.seq <= hw) { DupKey::Seq } else { DupKey::Id });
+                    } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
+                        if hw.is_some_and(|hw| msg.seq > hw + 1) {
+                            m::seq_gap();
+                            tracing::warn!(chat_id = %chat_id, after = ?hw, next = msg.seq, "seq gap: missing messages not found");
+                        }
+                        if lsn == Lsn(0) {
+                            repaired += 1;
+                        }
+                        state.high_water = Some(msg.seq);
+                        self.ids.insert(msg.id, now);
+                        if let Some(c) = msg.client_generated_id {
+                            self.client_ids.insert((chat_id, c), now);
+                        }
+                        out.push(h.item);
+                    } else {
+                        blocked = true;
+                        rest.push(h);
+                        continue;
+                    }
+                }
+                _ => out.push(h.item),
+            }
+            if lsn != Lsn(0) {
+                if let Some(n) = self.held_lsns.get_mut(&lsn) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.held_lsns.remove(&lsn);
+                    }
+                }
+            }
+        }
+        if repaired > 0 {
+            m::gap_repaired(repaired);
+        }
+        state.held = rest;
+        if state.held.is_empty() {
+            state.deadline = None;
+            state.fill_requested = false;
+        } else if force_until.is_some() {
+            // Still blocked after a lookup, by a later gap: give it its own window.
+            state.deadline = Some(now + self.cfg.gap_window);
+            state.fill_requested = false;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
