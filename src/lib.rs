@@ -1,10 +1,69 @@
-//! chat-relay (layout doc written below once all modules exist)
+//! chat-relay: committed chat messages from Postgres to WebSocket clients,
+//! exactly once, in `seq` order, only to participants.
+//!
+//! # Layout
+//!
+//! The relay is a pipeline; each stage is a module with one job.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`replication`] | replication connection (own wire client), slot, START_REPLICATION, LSN feedback, reconnects |
+//! | [`pgoutput`] | decode pgoutput bytes; hand on whole transactions only at Commit |
+//! | [`event`] | see decoded rows as chat events (message insert/update/delete, participant changes) |
+//! | [`sequencer`] | drop duplicates (id, client_generated_id, seq), keep each chat's seq increasing, repair gaps |
+//! | [`hub`] | who is subscribed to which chat; encode once, fan out; kick slow consumers |
+//! | [`gateway`] | `/v1/ws`: JWT auth, sessions, the protocol, backfill + live seam |
+//!
+//! Side paths: [`store`] (all SQL: backfill, membership, send, marking, lag),
+//! [`delivery`] (debounced delivered/read marking), [`metrics`] (every
+//! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
+//! [`migrate`] (the `sql/` migrations), [`server`] (healthz, readyz, metrics),
+//! [`relay`] (wiring for `serve`), [`scratch`] (throwaway Postgres for demo,
+//! tests, benchmarks), [`demo`].
+//!
+//! # The path of one message
+//!
+//! 1. An `INSERT INTO chat_messages` commits; the `sql/` trigger gave it the
+//!    chat's next `seq` under the chat row's lock.
+//! 2. [`replication::Replicator`] receives its XLogData and feeds
+//!    [`pgoutput::Decoder`], which returns the [`pgoutput::Transaction`] at Commit.
+//! 3. [`relay`]'s pipeline maps it to an [`event::ChatTxn`] and pushes it
+//!    through [`sequencer::Sequencer`], which lets the insert pass once and in order.
+//! 4. [`relay::dispatch`] encodes it once as a [`hub::EventFrame`];
+//!    [`hub::Hub`] queues that frame to every subscribed connection.
+//! 5. The connection's session in [`gateway`] drops it if already written
+//!    (backfill seam), fetches anything missing before it, and writes it.
+//! 6. The pipeline reports the transaction's end LSN through
+//!    [`replication::Progress`]; the replicator confirms it to the slot.
+
 pub mod config;
+pub mod delivery;
+pub mod demo;
 pub mod event;
+pub mod gateway;
+pub mod hub;
 pub mod metrics;
 pub mod migrate;
 pub mod pgconn;
 pub mod pgoutput;
+pub mod relay;
 pub mod replication;
 pub mod scratch;
 pub mod sequencer;
+pub mod server;
+pub mod store;
+
+/// `chat-relay migrate`.
+pub async fn run_migrate(args: &config::MigrateArgs) -> anyhow::Result<()> {
+    let info = args.db.conn_info()?;
+    let report = migrate::run(&info, &args.db.publication).await?;
+    if report.applied.is_empty() {
+        println!("schema up to date ({} migrations already applied)", report.already);
+    } else {
+        println!("applied {}", report.applied.join(", "));
+    }
+    if report.publication_created {
+        println!("created publication {}", args.db.publication);
+    }
+    Ok(())
+}

@@ -245,6 +245,14 @@ impl Sequencer {
         fills
     }
 
+    /// The lookup for `gap` failed: keep holding and ask again after a window.
+    pub fn retry(&mut self, gap: GapFill, now: Instant) {
+        if let Some(state) = self.chats.get_mut(&gap.chat_id) {
+            state.fill_requested = false;
+            state.deadline = Some(now + self.cfg.gap_window.max(Duration::from_millis(500)));
+        }
+    }
+
     /// Hands in the database's answer to a [`GapFill`]: `found` are the
     /// messages of the missing range that exist. Releases the chat's held
     /// events in order up to the range's end; seqs still missing there are

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::replication::Lsn;
-pub use value::{datum_to_json, pg_timestamp};
+pub use value::{datum_to_json, pg_timestamp, text_to_json};
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

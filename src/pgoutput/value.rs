@@ -45,7 +45,8 @@ pub fn datum_to_json(type_oid: u32, datum: &Datum) -> Value {
     }
 }
 
-fn text_to_json(type_oid: u32, text: &str) -> Value {
+/// One value in Postgres's text format as JSON.
+pub fn text_to_json(type_oid: u32, text: &str) -> Value {
     let as_string = || Value::String(text.to_string());
     match type_oid {
         INT2 | INT4 | INT8 | OID => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| as_string()),

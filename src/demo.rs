@@ -1,0 +1,195 @@
+//! demo: `chat-relay demo`, the relay working end to end on one screen.
+//!
+//! Starts a throwaway Postgres ([`crate::scratch`]), migrates it, runs the
+//! relay on a free port, creates a chat for alice and bob, and connects both
+//! over WebSocket. Alice sends messages; bob receives them in order, acks and
+//! reads them; alice sees each one go sent → delivered → read. Every few
+//! messages one is inserted by plain SQL, to show any writer works.
+//! Everything is removed on exit.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{DbArgs, DemoArgs, ServeArgs};
+use crate::scratch::ScratchPostgres;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const SECRET: &str = "demo-secret-not-for-production";
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    println!("chat-relay demo: starting a throwaway PostgreSQL 15 ...");
+    let pg = tokio::task::spawn_blocking(ScratchPostgres::start).await??;
+    println!("  postgres on 127.0.0.1:{} (data in a temp dir, removed on exit)", pg.port);
+    let url = pg.url("postgres");
+    let info = crate::pgconn::ConnInfo::parse(&url)?;
+    crate::migrate::run(&info, "chat_relay").await?;
+    println!("  migrations applied, publication chat_relay created");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let serve = serve_args(&url, port);
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(crate::relay::run(serve, stop.clone()));
+    wait_ready(port).await?;
+    println!("  relay ready: ws://127.0.0.1:{port}/v1/ws  (metrics: http://127.0.0.1:{port}/metrics)\n");
+
+    let db = crate::pgconn::connect(&info).await?;
+    let (chat, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    db.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await?;
+    db.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2), ($1, $3)", &[&chat, &alice, &bob]).await?;
+    println!("chat {} with alice and bob\n", short(&chat.to_string()));
+
+    let mut a = connect(port, alice).await?;
+    let mut b = connect(port, bob).await?;
+    for ws in [&mut a, &mut b] {
+        send(ws, json!({"type": "subscribe", "chat_id": chat})).await?;
+        expect_type(ws, "subscribed").await?;
+    }
+
+    let result = conversation(&args, &db, chat, alice, &mut a, &mut b).await;
+    stop.cancel();
+    let _ = relay.await;
+    drop(pg);
+    result?;
+    println!("\ndone: every message arrived once, in order. Try `chat-relay --help` next.");
+    Ok(())
+}
+
+async fn conversation(args: &DemoArgs, db: &tokio_postgres::Client, chat: Uuid, alice: Uuid, a: &mut Ws, b: &mut Ws) -> anyhow::Result<()> {
+    let mut n = 0u32;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        n += 1;
+        if args.messages > 0 && n > args.messages {
+            return Ok(());
+        }
+        let text = format!("hello #{n}");
+        if n % 4 == 0 {
+            db.execute(
+                "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, $3)",
+                &[&chat, &alice, &format!("{text} (inserted by plain SQL)")],
+            )
+            .await?;
+            println!("[sql]   INSERT INTO chat_messages ... \"{text} (inserted by plain SQL)\"");
+        } else {
+            send(a, json!({"type": "send", "chat_id": chat, "client_generated_id": Uuid::new_v4(), "content": text})).await?;
+            let sent = expect_type(a, "sent").await?;
+            println!("[alice] send \"{text}\"  -> sent seq={}", sent["seq"]);
+        }
+        let msg = expect_type(b, "message").await?;
+        let seq = msg["seq"].as_i64().unwrap_or(0);
+        println!("[bob]   <- message seq={seq} \"{}\"", msg["message"]["content"].as_str().unwrap_or(""));
+        send(b, json!({"type": "ack", "chat_id": chat, "seq": seq})).await?;
+        let status = wait_status(a, seq, "delivered").await?;
+        println!("[alice] <- update seq={seq} status={status}");
+        send(b, json!({"type": "read", "chat_id": chat, "seq": seq})).await?;
+        let status = wait_status(a, seq, "read").await?;
+        println!("[alice] <- update seq={seq} status={status}");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(args.interval_ms)) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+fn serve_args(url: &str, port: u16) -> ServeArgs {
+    ServeArgs {
+        db: DbArgs { database_url: url.to_string(), publication: "chat_relay".into() },
+        listen: ([127, 0, 0, 1], port).into(),
+        jwt_secret: SECRET.into(),
+        jwt_audience: None,
+        slot: "chat_relay".into(),
+        delivered_debounce_ms: 50,
+        max_frame_bytes: 65536,
+        max_content_bytes: 16384,
+        pool_size: 4,
+        outbound_queue: 1024,
+        dedupe_capacity: 10_000,
+        dedupe_ttl_secs: 600,
+        gap_window_ms: 50,
+        membership_ttl_ms: 30_000,
+        backfill_page: 500,
+        ping_interval_secs: 30,
+        auto_delivered: false,
+        log: "warn".into(),
+        log_format: "text".into(),
+    }
+}
+
+async fn wait_ready(port: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the relay did not become ready within 30 s")
+}
+
+fn token(user: Uuid) -> anyhow::Result<String> {
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    Ok(encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()))?)
+}
+
+async fn connect(port: u16, user: Uuid) -> anyhow::Result<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", token(user)?);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.context("websocket connect")?;
+    Ok(ws)
+}
+
+async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
+    ws.send(Message::Text(v.to_string().into())).await?;
+    Ok(())
+}
+
+async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no frame within 10 s")?
+            .context("connection closed")??;
+        if let Message::Text(t) = msg {
+            return Ok(serde_json::from_str(&t)?);
+        }
+    }
+}
+
+async fn expect_type(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
+    loop {
+        let v = next_json(ws).await?;
+        if v["type"] == ty {
+            return Ok(v);
+        }
+        if v["type"] == "error" {
+            bail!("server error: {v}");
+        }
+    }
+}
+
+async fn wait_status(ws: &mut Ws, seq: i64, status: &str) -> anyhow::Result<String> {
+    loop {
+        let v = next_json(ws).await?;
+        if v["type"] == "update" && v["seq"] == seq && v["message"]["status"] == status {
+            return Ok(status.to_string());
+        }
+    }
+}
+
+fn short(s: &str) -> &str {
+    s.get(..8).unwrap_or(s)
+}

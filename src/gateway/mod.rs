@@ -1,0 +1,120 @@
+//! gateway: the WebSocket endpoint `/v1/ws`.
+//!
+//! The token is checked before the upgrade (401 with a JSON body otherwise);
+//! each accepted connection becomes a [`session::Session`] task that speaks the
+//! protocol of docs/protocol.md. Connections are cheap while idle: small read
+//! and write buffers, one bounded queue, no per-subscription task.
+
+mod auth;
+mod membership;
+pub mod protocol;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{Auth, Identity};
+pub use membership::Membership;
+pub use session::close;
+
+use crate::delivery::Delivery;
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// Gateway tunables.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub max_frame_bytes: usize,
+    pub max_content_bytes: usize,
+    pub outbound_queue: usize,
+    pub backfill_page: i64,
+    pub ping_interval: Duration,
+    pub auto_delivered: bool,
+}
+
+/// Shared state of all sessions.
+pub struct Gateway {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub membership: Arc<Membership>,
+    pub auth: Auth,
+    pub delivery: Delivery,
+    pub cfg: GatewayConfig,
+    /// Cancelled on SIGTERM: sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for their close frames.
+    pub sessions: TaskTracker,
+    next_id: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        hub: Arc<Hub>,
+        store: Store,
+        membership: Arc<Membership>,
+        auth: Auth,
+        delivery: Delivery,
+        cfg: GatewayConfig,
+        shutdown: CancellationToken,
+    ) -> Gateway {
+        Gateway { hub, store, membership, auth, delivery, cfg, shutdown, sessions: TaskTracker::new(), next_id: AtomicU64::new(1) }
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    (StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized", "message": message}))).into_response()
+}
+
+/// `GET /v1/ws`
+pub async fn ws_handler(
+    State(gw): State<Arc<Gateway>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    let Some(token) = params.get("access_token").cloned().or(bearer) else {
+        return unauthorized("missing token: pass access_token=<jwt> or Authorization: Bearer <jwt>");
+    };
+    let identity = match gw.auth.verify(&token) {
+        Ok(id) => id,
+        Err(why) => return unauthorized(&why),
+    };
+    if gw.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "unavailable", "message": "shutting down"}))).into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let max = gw.cfg.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Defaults are 128 KiB each per connection; an idle chat client needs little.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.max(64 * 1024) * 4)
+        .on_upgrade(move |socket| {
+            let tracker = gw.sessions.clone();
+            tracker.track_future(session::Session::run(gw, socket, identity))
+        })
+}

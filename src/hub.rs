@@ -1,0 +1,284 @@
+//! hub: who is subscribed to which chat, and fan-out.
+//!
+//! Every event is encoded to its JSON frame once ([`EventFrame`]) and the same
+//! `Arc` is queued to every subscriber of its chat: nothing is serialised per
+//! subscriber. Each connection has a bounded queue; when it is full the
+//! connection is kicked (its session closes it with 4008 and counts it)
+//! instead of buffering without bound or slowing anyone else down.
+//!
+//! The pipeline talks to the hub only through the [`Fanout`] trait (publish,
+//! revoke, resync). A deployment with several relay replicas can put a
+//! broker behind that trait and feed each replica's local hub from it, without
+//! touching the sessions.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::event::{MessageRow, Participant};
+
+/// Connection identifier, unique per process.
+pub type ConnId = u64;
+
+/// What kind of event a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Message,
+    Update,
+    Delete,
+    Receipt,
+}
+
+/// One event, encoded once, shared by all its recipients.
+#[derive(Debug)]
+pub struct EventFrame {
+    pub chat_id: Uuid,
+    pub seq: i64,
+    pub kind: FrameKind,
+    /// Commit time of the transaction (None for rows read from the table).
+    pub commit_time: Option<DateTime<Utc>>,
+    /// For messages: the sender, so auto-delivered marking can skip them.
+    pub sender_id: Option<Uuid>,
+    pub text: Utf8Bytes,
+}
+
+impl EventFrame {
+    pub fn message(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        Self::row(FrameKind::Message, "message", row, commit_time)
+    }
+
+    pub fn update(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        Self::row(FrameKind::Update, "update", row, commit_time)
+    }
+
+    fn row(kind: FrameKind, ty: &str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        let text = json!({"type": ty, "chat_id": row.chat_id, "seq": row.seq, "message": row.json}).to_string();
+        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, sender_id: row.sender_id, text: text.into() }
+    }
+
+    pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: DateTime<Utc>) -> EventFrame {
+        let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
+        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time: Some(commit_time), sender_id: None, text: text.into() }
+    }
+
+    pub fn receipt(p: &Participant, commit_time: DateTime<Utc>) -> EventFrame {
+        let text = json!({
+            "type": "receipt", "chat_id": p.chat_id, "user_id": p.user_id,
+            "delivered_seq": p.delivered_seq, "read_seq": p.read_seq,
+        })
+        .to_string();
+        EventFrame {
+            chat_id: p.chat_id,
+            seq: p.delivered_seq.max(p.read_seq),
+            kind: FrameKind::Receipt,
+            commit_time: Some(commit_time),
+            sender_id: None,
+            text: text.into(),
+        }
+    }
+}
+
+/// What the hub queues to a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Event(Arc<EventFrame>),
+    /// The user was removed from the chat: say `unsubscribed` (forbidden), stop.
+    Revoked(Uuid),
+    /// The stream lost continuity (slot recreated, table truncated): re-check
+    /// membership and catch up every subscription from the table.
+    Resync,
+}
+
+/// Why a connection was kicked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KickReason {
+    None = 0,
+    SlowConsumer = 1,
+}
+
+/// The hub's handle on one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub user_id: Uuid,
+    tx: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+impl ConnHandle {
+    /// A handle plus the receiving side for the session.
+    pub fn new(user_id: Uuid, queue: usize) -> (ConnHandle, mpsc::Receiver<Outbound>, Kicked) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let kick = CancellationToken::new();
+        let reason = Arc::new(AtomicU8::new(KickReason::None as u8));
+        (ConnHandle { user_id, tx, kick: kick.clone(), reason: reason.clone() }, rx, Kicked { token: kick, reason })
+    }
+
+    fn offer(&self, out: Outbound) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.reason.compare_exchange(0, KickReason::SlowConsumer as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    self.kick.cancel();
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// The session's side of a kick.
+#[derive(Debug, Clone)]
+pub struct Kicked {
+    pub token: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+impl Kicked {
+    pub fn reason(&self) -> KickReason {
+        match self.reason.load(Ordering::Acquire) {
+            1 => KickReason::SlowConsumer,
+            _ => KickReason::None,
+        }
+    }
+}
+
+/// The pipeline's view of fan-out.
+pub trait Fanout: Send + Sync {
+    /// Queues a frame to every subscriber of its chat.
+    fn publish(&self, frame: Arc<EventFrame>);
+    /// `user_id` left `chat_id`: cut their subscriptions to it.
+    fn revoke(&self, chat_id: Uuid, user_id: Uuid);
+    /// Tell every connection to resynchronise from the tables.
+    fn resync_all(&self);
+}
+
+/// In-process subscriptions.
+#[derive(Default)]
+pub struct Hub {
+    chats: DashMap<Uuid, Vec<(ConnId, ConnHandle)>>,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    pub fn subscribe(&self, chat_id: Uuid, conn: ConnId, handle: ConnHandle) {
+        let mut subs = self.chats.entry(chat_id).or_default();
+        if !subs.iter().any(|(c, _)| *c == conn) {
+            subs.push((conn, handle));
+        }
+    }
+
+    pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId) {
+        if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
+            e.get_mut().retain(|(c, _)| *c != conn);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Number of subscriptions to a chat.
+    pub fn subscribers(&self, chat_id: &Uuid) -> usize {
+        self.chats.get(chat_id).map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+impl Fanout for Hub {
+    fn publish(&self, frame: Arc<EventFrame>) {
+        if let Some(subs) = self.chats.get(&frame.chat_id) {
+            for (_, h) in subs.iter() {
+                h.offer(Outbound::Event(frame.clone()));
+            }
+        }
+    }
+
+    fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
+        if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
+            e.get_mut().retain(|(_, h)| {
+                if h.user_id == user_id {
+                    h.offer(Outbound::Revoked(chat_id));
+                    false
+                } else {
+                    true
+                }
+            });
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    fn resync_all(&self) {
+        let mut told = std::collections::HashSet::new();
+        for subs in self.chats.iter() {
+            for (conn, h) in subs.iter() {
+                if told.insert(*conn) {
+                    h.offer(Outbound::Resync);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn row(chat: Uuid, seq: i64) -> MessageRow {
+        let mut json = Map::new();
+        json.insert("seq".into(), json!(seq));
+        MessageRow { id: Uuid::new_v4(), chat_id: chat, seq, sender_id: None, client_generated_id: None, status: None, json }
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_one_encoding_and_kicks_the_slow() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (fast, mut fast_rx, fast_kick) = ConnHandle::new(Uuid::new_v4(), 4);
+        let (slow, _slow_rx, slow_kick) = ConnHandle::new(Uuid::new_v4(), 2);
+        hub.subscribe(chat, 1, fast);
+        hub.subscribe(chat, 2, slow);
+        for seq in 1..=3 {
+            hub.publish(Arc::new(EventFrame::message(&row(chat, seq), None)));
+            if let Some(Outbound::Event(f)) = fast_rx.recv().await {
+                assert_eq!(f.seq, seq);
+                // Same allocation as every other subscriber got.
+                assert_eq!(Arc::strong_count(&f), if seq <= 2 { 2 } else { 1 });
+            } else {
+                panic!("fast subscriber got nothing");
+            }
+        }
+        assert!(slow_kick.token.is_cancelled());
+        assert_eq!(slow_kick.reason(), KickReason::SlowConsumer);
+        assert!(!fast_kick.token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn revoke_cuts_only_that_user() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let alice = Uuid::new_v4();
+        let (a, mut a_rx, _) = ConnHandle::new(alice, 8);
+        let (b, _b_rx, _) = ConnHandle::new(Uuid::new_v4(), 8);
+        hub.subscribe(chat, 1, a);
+        hub.subscribe(chat, 2, b);
+        hub.revoke(chat, alice);
+        assert!(matches!(a_rx.recv().await, Some(Outbound::Revoked(c)) if c == chat));
+        assert_eq!(hub.subscribers(&chat), 1);
+        hub.publish(Arc::new(EventFrame::message(&row(chat, 1), None)));
+        assert!(a_rx.try_recv().is_err(), "nothing after revocation");
+    }
+}

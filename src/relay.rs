@@ -1,0 +1,260 @@
+//! relay: `chat-relay serve`, everything wired together.
+//!
+//! ```text
+//! Replicator ──StreamEvent──▶ pipeline (ChatTxn → Sequencer → dispatch) ──▶ Hub ──▶ sessions
+//!      ▲                             │
+//!      └────── Progress (handed-on LSN) ◀┘
+//! ```
+//!
+//! Shutdown order on SIGTERM/SIGINT: stop accepting, close every WebSocket
+//! with 1001 (and wait for the close frames), flush pending delivered-marks,
+//! then let the replicator confirm the last handed-on LSN, and exit 0.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeArgs;
+use crate::delivery::Delivery;
+use crate::event::{ChatEvent, ChatTxn};
+use crate::gateway::{self, Auth, Gateway, GatewayConfig, Membership};
+use crate::hub::{EventFrame, Fanout, Hub};
+use crate::metrics as m;
+use crate::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
+use crate::sequencer::{Sequenced, Sequencer, SequencerConfig};
+use crate::server::{self, AppState};
+use crate::store::Store;
+
+/// Runs the relay until a signal, then drains and returns.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signals.cancel();
+    });
+    run(args, shutdown).await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the relay until `shutdown` is cancelled.
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.jwt_secret.is_empty() {
+        anyhow::bail!("CHAT_RELAY_JWT_SECRET is empty");
+    }
+    let prometheus = m::install()?;
+    let info = args.db.conn_info()?;
+    let store = Store::new(&info, args.pool_size as usize)?;
+    let hub = Arc::new(Hub::new());
+    let membership = Arc::new(Membership::new(store.clone(), Duration::from_millis(args.membership_ttl_ms)));
+    let health = Arc::new(Health::default());
+    let progress = Progress::default();
+
+    // Replication → pipeline.
+    let (tx, rx) = mpsc::channel(1024);
+    let replication_stop = CancellationToken::new();
+    let replicator = Replicator::new(
+        ReplicationConfig {
+            conn: info.clone(),
+            slot: args.slot.clone(),
+            publication: args.db.publication.clone(),
+            status_interval: Duration::from_secs(10),
+        },
+        tx,
+        progress.clone(),
+        health.clone(),
+    );
+    let replication = tokio::spawn(replicator.run(replication_stop.clone()));
+    let sequencer = Sequencer::new(SequencerConfig {
+        dedupe_capacity: args.dedupe_capacity as usize,
+        dedupe_ttl: Duration::from_secs(args.dedupe_ttl_secs),
+        gap_window: Duration::from_millis(args.gap_window_ms),
+    });
+    let pipeline = tokio::spawn(pipeline(rx, sequencer, hub.clone(), store.clone(), membership.clone(), progress));
+
+    // Side tasks: lag probe, membership cache sweep.
+    let side_stop = CancellationToken::new();
+    tokio::spawn(lag_probe(store.clone(), args.slot.clone(), side_stop.clone()));
+    {
+        let membership = membership.clone();
+        let stop = side_stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => membership.sweep(),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    let delivery_stop = CancellationToken::new();
+    let (delivery, delivery_task) = Delivery::start(store.clone(), args.delivered_debounce(), delivery_stop.clone());
+    let gw = Arc::new(Gateway::new(
+        hub,
+        store.clone(),
+        membership,
+        Auth::new(&args.jwt_secret, args.jwt_audience.as_deref()),
+        delivery,
+        GatewayConfig {
+            max_frame_bytes: args.max_frame_bytes as usize,
+            max_content_bytes: args.max_content_bytes,
+            outbound_queue: args.outbound_queue as usize,
+            backfill_page: args.backfill_page,
+            ping_interval: Duration::from_secs(args.ping_interval_secs),
+            auto_delivered: args.auto_delivered,
+        },
+        shutdown.clone(),
+    ));
+
+    let state = AppState { prometheus, health, store };
+    let app = Router::new()
+        .route("/v1/ws", get(gateway::ws_handler).with_state(gw.clone()))
+        .merge(server::router(state));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(listen = %args.listen, slot = %args.slot, publication = %args.db.publication, "chat-relay serving");
+    let stop = shutdown.clone();
+    let http = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let http_result = http.await;
+
+    // Drain, in order.
+    gw.sessions.close();
+    if tokio::time::timeout(Duration::from_secs(5), gw.sessions.wait()).await.is_err() {
+        tracing::warn!("some WebSocket sessions did not close within 5 s");
+    }
+    delivery_stop.cancel();
+    let _ = delivery_task.await;
+    replication_stop.cancel();
+    let _ = replication.await;
+    let _ = pipeline.await;
+    side_stop.cancel();
+    http_result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The pipeline stage: committed transactions → sequencer → fan-out, and the
+/// handed-on LSN back to the replicator.
+async fn pipeline(
+    mut rx: mpsc::Receiver<StreamEvent>,
+    mut seq: Sequencer,
+    hub: Arc<Hub>,
+    store: Store,
+    membership: Arc<Membership>,
+    progress: Progress,
+) {
+    loop {
+        let deadline = seq.next_deadline();
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => break,
+                Some(StreamEvent::Transaction(txn)) => {
+                    let chat_txn = ChatTxn::from_transaction(&txn);
+                    for item in seq.push(chat_txn, Instant::now()) {
+                        dispatch(item, &*hub, &membership);
+                    }
+                }
+                Some(StreamEvent::SlotReset { reason }) => {
+                    tracing::warn!(reason, "telling every connection to resynchronise");
+                    membership.clear();
+                    hub.resync_all();
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                for gap in seq.expired(Instant::now()) {
+                    match store.messages_between(gap.chat_id, gap.after, gap.before).await {
+                        Ok(found) => {
+                            for item in seq.fill(gap, found, Instant::now()) {
+                                dispatch(item, &*hub, &membership);
+                            }
+                        }
+                        Err(e) => {
+                            // Never count a gap we could not check: hold and retry.
+                            tracing::warn!(chat_id = %gap.chat_id, error = %e, "gap lookup failed; retrying");
+                            seq.retry(gap, Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        progress.handed_on(seq.safe_lsn());
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns one sequenced event into frames and membership updates.
+pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) {
+    let t = item.commit_time;
+    match item.event {
+        ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
+        ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
+        ChatEvent::Deleted { chat_id, id, seq } => fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t))),
+        ChatEvent::ParticipantChanged { now, previous } => {
+            membership.learn(now.chat_id, now.user_id, true);
+            let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
+            if moved {
+                fanout.publish(Arc::new(EventFrame::receipt(&now, t)));
+            }
+        }
+        ChatEvent::ParticipantRemoved { chat_id, user_id } => {
+            // Cache first, then revoke: a subscribe racing this sees one or the other.
+            membership.learn(chat_id, user_id, false);
+            fanout.revoke(chat_id, user_id);
+        }
+        ChatEvent::Truncated => {
+            membership.clear();
+            fanout.resync_all();
+        }
+    }
+}
+
+/// Every 5 s: server WAL position minus the slot's confirmed position.
+async fn lag_probe(store: Store, slot: String, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match store.slot_lag(&slot).await {
+            Ok(Some(lag)) => m::lag_bytes(lag),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "lag probe failed"),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! server: the operational HTTP endpoints beside `/v1/ws`.
+//!
+//! `/healthz` answers 200 while the process runs; `/readyz` answers 200 only
+//! while the replication stream runs and the database answers, 503 with the
+//! reason otherwise; `/metrics` is the Prometheus text exposition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::replication::Health;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub prometheus: PrometheusHandle,
+    pub health: Arc<Health>,
+    pub store: Store,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if !s.health.is_streaming() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", s.health.reason())).into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database did not answer within 2 s\n").into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    s.prometheus.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render()).into_response()
+}
