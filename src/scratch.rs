@@ -23,6 +23,8 @@ pub struct ScratchOptions {
     pub extra_conf: Vec<String>,
     /// Keep `fsync` on (benchmarks that compare write paths).
     pub durable: bool,
+    /// `pg_hba.conf` lines placed before the default scram rules.
+    pub extra_hba: Vec<String>,
 }
 
 /// A running throwaway cluster.
@@ -136,12 +138,13 @@ impl ScratchPostgres {
         }
         conf.extend(opts.extra_conf.iter().cloned());
         append(&self.data().join("postgresql.conf"), &conf.join("\n"))?;
-        std::fs::write(
-            self.data().join("pg_hba.conf"),
-            "local all all trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n\
-             host replication all 127.0.0.1/32 scram-sha-256\n",
-        )?;
+        let mut hba = String::from("local all all trust\n");
+        for line in &opts.extra_hba {
+            hba.push_str(line);
+            hba.push('\n');
+        }
+        hba.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(self.data().join("pg_hba.conf"), hba)?;
         Ok(())
     }
 

@@ -28,10 +28,16 @@ impl Auth {
     pub fn new(secret: &str, audience: Option<&str>) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         match audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+            Some(aud) => {
+                // Without "aud" in the required list, a token lacking it passes.
+                validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+                validation.set_audience(&[aud]);
+            }
+            None => {
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                validation.validate_aud = false;
+            }
         }
         Auth { key: DecodingKey::from_secret(secret.as_bytes()), validation }
     }

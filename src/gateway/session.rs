@@ -147,6 +147,11 @@ impl Session {
                 Wake::In(None) => return,
                 Wake::In(Some(Ok(msg))) => {
                     self.last_heard = Instant::now();
+                    // Events queued before this frame arrived are written before
+                    // its answer: a `pong` is a barrier for what the hub had sent.
+                    if self.drain_queue().await.is_err() {
+                        return;
+                    }
                     match self.on_incoming(msg, &mut expiry).await {
                         Ok(true) => Ok(()),
                         Ok(false) => return,
@@ -182,6 +187,16 @@ impl Session {
                 Ok(out) => self.on_outbound(out).await?,
                 Err(_) => break,
             }
+        }
+        Ok(())
+    }
+
+    async fn drain_queue(&mut self) -> Result<(), Closed> {
+        while let Some(out) = self.stash.pop_front() {
+            self.on_outbound(out).await?;
+        }
+        while let Ok(out) = self.rx.try_recv() {
+            self.on_outbound(out).await?;
         }
         Ok(())
     }
