@@ -164,7 +164,11 @@ pub struct DemoArgs {
 }
 
 fn parse_slot_name(s: &str) -> Result<String, String> {
-    if !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+    if !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
         Ok(s.to_string())
     } else {
         Err("slot names are 1 to 63 characters of lowercase letters, digits and underscore".into())
@@ -185,7 +189,9 @@ pub fn init_tracing(filter: &str, json: bool) {
         eprintln!("invalid log filter {filter:?} ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
     } else {

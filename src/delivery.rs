@@ -54,8 +54,15 @@ pub struct Delivery {
 
 impl Delivery {
     /// Starts the flusher task; it runs until `shutdown`, then flushes once more.
-    pub fn start(store: Store, window: Duration, shutdown: CancellationToken) -> (Delivery, tokio::task::JoinHandle<()>) {
-        let d = Delivery { pending: Arc::new(Mutex::new(Pending::default())), wake: Arc::new(Notify::new()) };
+    pub fn start(
+        store: Store,
+        window: Duration,
+        shutdown: CancellationToken,
+    ) -> (Delivery, tokio::task::JoinHandle<()>) {
+        let d = Delivery {
+            pending: Arc::new(Mutex::new(Pending::default())),
+            wake: Arc::new(Notify::new()),
+        };
         let task = tokio::spawn(d.clone().flusher(store, window, shutdown));
         (d, task)
     }
@@ -70,7 +77,13 @@ impl Delivery {
         self.record(|p| &mut p.read, chat_id, user_id, seq);
     }
 
-    fn record(&self, which: fn(&mut Pending) -> &mut HashMap<(Uuid, Uuid), i64>, chat_id: Uuid, user_id: Uuid, seq: i64) {
+    fn record(
+        &self,
+        which: fn(&mut Pending) -> &mut HashMap<(Uuid, Uuid), i64>,
+        chat_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+    ) {
         let (first, large) = match self.pending.lock() {
             Ok(mut p) => {
                 let was_empty = p.len() == 0;
@@ -86,7 +99,10 @@ impl Delivery {
     }
 
     fn take(&self) -> Pending {
-        self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
     }
 
     fn put_back(&self, batch: Pending) {
@@ -117,7 +133,8 @@ impl Delivery {
                 failures = 0;
             } else {
                 failures += 1;
-                let wait = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5));
+                let wait = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)))
+                    .min(Duration::from_secs(5));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => break,
@@ -136,7 +153,10 @@ impl Delivery {
         }
         let left = self.pending_len();
         if left > 0 {
-            tracing::error!(pending = left, "delivered/read marks could not be written before shutdown");
+            tracing::error!(
+                pending = left,
+                "delivered/read marks could not be written before shutdown"
+            );
         }
     }
 
@@ -147,7 +167,14 @@ impl Delivery {
             return true;
         }
         let to_marks = |m: &HashMap<(Uuid, Uuid), i64>| {
-            let mut v: Vec<Mark> = m.iter().map(|(&(chat_id, user_id), &seq)| Mark { chat_id, user_id, seq }).collect();
+            let mut v: Vec<Mark> = m
+                .iter()
+                .map(|(&(chat_id, user_id), &seq)| Mark {
+                    chat_id,
+                    user_id,
+                    seq,
+                })
+                .collect();
             // One lock order for every writer: no deadlocks between flushes.
             v.sort_by_key(|m| (m.chat_id, m.user_id));
             v
@@ -156,7 +183,11 @@ impl Delivery {
         match store.apply_marks(&delivered, &read).await {
             Ok(()) => {
                 m::delivered_flush();
-                tracing::debug!(delivered = delivered.len(), read = read.len(), "marks flushed");
+                tracing::debug!(
+                    delivered = delivered.len(),
+                    read = read.len(),
+                    "marks flushed"
+                );
                 true
             }
             Err(e) => {

@@ -58,14 +58,34 @@ impl EventFrame {
         Self::row(FrameKind::Update, "update", row, commit_time)
     }
 
-    fn row(kind: FrameKind, ty: &str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        let text = json!({"type": ty, "chat_id": row.chat_id, "seq": row.seq, "message": row.json}).to_string();
-        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, sender_id: row.sender_id, text: text.into() }
+    fn row(
+        kind: FrameKind,
+        ty: &str,
+        row: &MessageRow,
+        commit_time: Option<DateTime<Utc>>,
+    ) -> EventFrame {
+        let text = json!({"type": ty, "chat_id": row.chat_id, "seq": row.seq, "message": row.json})
+            .to_string();
+        EventFrame {
+            chat_id: row.chat_id,
+            seq: row.seq,
+            kind,
+            commit_time,
+            sender_id: row.sender_id,
+            text: text.into(),
+        }
     }
 
     pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: DateTime<Utc>) -> EventFrame {
         let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
-        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time: Some(commit_time), sender_id: None, text: text.into() }
+        EventFrame {
+            chat_id,
+            seq,
+            kind: FrameKind::Delete,
+            commit_time: Some(commit_time),
+            sender_id: None,
+            text: text.into(),
+        }
     }
 
     pub fn receipt(p: &Participant, commit_time: DateTime<Utc>) -> EventFrame {
@@ -119,14 +139,35 @@ impl ConnHandle {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let kick = CancellationToken::new();
         let reason = Arc::new(AtomicU8::new(KickReason::None as u8));
-        (ConnHandle { user_id, tx, kick: kick.clone(), reason: reason.clone() }, rx, Kicked { token: kick, reason })
+        (
+            ConnHandle {
+                user_id,
+                tx,
+                kick: kick.clone(),
+                reason: reason.clone(),
+            },
+            rx,
+            Kicked {
+                token: kick,
+                reason,
+            },
+        )
     }
 
     fn offer(&self, out: Outbound) -> bool {
         match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.reason.compare_exchange(0, KickReason::SlowConsumer as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if self
+                    .reason
+                    .compare_exchange(
+                        0,
+                        KickReason::SlowConsumer as u8,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
                     self.kick.cancel();
                 }
                 false
@@ -240,7 +281,15 @@ mod tests {
     fn row(chat: Uuid, seq: i64) -> MessageRow {
         let mut json = Map::new();
         json.insert("seq".into(), json!(seq));
-        MessageRow { id: Uuid::new_v4(), chat_id: chat, seq, sender_id: None, client_generated_id: None, status: None, json }
+        MessageRow {
+            id: Uuid::new_v4(),
+            chat_id: chat,
+            seq,
+            sender_id: None,
+            client_generated_id: None,
+            status: None,
+            json,
+        }
     }
 
     #[tokio::test]

@@ -45,7 +45,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -72,7 +75,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let info = args.db.conn_info()?;
     let store = Store::new(&info, args.pool_size as usize)?;
     let hub = Arc::new(Hub::new());
-    let membership = Arc::new(Membership::new(store.clone(), Duration::from_millis(args.membership_ttl_ms)));
+    let membership = Arc::new(Membership::new(
+        store.clone(),
+        Duration::from_millis(args.membership_ttl_ms),
+    ));
     let health = Arc::new(Health::default());
     let progress = Progress::default();
 
@@ -96,11 +102,22 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         dedupe_ttl: Duration::from_secs(args.dedupe_ttl_secs),
         gap_window: Duration::from_millis(args.gap_window_ms),
     });
-    let pipeline = tokio::spawn(pipeline(rx, sequencer, hub.clone(), store.clone(), membership.clone(), progress));
+    let pipeline = tokio::spawn(pipeline(
+        rx,
+        sequencer,
+        hub.clone(),
+        store.clone(),
+        membership.clone(),
+        progress,
+    ));
 
     // Side tasks: lag probe, membership cache sweep.
     let side_stop = CancellationToken::new();
-    tokio::spawn(lag_probe(store.clone(), args.slot.clone(), side_stop.clone()));
+    tokio::spawn(lag_probe(
+        store.clone(),
+        args.slot.clone(),
+        side_stop.clone(),
+    ));
     {
         let membership = membership.clone();
         let stop = side_stop.clone();
@@ -116,7 +133,11 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     }
 
     let delivery_stop = CancellationToken::new();
-    let (delivery, delivery_task) = Delivery::start(store.clone(), args.delivered_debounce(), delivery_stop.clone());
+    let (delivery, delivery_task) = Delivery::start(
+        store.clone(),
+        args.delivered_debounce(),
+        delivery_stop.clone(),
+    );
     let gw = Arc::new(Gateway::new(
         hub,
         store.clone(),
@@ -134,7 +155,11 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         shutdown.clone(),
     ));
 
-    let state = AppState { prometheus, health, store };
+    let state = AppState {
+        prometheus,
+        health,
+        store,
+    };
     let app = Router::new()
         .route("/v1/ws", get(gateway::ws_handler).with_state(gw.clone()))
         .merge(server::router(state));
@@ -143,12 +168,16 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, slot = %args.slot, publication = %args.db.publication, "chat-relay serving");
     let stop = shutdown.clone();
-    let http = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let http =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     let http_result = http.await;
 
     // Drain, in order.
     gw.sessions.close();
-    if tokio::time::timeout(Duration::from_secs(5), gw.sessions.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), gw.sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some WebSocket sessions did not close within 5 s");
     }
     delivery_stop.cancel();
@@ -223,10 +252,14 @@ pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) {
     match item.event {
         ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
         ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
-        ChatEvent::Deleted { chat_id, id, seq } => fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t))),
+        ChatEvent::Deleted { chat_id, id, seq } => {
+            fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t)))
+        }
         ChatEvent::ParticipantChanged { now, previous } => {
             membership.learn(now.chat_id, now.user_id, true);
-            let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
+            let moved = previous.is_some_and(|p| {
+                p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq
+            });
             if moved {
                 fanout.publish(Arc::new(EventFrame::receipt(&now, t)));
             }

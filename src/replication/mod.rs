@@ -68,7 +68,9 @@ pub struct Progress {
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { tx: Arc::new(watch::channel(Lsn(0)).0) }
+        Progress {
+            tx: Arc::new(watch::channel(Lsn(0)).0),
+        }
     }
 }
 
@@ -93,24 +95,48 @@ impl Progress {
 }
 
 /// Whether the stream is running, and why not; read by `/readyz`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     streaming: AtomicBool,
     reason: Mutex<String>,
+    changed: watch::Sender<(bool, String)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            streaming: AtomicBool::new(false),
+            reason: Mutex::new("starting".into()),
+            changed: watch::channel((false, "starting".into())).0,
+        }
+    }
 }
 
 impl Health {
     pub fn is_streaming(&self) -> bool {
         self.streaming.load(Ordering::Acquire)
     }
+
+    /// Resolves once the stream is running (immediately if it is).
+    pub async fn wait_streaming(&self) {
+        self.wait_for(|streaming, _| streaming).await
+    }
+
+    /// Resolves once `(streaming, reason)` satisfies `pred`.
+    pub async fn wait_for(&self, mut pred: impl FnMut(bool, &str) -> bool) {
+        let mut rx = self.changed.subscribe();
+        let _ = rx.wait_for(|(s, r)| pred(*s, r)).await;
+    }
     pub fn reason(&self) -> String {
         self.reason.lock().map(|r| r.clone()).unwrap_or_default()
     }
     fn set(&self, streaming: bool, reason: impl Into<String>) {
+        let reason = reason.into();
         self.streaming.store(streaming, Ordering::Release);
         if let Ok(mut r) = self.reason.lock() {
-            *r = reason.into();
+            r.clone_from(&reason);
         }
+        self.changed.send_replace((streaming, reason));
     }
 }
 
@@ -123,7 +149,9 @@ enum SessionError {
     Decode(#[from] DecodeError),
     #[error("slot {slot} belongs to another consumer ({detail})")]
     SlotBusy { slot: String, detail: String },
-    #[error("slot {0} exists but is not a pgoutput logical slot of this database; refusing to touch it")]
+    #[error(
+        "slot {0} exists but is not a pgoutput logical slot of this database; refusing to touch it"
+    )]
     ForeignSlot(String),
     #[error("malformed replication message: {0}")]
     Malformed(&'static str),
@@ -149,7 +177,12 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    pub fn new(cfg: ReplicationConfig, out: mpsc::Sender<StreamEvent>, progress: Progress, health: Arc<Health>) -> Self {
+    pub fn new(
+        cfg: ReplicationConfig,
+        out: mpsc::Sender<StreamEvent>,
+        progress: Progress,
+        health: Arc<Health>,
+    ) -> Self {
         Replicator {
             cfg,
             out,
@@ -180,12 +213,19 @@ impl Replicator {
                 Err(SessionError::SlotBusy { slot, detail }) => {
                     // Another relay holds the slot (rolling update): wait quietly.
                     if !busy_logged {
-                        tracing::info!(slot, detail, "slot is in use by another consumer; waiting for it to be released");
+                        tracing::info!(
+                            slot,
+                            detail,
+                            "slot is in use by another consumer; waiting for it to be released"
+                        );
                         busy_logged = true;
                     } else {
                         tracing::debug!(slot, "slot still in use");
                     }
-                    self.health.set(false, format!("waiting for slot {slot}, in use by another consumer"));
+                    self.health.set(
+                        false,
+                        format!("waiting for slot {slot}, in use by another consumer"),
+                    );
                     let wait = Duration::from_millis(1000 + fastrand::u64(0..1000));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -200,7 +240,8 @@ impl Replicator {
                     let wait = backoff.next();
                     m::replication_errors();
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "replication stream failed; reconnecting");
-                    self.health.set(false, format!("replication stream failed: {e}"));
+                    self.health
+                        .set(false, format!("replication stream failed: {e}"));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => break,
@@ -306,7 +347,10 @@ impl Replicator {
                         "committed transaction"
                     );
                     let end = txn.end_lsn;
-                    self.out.send(StreamEvent::Transaction(txn)).await.map_err(|_| SessionError::Downstream)?;
+                    self.out
+                        .send(StreamEvent::Transaction(txn))
+                        .await
+                        .map_err(|_| SessionError::Downstream)?;
                     self.forwarded = self.forwarded.max(end);
                 }
                 Ok(false)
@@ -330,11 +374,19 @@ impl Replicator {
     /// The position that is safe to confirm now.
     fn confirmable(&self) -> Lsn {
         let handed = self.progress.current();
-        let pos = if handed >= self.forwarded { handed.max(self.idle_position) } else { handed };
+        let pos = if handed >= self.forwarded {
+            handed.max(self.idle_position)
+        } else {
+            handed
+        };
         pos.max(self.confirmed)
     }
 
-    async fn send_status(&mut self, conn: &mut ReplConnection, reply: bool) -> Result<(), SessionError> {
+    async fn send_status(
+        &mut self,
+        conn: &mut ReplConnection,
+        reply: bool,
+    ) -> Result<(), SessionError> {
         let pos = self.confirmable();
         let mut msg = Vec::with_capacity(34);
         msg.push(b'r');
@@ -353,7 +405,11 @@ impl Replicator {
 
     /// Shutdown: give the pipeline a moment to hand on what it holds, then
     /// confirm the final position.
-    async fn drain_and_confirm(&mut self, conn: &mut ReplConnection, progress: &mut watch::Receiver<Lsn>) {
+    async fn drain_and_confirm(
+        &mut self,
+        conn: &mut ReplConnection,
+        progress: &mut watch::Receiver<Lsn>,
+    ) {
         let forwarded = self.forwarded;
         let wait = progress.wait_for(|lsn| *lsn >= forwarded);
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
@@ -372,23 +428,38 @@ impl Replicator {
         );
         let rows = conn.simple_query(&query).await?;
         let lost_reason = match rows.first() {
-            None if self.slot_seen => Some("the slot was dropped while the relay was using it".to_string()),
+            None if self.slot_seen => {
+                Some("the slot was dropped while the relay was using it".to_string())
+            }
             None => None,
             Some(row) => {
                 let get = |i: usize| row.get(i).cloned().flatten();
-                if get(0).as_deref() != Some("logical") || get(1).as_deref() != Some("pgoutput") || get(2).as_deref() != Some("t") {
+                if get(0).as_deref() != Some("logical")
+                    || get(1).as_deref() != Some("pgoutput")
+                    || get(2).as_deref() != Some("t")
+                {
                     return Err(SessionError::ForeignSlot(self.cfg.slot.clone()));
                 }
                 if let Some(pid) = get(5) {
-                    return Err(SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: format!("active pid {pid}") });
+                    return Err(SessionError::SlotBusy {
+                        slot: self.cfg.slot.clone(),
+                        detail: format!("active pid {pid}"),
+                    });
                 }
                 if get(3).as_deref() == Some("lost") {
-                    let reason = "the slot was invalidated (max_slot_wal_keep_size exceeded)".to_string();
-                    conn.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(&self.cfg.slot))).await?;
+                    let reason =
+                        "the slot was invalidated (max_slot_wal_keep_size exceeded)".to_string();
+                    conn.simple_query(&format!(
+                        "DROP_REPLICATION_SLOT {}",
+                        quote_ident(&self.cfg.slot)
+                    ))
+                    .await?;
                     Some(reason)
                 } else {
                     self.slot_seen = true;
-                    let lsn = get(4).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
+                    let lsn = get(4)
+                        .and_then(|s| s.parse::<Lsn>().ok())
+                        .unwrap_or_default();
                     return Ok(lsn);
                 }
             }
@@ -403,11 +474,18 @@ impl Replicator {
             Ok(rows) => rows,
             // Another relay created it between our check and now.
             Err(e) if e.sqlstate() == Some("42710") => {
-                return Err(SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: "created concurrently".into() })
+                return Err(SessionError::SlotBusy {
+                    slot: self.cfg.slot.clone(),
+                    detail: "created concurrently".into(),
+                })
             }
             Err(e) => return Err(e.into()),
         };
-        let lsn = rows.first().and_then(|r| r.get(1).cloned().flatten()).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
+        let lsn = rows
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|s| s.parse::<Lsn>().ok())
+            .unwrap_or_default();
         self.slot_seen = true;
         match lost_reason {
             Some(reason) => {
@@ -422,7 +500,10 @@ impl Replicator {
                 self.confirmed = Lsn(0);
                 self.forwarded = Lsn(0);
                 self.idle_position = Lsn(0);
-                self.out.send(StreamEvent::SlotReset { reason }).await.map_err(|_| SessionError::Downstream)?;
+                self.out
+                    .send(StreamEvent::SlotReset { reason })
+                    .await
+                    .map_err(|_| SessionError::Downstream)?;
             }
             None => tracing::info!(slot = %self.cfg.slot, lsn = %lsn, "replication slot created"),
         }
@@ -432,7 +513,10 @@ impl Replicator {
     fn classify_start_error(&mut self, e: WireError) -> SessionError {
         match e.sqlstate() {
             // object_in_use: "replication slot ... is active for PID ..."
-            Some("55006") => SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: e.to_string() },
+            Some("55006") => SessionError::SlotBusy {
+                slot: self.cfg.slot.clone(),
+                detail: e.to_string(),
+            },
             // The slot vanished between our check and START: next session recreates it.
             Some("42704") => e.into(),
             _ => e.into(),
@@ -463,13 +547,20 @@ struct Backoff {
 
 impl Backoff {
     fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
     fn reset(&mut self) {
         self.attempt = 0;
     }
     fn next(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         // Half fixed, half random: never zero, never in lockstep with peers.
         let half = exp / 2;
