@@ -104,6 +104,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbound_queue: u32,
 
+    /// How long a connection whose queue is full may take to make room before it
+    /// is closed with 4008 (absorbs bursts such as one large transaction).
+    #[arg(long, env = "CHAT_RELAY_SLOW_CONSUMER_MS", default_value_t = 250)]
+    pub slow_consumer_ms: u64,
+
     /// Entries kept in the duplicate-detection cache (ids and client_generated_ids).
     #[arg(long, env = "CHAT_RELAY_DEDUPE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub dedupe_capacity: u32,
@@ -164,11 +169,7 @@ pub struct DemoArgs {
 }
 
 fn parse_slot_name(s: &str) -> Result<String, String> {
-    if !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
+    if !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         Ok(s.to_string())
     } else {
         Err("slot names are 1 to 63 characters of lowercase letters, digits and underscore".into())
@@ -189,9 +190,7 @@ pub fn init_tracing(filter: &str, json: bool) {
         eprintln!("invalid log filter {filter:?} ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
     } else {

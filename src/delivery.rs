@@ -59,10 +59,7 @@ impl Delivery {
         window: Duration,
         shutdown: CancellationToken,
     ) -> (Delivery, tokio::task::JoinHandle<()>) {
-        let d = Delivery {
-            pending: Arc::new(Mutex::new(Pending::default())),
-            wake: Arc::new(Notify::new()),
-        };
+        let d = Delivery { pending: Arc::new(Mutex::new(Pending::default())), wake: Arc::new(Notify::new()) };
         let task = tokio::spawn(d.clone().flusher(store, window, shutdown));
         (d, task)
     }
@@ -99,10 +96,7 @@ impl Delivery {
     }
 
     fn take(&self) -> Pending {
-        self.pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default()
+        self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
     }
 
     fn put_back(&self, batch: Pending) {
@@ -133,8 +127,8 @@ impl Delivery {
                 failures = 0;
             } else {
                 failures += 1;
-                let wait = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)))
-                    .min(Duration::from_secs(5));
+                let wait =
+                    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => break,
@@ -153,10 +147,7 @@ impl Delivery {
         }
         let left = self.pending_len();
         if left > 0 {
-            tracing::error!(
-                pending = left,
-                "delivered/read marks could not be written before shutdown"
-            );
+            tracing::error!(pending = left, "delivered/read marks could not be written before shutdown");
         }
     }
 
@@ -167,14 +158,7 @@ impl Delivery {
             return true;
         }
         let to_marks = |m: &HashMap<(Uuid, Uuid), i64>| {
-            let mut v: Vec<Mark> = m
-                .iter()
-                .map(|(&(chat_id, user_id), &seq)| Mark {
-                    chat_id,
-                    user_id,
-                    seq,
-                })
-                .collect();
+            let mut v: Vec<Mark> = m.iter().map(|(&(chat_id, user_id), &seq)| Mark { chat_id, user_id, seq }).collect();
             // One lock order for every writer: no deadlocks between flushes.
             v.sort_by_key(|m| (m.chat_id, m.user_id));
             v
@@ -183,11 +167,7 @@ impl Delivery {
         match store.apply_marks(&delivered, &read).await {
             Ok(()) => {
                 m::delivered_flush();
-                tracing::debug!(
-                    delivered = delivered.len(),
-                    read = read.len(),
-                    "marks flushed"
-                );
+                tracing::debug!(delivered = delivered.len(), read = read.len(), "marks flushed");
                 true
             }
             Err(e) => {

@@ -20,43 +20,31 @@ use uuid::Uuid;
 use crate::config::{DbArgs, DemoArgs, ServeArgs};
 use crate::scratch::ScratchPostgres;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const SECRET: &str = "demo-secret-not-for-production";
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("chat-relay demo: starting a throwaway PostgreSQL 15 ...");
     let pg = tokio::task::spawn_blocking(ScratchPostgres::start).await??;
-    println!(
-        "  postgres on 127.0.0.1:{} (data in a temp dir, removed on exit)",
-        pg.port
-    );
+    println!("  postgres on 127.0.0.1:{} (data in a temp dir, removed on exit)", pg.port);
     let url = pg.url("postgres");
     let info = crate::pgconn::ConnInfo::parse(&url)?;
     crate::migrate::run(&info, "chat_relay").await?;
     println!("  migrations applied, publication chat_relay created");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let serve = serve_args(&url, port);
     let stop = CancellationToken::new();
     let relay = tokio::spawn(crate::relay::run(serve, stop.clone()));
     wait_ready(port).await?;
-    println!(
-        "  relay ready: ws://127.0.0.1:{port}/v1/ws  (metrics: http://127.0.0.1:{port}/metrics)\n"
-    );
+    println!("  relay ready: ws://127.0.0.1:{port}/v1/ws  (metrics: http://127.0.0.1:{port}/metrics)\n");
 
     let db = crate::pgconn::connect(&info).await?;
     let (chat, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    db.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat])
+    db.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await?;
+    db.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2), ($1, $3)", &[&chat, &alice, &bob])
         .await?;
-    db.execute(
-        "INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2), ($1, $3)",
-        &[&chat, &alice, &bob],
-    )
-    .await?;
     println!("chat {} with alice and bob\n", short(&chat.to_string()));
 
     let mut a = connect(port, alice).await?;
@@ -100,16 +88,14 @@ async fn conversation(
             .await?;
             println!("[sql]   INSERT INTO chat_messages ... \"{text} (inserted by plain SQL)\"");
         } else {
-            send(a, json!({"type": "send", "chat_id": chat, "client_generated_id": Uuid::new_v4(), "content": text})).await?;
+            send(a, json!({"type": "send", "chat_id": chat, "client_generated_id": Uuid::new_v4(), "content": text}))
+                .await?;
             let sent = expect_type(a, "sent").await?;
             println!("[alice] send \"{text}\"  -> sent seq={}", sent["seq"]);
         }
         let msg = expect_type(b, "message").await?;
         let seq = msg["seq"].as_i64().unwrap_or(0);
-        println!(
-            "[bob]   <- message seq={seq} \"{}\"",
-            msg["message"]["content"].as_str().unwrap_or("")
-        );
+        println!("[bob]   <- message seq={seq} \"{}\"", msg["message"]["content"].as_str().unwrap_or(""));
         send(b, json!({"type": "ack", "chat_id": chat, "seq": seq})).await?;
         let status = wait_status(a, seq, "delivered").await?;
         println!("[alice] <- update seq={seq} status={status}");
@@ -125,10 +111,7 @@ async fn conversation(
 
 fn serve_args(url: &str, port: u16) -> ServeArgs {
     ServeArgs {
-        db: DbArgs {
-            database_url: url.to_string(),
-            publication: "chat_relay".into(),
-        },
+        db: DbArgs { database_url: url.to_string(), publication: "chat_relay".into() },
         listen: ([127, 0, 0, 1], port).into(),
         jwt_secret: SECRET.into(),
         jwt_audience: None,
@@ -138,6 +121,7 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
         max_content_bytes: 16384,
         pool_size: 4,
         outbound_queue: 1024,
+        slow_consumer_ms: 250,
         dedupe_capacity: 10_000,
         dedupe_ttl_secs: 600,
         gap_window_ms: 50,
@@ -169,18 +153,12 @@ async fn wait_ready(port: u16) -> anyhow::Result<()> {
 
 fn token(user: Uuid) -> anyhow::Result<String> {
     let exp = chrono::Utc::now().timestamp() + 3600;
-    Ok(encode(
-        &Header::default(),
-        &json!({"sub": user, "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )?)
+    Ok(encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()))?)
 }
 
 async fn connect(port: u16, user: Uuid) -> anyhow::Result<Ws> {
     let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", token(user)?);
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("websocket connect")?;
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.context("websocket connect")?;
     Ok(ws)
 }
 

@@ -28,21 +28,14 @@ pub struct MessageRow {
 impl MessageRow {
     /// Builds the typed view from a JSON row (WAL or database alike).
     pub fn from_json(json: Map<String, Value>) -> Option<MessageRow> {
-        let uuid = |k: &str| {
-            json.get(k)
-                .and_then(Value::as_str)
-                .and_then(|s| Uuid::parse_str(s).ok())
-        };
+        let uuid = |k: &str| json.get(k).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
         Some(MessageRow {
             id: uuid("id")?,
             chat_id: uuid("chat_id")?,
             seq: json.get("seq").and_then(Value::as_i64)?,
             sender_id: uuid("sender_id"),
             client_generated_id: uuid("client_generated_id"),
-            status: json
-                .get("status")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            status: json.get("status").and_then(Value::as_str).map(str::to_string),
             json,
         })
     }
@@ -59,17 +52,8 @@ pub struct Participant {
 
 impl Participant {
     fn from_row(row: &Row) -> Option<Participant> {
-        let uuid = |k: &str| {
-            row.get(k)
-                .and_then(Datum::as_str)
-                .and_then(|s| Uuid::parse_str(s).ok())
-        };
-        let int = |k: &str| {
-            row.get(k)
-                .and_then(Datum::as_str)
-                .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
+        let uuid = |k: &str| row.get(k).and_then(Datum::as_str).and_then(|s| Uuid::parse_str(s).ok());
+        let int = |k: &str| row.get(k).and_then(Datum::as_str).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
         Some(Participant {
             chat_id: uuid("chat_id")?,
             user_id: uuid("user_id")?,
@@ -107,9 +91,7 @@ impl ChatEvent {
     pub fn chat_id(&self) -> Option<Uuid> {
         match self {
             ChatEvent::Inserted(m) | ChatEvent::Updated(m) => Some(m.chat_id),
-            ChatEvent::Deleted { chat_id, .. } | ChatEvent::ParticipantRemoved { chat_id, .. } => {
-                Some(*chat_id)
-            }
+            ChatEvent::Deleted { chat_id, .. } | ChatEvent::ParticipantRemoved { chat_id, .. } => Some(*chat_id),
             ChatEvent::ParticipantChanged { now, .. } => Some(now.chat_id),
             ChatEvent::Truncated => None,
         }
@@ -131,35 +113,19 @@ impl ChatTxn {
         for change in &txn.changes {
             let table = change.relation().map(|r| r.name.as_str());
             let event = match (table, change) {
-                (Some("chat_messages"), Change::Insert { new }) => {
-                    message(new).map(ChatEvent::Inserted)
-                }
-                (Some("chat_messages"), Change::Update { new, .. }) => {
-                    message(new).map(ChatEvent::Updated)
-                }
+                (Some("chat_messages"), Change::Insert { new }) => message(new).map(ChatEvent::Inserted),
+                (Some("chat_messages"), Change::Update { new, .. }) => message(new).map(ChatEvent::Updated),
                 (Some("chat_messages"), Change::Delete { old }) => {
-                    message(old).map(|m| ChatEvent::Deleted {
-                        chat_id: m.chat_id,
-                        id: m.id,
-                        seq: m.seq,
-                    })
+                    message(old).map(|m| ChatEvent::Deleted { chat_id: m.chat_id, id: m.id, seq: m.seq })
                 }
-                (Some("chat_participants"), Change::Insert { new }) => Participant::from_row(new)
-                    .map(|now| ChatEvent::ParticipantChanged {
-                        now,
-                        previous: None,
-                    }),
-                (Some("chat_participants"), Change::Update { old, new }) => {
-                    Participant::from_row(new).map(|now| ChatEvent::ParticipantChanged {
-                        now,
-                        previous: old.as_ref().and_then(Participant::from_row),
-                    })
+                (Some("chat_participants"), Change::Insert { new }) => {
+                    Participant::from_row(new).map(|now| ChatEvent::ParticipantChanged { now, previous: None })
                 }
+                (Some("chat_participants"), Change::Update { old, new }) => Participant::from_row(new).map(|now| {
+                    ChatEvent::ParticipantChanged { now, previous: old.as_ref().and_then(Participant::from_row) }
+                }),
                 (Some("chat_participants"), Change::Delete { old }) => Participant::from_row(old)
-                    .map(|p| ChatEvent::ParticipantRemoved {
-                        chat_id: p.chat_id,
-                        user_id: p.user_id,
-                    }),
+                    .map(|p| ChatEvent::ParticipantRemoved { chat_id: p.chat_id, user_id: p.user_id }),
                 (_, Change::Truncate { .. }) => Some(ChatEvent::Truncated),
                 _ => continue,
             };
@@ -170,12 +136,7 @@ impl ChatTxn {
                 }
             }
         }
-        ChatTxn {
-            commit_lsn: txn.commit_lsn,
-            end_lsn: txn.end_lsn,
-            commit_time: txn.commit_time,
-            events,
-        }
+        ChatTxn { commit_lsn: txn.commit_lsn, end_lsn: txn.end_lsn, commit_time: txn.commit_time, events }
     }
 }
 

@@ -2,9 +2,12 @@
 //!
 //! Every event is encoded to its JSON frame once ([`EventFrame`]) and the same
 //! `Arc` is queued to every subscriber of its chat: nothing is serialised per
-//! subscriber. Each connection has a bounded queue; when it is full the
-//! connection is kicked (its session closes it with 4008 and counts it)
-//! instead of buffering without bound or slowing anyone else down.
+//! subscriber. Each connection has a bounded queue. When a queue is full,
+//! [`Fanout::publish`] reports it as [`Blocked`] and the pipeline gives all
+//! blocked connections, together, a short patience to make room ([`settle`]):
+//! a fast client absorbing a burst (one big transaction) catches up; one that
+//! does not is kicked (its session closes with 4008 and counts it) instead of
+//! buffering without bound or holding everyone else back for longer.
 //!
 //! The pipeline talks to the hub only through the [`Fanout`] trait (publish,
 //! revoke, resync). A deployment with several relay replicas can put a
@@ -58,14 +61,8 @@ impl EventFrame {
         Self::row(FrameKind::Update, "update", row, commit_time)
     }
 
-    fn row(
-        kind: FrameKind,
-        ty: &str,
-        row: &MessageRow,
-        commit_time: Option<DateTime<Utc>>,
-    ) -> EventFrame {
-        let text = json!({"type": ty, "chat_id": row.chat_id, "seq": row.seq, "message": row.json})
-            .to_string();
+    fn row(kind: FrameKind, ty: &str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        let text = json!({"type": ty, "chat_id": row.chat_id, "seq": row.seq, "message": row.json}).to_string();
         EventFrame {
             chat_id: row.chat_id,
             seq: row.seq,
@@ -139,42 +136,50 @@ impl ConnHandle {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let kick = CancellationToken::new();
         let reason = Arc::new(AtomicU8::new(KickReason::None as u8));
-        (
-            ConnHandle {
-                user_id,
-                tx,
-                kick: kick.clone(),
-                reason: reason.clone(),
-            },
-            rx,
-            Kicked {
-                token: kick,
-                reason,
-            },
-        )
+        (ConnHandle { user_id, tx, kick: kick.clone(), reason: reason.clone() }, rx, Kicked { token: kick, reason })
     }
 
+    /// Queues without waiting; a full queue kicks the connection.
     fn offer(&self, out: Outbound) -> bool {
         match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self
-                    .reason
-                    .compare_exchange(
-                        0,
-                        KickReason::SlowConsumer as u8,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-                {
-                    self.kick.cancel();
-                }
+                self.kick_slow();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    fn kick_slow(&self) {
+        let slow = KickReason::SlowConsumer as u8;
+        if self.reason.compare_exchange(0, slow, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.kick.cancel();
+        }
+    }
+}
+
+/// A frame that did not fit into a connection's queue.
+pub struct Blocked {
+    handle: ConnHandle,
+    frame: Arc<EventFrame>,
+}
+
+/// Waits, for all blocked connections at once, up to `patience` for room;
+/// those still full are kicked as slow consumers.
+pub async fn settle(blocked: Vec<Blocked>, patience: std::time::Duration) {
+    if blocked.is_empty() {
+        return;
+    }
+    let waits = blocked.into_iter().map(|b| async move {
+        if b.handle.kick.is_cancelled() {
+            return;
+        }
+        if b.handle.tx.send_timeout(Outbound::Event(b.frame), patience).await.is_err() {
+            b.handle.kick_slow();
+        }
+    });
+    futures_util::future::join_all(waits).await;
 }
 
 /// The session's side of a kick.
@@ -195,8 +200,9 @@ impl Kicked {
 
 /// The pipeline's view of fan-out.
 pub trait Fanout: Send + Sync {
-    /// Queues a frame to every subscriber of its chat.
-    fn publish(&self, frame: Arc<EventFrame>);
+    /// Queues a frame to every subscriber of its chat; returns the
+    /// subscribers whose queue was full (hand them to [`settle`]).
+    fn publish(&self, frame: Arc<EventFrame>) -> Vec<Blocked>;
     /// `user_id` left `chat_id`: cut their subscriptions to it.
     fn revoke(&self, chat_id: Uuid, user_id: Uuid);
     /// Tell every connection to resynchronise from the tables.
@@ -237,12 +243,20 @@ impl Hub {
 }
 
 impl Fanout for Hub {
-    fn publish(&self, frame: Arc<EventFrame>) {
+    fn publish(&self, frame: Arc<EventFrame>) -> Vec<Blocked> {
+        let mut blocked = Vec::new();
         if let Some(subs) = self.chats.get(&frame.chat_id) {
             for (_, h) in subs.iter() {
-                h.offer(Outbound::Event(frame.clone()));
+                match h.tx.try_send(Outbound::Event(frame.clone())) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        blocked.push(Blocked { handle: h.clone(), frame: frame.clone() })
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
             }
         }
+        blocked
     }
 
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
@@ -301,7 +315,9 @@ mod tests {
         hub.subscribe(chat, 1, fast);
         hub.subscribe(chat, 2, slow);
         for seq in 1..=3 {
-            hub.publish(Arc::new(EventFrame::message(&row(chat, seq), None)));
+            let blocked = hub.publish(Arc::new(EventFrame::message(&row(chat, seq), None)));
+            assert_eq!(blocked.len(), if seq <= 2 { 0 } else { 1 }, "only the slow one is full, at the third");
+            settle(blocked, std::time::Duration::from_millis(10)).await;
             if let Some(Outbound::Event(f)) = fast_rx.recv().await {
                 assert_eq!(f.seq, seq);
                 // Same allocation as every other subscriber got.
@@ -316,6 +332,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_that_drains_within_patience_is_not_kicked() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (h, mut rx, kicked) = ConnHandle::new(Uuid::new_v4(), 1);
+        hub.subscribe(chat, 1, h);
+        assert!(hub.publish(Arc::new(EventFrame::message(&row(chat, 1), None))).is_empty());
+        let blocked = hub.publish(Arc::new(EventFrame::message(&row(chat, 2), None)));
+        assert_eq!(blocked.len(), 1);
+        let reader = tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while let Some(Outbound::Event(f)) = rx.recv().await {
+                seqs.push(f.seq);
+                if seqs.len() == 2 {
+                    break;
+                }
+            }
+            seqs
+        });
+        settle(blocked, std::time::Duration::from_secs(30)).await;
+        assert_eq!(reader.await.unwrap(), [1, 2]);
+        assert!(!kicked.token.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn revoke_cuts_only_that_user() {
         let hub = Hub::new();
         let chat = Uuid::new_v4();
@@ -327,7 +367,7 @@ mod tests {
         hub.revoke(chat, alice);
         assert!(matches!(a_rx.recv().await, Some(Outbound::Revoked(c)) if c == chat));
         assert_eq!(hub.subscribers(&chat), 1);
-        hub.publish(Arc::new(EventFrame::message(&row(chat, 1), None)));
+        assert!(hub.publish(Arc::new(EventFrame::message(&row(chat, 1), None))).is_empty());
         assert!(a_rx.try_recv().is_err(), "nothing after revocation");
     }
 }

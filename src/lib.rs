@@ -58,10 +58,7 @@ pub async fn run_migrate(args: &config::MigrateArgs) -> anyhow::Result<()> {
     let info = args.db.conn_info()?;
     let report = migrate::run(&info, &args.db.publication).await?;
     if report.applied.is_empty() {
-        println!(
-            "schema up to date ({} migrations already applied)",
-            report.already
-        );
+        println!("schema up to date ({} migrations already applied)", report.already);
     } else {
         println!("applied {}", report.applied.join(", "));
     }

@@ -43,9 +43,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(COMMIT_TO_SEND.to_string()),
-            &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
+            &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )?
         .install_recorder()?;
     describe();
@@ -75,41 +73,18 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(EVENTS, "Row changes decoded from the WAL, by operation");
-    describe_counter!(
-        DUPLICATES,
-        "Events dropped as duplicates, by the key that matched"
-    );
-    describe_counter!(
-        SEQ_GAPS,
-        "Times a chat's seq skipped and the missing messages could not be found"
-    );
+    describe_counter!(DUPLICATES, "Events dropped as duplicates, by the key that matched");
+    describe_counter!(SEQ_GAPS, "Times a chat's seq skipped and the missing messages could not be found");
     describe_counter!(GAPS_REPAIRED, "Missing seqs filled from the database");
     describe_counter!(DEDUPE_CACHE, "Lookups in the duplicate-detection cache");
-    describe_gauge!(
-        LAG_BYTES,
-        Unit::Bytes,
-        "Server WAL end minus the slot's confirmed position"
-    );
+    describe_gauge!(LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed position");
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     describe_counter!(MESSAGES_SENT, "Event frames written to clients");
-    describe_counter!(
-        SLOW_CONSUMERS,
-        "Connections closed with 4008 because they fell behind"
-    );
+    describe_counter!(SLOW_CONSUMERS, "Connections closed with 4008 because they fell behind");
     describe_counter!(DELIVERED_FLUSHES, "Batched delivered/read-marking writes");
-    describe_histogram!(
-        COMMIT_TO_SEND,
-        Unit::Seconds,
-        "Transaction commit time to event frame written"
-    );
-    describe_counter!(
-        SLOT_RECREATED,
-        "Replication slot lost (dropped or invalidated) and recreated"
-    );
-    describe_counter!(
-        REPLICATION_ERRORS,
-        "Replication stream failures that caused a reconnect"
-    );
+    describe_histogram!(COMMIT_TO_SEND, Unit::Seconds, "Transaction commit time to event frame written");
+    describe_counter!(SLOT_RECREATED, "Replication slot lost (dropped or invalidated) and recreated");
+    describe_counter!(REPLICATION_ERRORS, "Replication stream failures that caused a reconnect");
 }
 
 /// Counts the row changes of a committed transaction.

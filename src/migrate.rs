@@ -38,11 +38,7 @@ impl Migration {
 
 macro_rules! migration {
     ($v:expr, $file:literal) => {
-        Migration {
-            version: $v,
-            name: $file,
-            sql: include_str!(concat!("../sql/", $file)),
-        }
+        Migration { version: $v, name: $file, sql: include_str!(concat!("../sql/", $file)) }
     };
 }
 
@@ -61,16 +57,9 @@ pub enum MigrateError {
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("migration {name} failed: {source}")]
-    Failed {
-        name: &'static str,
-        source: tokio_postgres::Error,
-    },
+    Failed { name: &'static str, source: tokio_postgres::Error },
     #[error("migration {name} was applied with checksum {applied}, but the embedded file has {embedded}: applied migrations must not be edited; add a new one")]
-    Edited {
-        name: &'static str,
-        applied: String,
-        embedded: String,
-    },
+    Edited { name: &'static str, applied: String, embedded: String },
     #[error("{0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -86,16 +75,10 @@ pub struct Report {
 /// Applies all pending migrations and makes sure `publication` exists and
 /// covers the chat tables.
 pub async fn run(info: &ConnInfo, publication: &str) -> Result<Report, MigrateError> {
-    let client = pgconn::connect(info)
-        .await
-        .map_err(|e| MigrateError::Connect(format!("{e:#}")))?;
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('chat_relay_migrate'))")
-        .await?;
+    let client = pgconn::connect(info).await.map_err(|e| MigrateError::Connect(format!("{e:#}")))?;
+    client.batch_execute("SELECT pg_advisory_lock(hashtext('chat_relay_migrate'))").await?;
     let result = apply(&client, publication).await;
-    let _ = client
-        .batch_execute("SELECT pg_advisory_unlock(hashtext('chat_relay_migrate'))")
-        .await;
+    let _ = client.batch_execute("SELECT pg_advisory_unlock(hashtext('chat_relay_migrate'))").await;
     result
 }
 
@@ -112,36 +95,24 @@ async fn apply(client: &Client, publication: &str) -> Result<Report, MigrateErro
     let mut report = Report::default();
     for m in MIGRATIONS {
         let row = client
-            .query_opt(
-                "SELECT checksum FROM chat_relay_schema_migrations WHERE version = $1",
-                &[&m.version],
-            )
+            .query_opt("SELECT checksum FROM chat_relay_schema_migrations WHERE version = $1", &[&m.version])
             .await?;
         if let Some(row) = row {
             let applied: String = row.get(0);
             if applied != m.checksum() {
-                return Err(MigrateError::Edited {
-                    name: m.name,
-                    applied,
-                    embedded: m.checksum(),
-                });
+                return Err(MigrateError::Edited { name: m.name, applied, embedded: m.checksum() });
             }
             report.already += 1;
             continue;
         }
         tracing::info!(migration = m.name, "applying");
-        let failed = |source| MigrateError::Failed {
-            name: m.name,
-            source,
-        };
+        let failed = |source| MigrateError::Failed { name: m.name, source };
         let record = "INSERT INTO chat_relay_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)";
         if m.transactional() {
             client.batch_execute("BEGIN").await.map_err(failed)?;
             let done = async {
                 client.batch_execute(m.sql).await?;
-                client
-                    .execute(record, &[&m.version, &m.name, &m.checksum()])
-                    .await?;
+                client.execute(record, &[&m.version, &m.name, &m.checksum()]).await?;
                 client.batch_execute("COMMIT").await
             }
             .await;
@@ -153,10 +124,7 @@ async fn apply(client: &Client, publication: &str) -> Result<Report, MigrateErro
             for stmt in split_statements(m.sql) {
                 client.batch_execute(stmt).await.map_err(failed)?;
             }
-            client
-                .execute(record, &[&m.version, &m.name, &m.checksum()])
-                .await
-                .map_err(failed)?;
+            client.execute(record, &[&m.version, &m.name, &m.checksum()]).await.map_err(failed)?;
         }
         report.applied.push(m.name);
     }
@@ -166,20 +134,10 @@ async fn apply(client: &Client, publication: &str) -> Result<Report, MigrateErro
 
 /// Creates the publication, or adds the chat tables to an existing one.
 async fn ensure_publication(client: &Client, publication: &str) -> Result<bool, MigrateError> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .is_some();
+    let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?.is_some();
     let name = quote_ident(publication);
     if !exists {
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {name} FOR TABLE chat_messages, chat_participants"
-            ))
-            .await?;
+        client.batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE chat_messages, chat_participants")).await?;
         return Ok(true);
     }
     for table in ["chat_messages", "chat_participants"] {
@@ -191,9 +149,7 @@ async fn ensure_publication(client: &Client, publication: &str) -> Result<bool, 
             .await?
             .is_some();
         if !member {
-            client
-                .batch_execute(&format!("ALTER PUBLICATION {name} ADD TABLE {table}"))
-                .await?;
+            client.batch_execute(&format!("ALTER PUBLICATION {name} ADD TABLE {table}")).await?;
         }
     }
     Ok(false)
@@ -246,10 +202,8 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
             }
             b'$' => {
                 // $tag$ ... $tag$
-                let tag_end = b[i + 1..]
-                    .iter()
-                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
-                    .map(|p| i + 1 + p);
+                let tag_end =
+                    b[i + 1..].iter().position(|c| !(c.is_ascii_alphanumeric() || *c == b'_')).map(|p| i + 1 + p);
                 match tag_end {
                     Some(e) if b[e] == b'$' => {
                         let tag = &sql[i..=e];
@@ -296,17 +250,8 @@ mod tests {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version as usize, i + 1);
             assert!(m.name.starts_with(&format!("{:04}_", i + 1)));
-            let head: String = m
-                .sql
-                .lines()
-                .take_while(|l| l.starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            assert!(
-                head.to_lowercase().contains("rollback"),
-                "{} must say how to roll it back",
-                m.name
-            );
+            let head: String = m.sql.lines().take_while(|l| l.starts_with("--")).collect::<Vec<_>>().join("\n");
+            assert!(head.to_lowercase().contains("rollback"), "{} must say how to roll it back", m.name);
         }
     }
 

@@ -97,16 +97,11 @@ impl ConnInfo {
             return Err(ConnInfoError::Scheme(url.scheme().to_string()));
         }
         let decode = |s: &str| {
-            percent_decode(s).map_err(|_| ConnInfoError::BadValue {
-                name: "url",
-                value: "invalid percent-encoding".into(),
-            })
+            percent_decode(s)
+                .map_err(|_| ConnInfoError::BadValue { name: "url", value: "invalid percent-encoding".into() })
         };
         let mut info = ConnInfo {
-            host: url
-                .host_str()
-                .map(|h| h.trim_matches(['[', ']']).to_string())
-                .unwrap_or_default(),
+            host: url.host_str().map(|h| h.trim_matches(['[', ']']).to_string()).unwrap_or_default(),
             port: url.port().unwrap_or(5432),
             user: decode(url.username())?,
             password: url.password().map(decode).transpose()?,
@@ -120,27 +115,17 @@ impl ConnInfo {
             let v = v.into_owned();
             match &*k {
                 "sslmode" => {
-                    info.sslmode = v.parse().map_err(|_| ConnInfoError::BadValue {
-                        name: "sslmode",
-                        value: v,
-                    })?
+                    info.sslmode = v.parse().map_err(|_| ConnInfoError::BadValue { name: "sslmode", value: v })?
                 }
                 "sslrootcert" => info.sslrootcert = Some(PathBuf::from(v)),
                 "application_name" => info.application_name = v,
                 "connect_timeout" => {
-                    let secs: u64 = v.parse().map_err(|_| ConnInfoError::BadValue {
-                        name: "connect_timeout",
-                        value: v,
-                    })?;
+                    let secs: u64 =
+                        v.parse().map_err(|_| ConnInfoError::BadValue { name: "connect_timeout", value: v })?;
                     info.connect_timeout = Duration::from_secs(secs.max(1));
                 }
                 "host" => info.host = v,
-                "port" => {
-                    info.port = v.parse().map_err(|_| ConnInfoError::BadValue {
-                        name: "port",
-                        value: v,
-                    })?
-                }
+                "port" => info.port = v.parse().map_err(|_| ConnInfoError::BadValue { name: "port", value: v })?,
                 "user" => info.user = v,
                 "password" => info.password = Some(v),
                 "dbname" => info.dbname = v,
@@ -189,44 +174,30 @@ impl ConnInfo {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| ConnInfoError::BadValue {
-                name: "sslmode",
-                value: e.to_string(),
-            })?;
+            .map_err(|e| ConnInfoError::BadValue { name: "sslmode", value: e.to_string() })?;
         let config = match self.sslmode {
             SslMode::Disable => return Ok(None),
-            SslMode::Prefer | SslMode::Require => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth(),
-            SslMode::VerifyCa => {
-                let inner = WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(self.root_store()?),
-                    provider,
-                )
-                .build()
-                .map_err(|e| ConnInfoError::RootCert {
-                    path: self.sslrootcert.clone().unwrap_or_default(),
-                    reason: e.to_string(),
-                })?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
-                    .with_no_client_auth()
+            SslMode::Prefer | SslMode::Require => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
             }
-            SslMode::VerifyFull => builder
-                .with_root_certificates(self.root_store()?)
-                .with_no_client_auth(),
+            SslMode::VerifyCa => {
+                let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(self.root_store()?), provider)
+                    .build()
+                    .map_err(|e| ConnInfoError::RootCert {
+                        path: self.sslrootcert.clone().unwrap_or_default(),
+                        reason: e.to_string(),
+                    })?;
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(inner))).with_no_client_auth()
+            }
+            SslMode::VerifyFull => builder.with_root_certificates(self.root_store()?).with_no_client_auth(),
         };
         Ok(Some(Arc::new(config)))
     }
 
     /// The name the server certificate is checked against (verify-full).
     pub fn server_name(&self) -> Result<ServerName<'static>, ConnInfoError> {
-        ServerName::try_from(self.host.clone()).map_err(|_| ConnInfoError::BadValue {
-            name: "host",
-            value: self.host.clone(),
-        })
+        ServerName::try_from(self.host.clone())
+            .map_err(|_| ConnInfoError::BadValue { name: "host", value: self.host.clone() })
     }
 
     fn root_store(&self) -> Result<RootCertStore, ConnInfoError> {
@@ -239,26 +210,17 @@ impl ConnInfo {
         });
         match explicit {
             Some(path) if path.as_os_str() != "system" => {
-                let certs =
-                    CertificateDer::pem_file_iter(&path).map_err(|e| ConnInfoError::RootCert {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let certs = CertificateDer::pem_file_iter(&path)
+                    .map_err(|e| ConnInfoError::RootCert { path: path.clone(), reason: e.to_string() })?;
                 for cert in certs {
-                    let cert = cert.map_err(|e| ConnInfoError::RootCert {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    store.add(cert).map_err(|e| ConnInfoError::RootCert {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    let cert =
+                        cert.map_err(|e| ConnInfoError::RootCert { path: path.clone(), reason: e.to_string() })?;
+                    store
+                        .add(cert)
+                        .map_err(|e| ConnInfoError::RootCert { path: path.clone(), reason: e.to_string() })?;
                 }
                 if store.is_empty() {
-                    return Err(ConnInfoError::RootCert {
-                        path,
-                        reason: "no certificate in file".into(),
-                    });
+                    return Err(ConnInfoError::RootCert { path, reason: "no certificate in file".into() });
                 }
             }
             _ => {
@@ -279,9 +241,7 @@ fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(b) = hex {
                 out.push(b);
                 i += 3;
@@ -315,12 +275,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -328,12 +283,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -353,14 +303,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -423,8 +370,9 @@ mod tests {
 
     #[test]
     fn parses_full_url() {
-        let i = ConnInfo::parse("postgres://al%40ice:p%2Fss@db.example:6543/chat?sslmode=verify-full&application_name=x")
-            .unwrap();
+        let i =
+            ConnInfo::parse("postgres://al%40ice:p%2Fss@db.example:6543/chat?sslmode=verify-full&application_name=x")
+                .unwrap();
         assert_eq!(i.user, "al@ice");
         assert_eq!(i.password.as_deref(), Some("p/ss"));
         assert_eq!(i.host, "db.example");
@@ -440,22 +388,10 @@ mod tests {
         assert_eq!(i.port, 5432);
         assert_eq!(i.dbname, "bob");
         assert_eq!(i.sslmode, SslMode::Prefer);
-        assert!(matches!(
-            ConnInfo::parse("mysql://a@b/c"),
-            Err(ConnInfoError::Scheme(_))
-        ));
-        assert!(matches!(
-            ConnInfo::parse("postgres://a@b/c?sslmode=bogus"),
-            Err(ConnInfoError::BadValue { .. })
-        ));
-        assert!(matches!(
-            ConnInfo::parse("postgres://a@b/c?sslcert=x"),
-            Err(ConnInfoError::Unsupported(_))
-        ));
-        assert!(matches!(
-            ConnInfo::parse("postgres:///c"),
-            Err(ConnInfoError::NoHost)
-        ));
+        assert!(matches!(ConnInfo::parse("mysql://a@b/c"), Err(ConnInfoError::Scheme(_))));
+        assert!(matches!(ConnInfo::parse("postgres://a@b/c?sslmode=bogus"), Err(ConnInfoError::BadValue { .. })));
+        assert!(matches!(ConnInfo::parse("postgres://a@b/c?sslcert=x"), Err(ConnInfoError::Unsupported(_))));
+        assert!(matches!(ConnInfo::parse("postgres:///c"), Err(ConnInfoError::NoHost)));
         assert!(ConnInfo::parse("not a url").is_err());
     }
 

@@ -22,7 +22,7 @@ use crate::config::ServeArgs;
 use crate::delivery::Delivery;
 use crate::event::{ChatEvent, ChatTxn};
 use crate::gateway::{self, Auth, Gateway, GatewayConfig, Membership};
-use crate::hub::{EventFrame, Fanout, Hub};
+use crate::hub::{settle, Blocked, EventFrame, Fanout, Hub};
 use crate::metrics as m;
 use crate::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
 use crate::sequencer::{Sequenced, Sequencer, SequencerConfig};
@@ -45,10 +45,7 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -75,10 +72,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let info = args.db.conn_info()?;
     let store = Store::new(&info, args.pool_size as usize)?;
     let hub = Arc::new(Hub::new());
-    let membership = Arc::new(Membership::new(
-        store.clone(),
-        Duration::from_millis(args.membership_ttl_ms),
-    ));
+    let membership = Arc::new(Membership::new(store.clone(), Duration::from_millis(args.membership_ttl_ms)));
     let health = Arc::new(Health::default());
     let progress = Progress::default();
 
@@ -102,22 +96,13 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         dedupe_ttl: Duration::from_secs(args.dedupe_ttl_secs),
         gap_window: Duration::from_millis(args.gap_window_ms),
     });
-    let pipeline = tokio::spawn(pipeline(
-        rx,
-        sequencer,
-        hub.clone(),
-        store.clone(),
-        membership.clone(),
-        progress,
-    ));
+    let patience = Duration::from_millis(args.slow_consumer_ms);
+    let pipeline =
+        tokio::spawn(pipeline(rx, sequencer, hub.clone(), store.clone(), membership.clone(), progress, patience));
 
     // Side tasks: lag probe, membership cache sweep.
     let side_stop = CancellationToken::new();
-    tokio::spawn(lag_probe(
-        store.clone(),
-        args.slot.clone(),
-        side_stop.clone(),
-    ));
+    tokio::spawn(lag_probe(store.clone(), args.slot.clone(), side_stop.clone()));
     {
         let membership = membership.clone();
         let stop = side_stop.clone();
@@ -133,11 +118,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     }
 
     let delivery_stop = CancellationToken::new();
-    let (delivery, delivery_task) = Delivery::start(
-        store.clone(),
-        args.delivered_debounce(),
-        delivery_stop.clone(),
-    );
+    let (delivery, delivery_task) = Delivery::start(store.clone(), args.delivered_debounce(), delivery_stop.clone());
     let gw = Arc::new(Gateway::new(
         hub,
         store.clone(),
@@ -155,29 +136,20 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         shutdown.clone(),
     ));
 
-    let state = AppState {
-        prometheus,
-        health,
-        store,
-    };
-    let app = Router::new()
-        .route("/v1/ws", get(gateway::ws_handler).with_state(gw.clone()))
-        .merge(server::router(state));
+    let state = AppState { prometheus, health, store };
+    let app =
+        Router::new().route("/v1/ws", get(gateway::ws_handler).with_state(gw.clone())).merge(server::router(state));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, slot = %args.slot, publication = %args.db.publication, "chat-relay serving");
     let stop = shutdown.clone();
-    let http =
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let http = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     let http_result = http.await;
 
     // Drain, in order.
     gw.sessions.close();
-    if tokio::time::timeout(Duration::from_secs(5), gw.sessions.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), gw.sessions.wait()).await.is_err() {
         tracing::warn!("some WebSocket sessions did not close within 5 s");
     }
     delivery_stop.cancel();
@@ -200,6 +172,7 @@ async fn pipeline(
     store: Store,
     membership: Arc<Membership>,
     progress: Progress,
+    patience: Duration,
 ) {
     loop {
         let deadline = seq.next_deadline();
@@ -209,7 +182,7 @@ async fn pipeline(
                 Some(StreamEvent::Transaction(txn)) => {
                     let chat_txn = ChatTxn::from_transaction(&txn);
                     for item in seq.push(chat_txn, Instant::now()) {
-                        dispatch(item, &*hub, &membership);
+                        settle(dispatch(item, &*hub, &membership), patience).await;
                     }
                 }
                 Some(StreamEvent::SlotReset { reason }) => {
@@ -223,7 +196,7 @@ async fn pipeline(
                     match store.messages_between(gap.chat_id, gap.after, gap.before).await {
                         Ok(found) => {
                             for item in seq.fill(gap, found, Instant::now()) {
-                                dispatch(item, &*hub, &membership);
+                                settle(dispatch(item, &*hub, &membership), patience).await;
                             }
                         }
                         Err(e) => {
@@ -246,32 +219,33 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Turns one sequenced event into frames and membership updates.
-pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) {
+/// Turns one sequenced event into frames and membership updates; returns
+/// the connections whose queue was full (to be given time by [`settle`]).
+pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) -> Vec<Blocked> {
     let t = item.commit_time;
     match item.event {
         ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
         ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
-        ChatEvent::Deleted { chat_id, id, seq } => {
-            fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t)))
-        }
+        ChatEvent::Deleted { chat_id, id, seq } => fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t))),
         ChatEvent::ParticipantChanged { now, previous } => {
             membership.learn(now.chat_id, now.user_id, true);
-            let moved = previous.is_some_and(|p| {
-                p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq
-            });
+            let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
             if moved {
-                fanout.publish(Arc::new(EventFrame::receipt(&now, t)));
+                fanout.publish(Arc::new(EventFrame::receipt(&now, t)))
+            } else {
+                Vec::new()
             }
         }
         ChatEvent::ParticipantRemoved { chat_id, user_id } => {
             // Cache first, then revoke: a subscribe racing this sees one or the other.
             membership.learn(chat_id, user_id, false);
             fanout.revoke(chat_id, user_id);
+            Vec::new()
         }
         ChatEvent::Truncated => {
             membership.clear();
             fanout.resync_all();
+            Vec::new()
         }
     }
 }

@@ -56,21 +56,10 @@ impl ScratchPostgres {
         }
         // SAFETY of the check: geteuid has no preconditions.
         let as_postgres_user = is_root();
-        let dir = std::env::temp_dir().join(format!(
-            "chat-relay-pg-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
+        let dir = std::env::temp_dir().join(format!("chat-relay-pg-{}-{:08x}", std::process::id(), fastrand::u32(..)));
         std::fs::create_dir_all(&dir)?;
         let password = format!("pw{:016x}", fastrand::u64(..));
-        let mut pg = ScratchPostgres {
-            dir,
-            bin,
-            port: 0,
-            password,
-            as_postgres_user,
-            running: false,
-        };
+        let mut pg = ScratchPostgres { dir, bin, port: 0, password, as_postgres_user, running: false };
         pg.init(&opts)?;
         // A port found free can be taken before the server binds it (tests run
         // in parallel): try a few.
@@ -114,15 +103,7 @@ impl ScratchPostgres {
             .command("initdb")
             .arg("-D")
             .arg(self.data())
-            .args([
-                "-U",
-                "postgres",
-                "--auth=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
+            .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
             .arg(format!("--pwfile={}", pwfile.display())))
         .context("initdb")?;
         let mut conf = vec![
@@ -142,10 +123,7 @@ impl ScratchPostgres {
             conf.push("full_page_writes = off".into());
         }
         if let Some((cert, key)) = &opts.tls {
-            let (c, k) = (
-                self.data().join("server.crt"),
-                self.data().join("server.key"),
-            );
+            let (c, k) = (self.data().join("server.crt"), self.data().join("server.key"));
             std::fs::write(&c, cert)?;
             std::fs::write(&k, key)?;
             #[cfg(unix)]
@@ -171,10 +149,7 @@ impl ScratchPostgres {
     }
 
     fn write_port(&self) -> anyhow::Result<()> {
-        std::fs::write(
-            self.data().join("postgresql.auto.conf"),
-            format!("port = {}\n", self.port),
-        )?;
+        std::fs::write(self.data().join("postgresql.auto.conf"), format!("port = {}\n", self.port))?;
         if self.as_postgres_user {
             chown_postgres(&self.data().join("postgresql.auto.conf"))?;
         }
@@ -202,11 +177,7 @@ impl ScratchPostgres {
     /// Stops the server (fast shutdown: clients are disconnected).
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if self.running {
-            run(self
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(self.data())
-                .args(["-m", "fast", "-w", "stop"]))?;
+            run(self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]))?;
             self.running = false;
         }
         Ok(())
@@ -223,18 +194,12 @@ impl ScratchPostgres {
 
     /// `postgres://postgres:…@127.0.0.1:port/db?sslmode=disable`
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}?sslmode=disable",
-            self.password, self.port, db
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/{}?sslmode=disable", self.password, self.port, db)
     }
 
     /// Same without `sslmode`, so a caller can choose one.
     pub fn url_no_ssl_param(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}",
-            self.password, self.port, db
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/{}", self.password, self.port, db)
     }
 
     /// Runs SQL through psql over the local socket (no password), for setup.
@@ -243,19 +208,7 @@ impl ScratchPostgres {
             .command("psql")
             .arg("-h")
             .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-c",
-                sql,
-            ])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .context("running psql")?;
         if !out.status.success() {
@@ -268,30 +221,18 @@ impl ScratchPostgres {
 impl Drop for ScratchPostgres {
     fn drop(&mut self) {
         if self.running {
-            let _ = self
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(self.data())
-                .args(["-m", "immediate", "-w", "stop"])
-                .output();
+            let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]).output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
+    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
 fn chown_postgres(path: &Path) -> anyhow::Result<()> {
-    run(Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(path))
-    .context("chown to postgres")
+    run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path)).context("chown to postgres")
 }
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {

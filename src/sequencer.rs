@@ -87,10 +87,7 @@ struct Seen<K: Hash + Eq> {
 
 impl<K: Hash + Eq> Seen<K> {
     fn new(capacity: usize, ttl: Duration) -> Self {
-        Seen {
-            cache: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
-            ttl,
-        }
+        Seen { cache: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)), ttl }
     }
     fn contains(&mut self, k: &K, now: Instant) -> bool {
         let hit = match self.cache.peek(k) {
@@ -146,20 +143,12 @@ impl Sequencer {
     /// or, while events are held, the commit LSN of the oldest one holding them
     /// (so that a restart replays it).
     pub fn safe_lsn(&self) -> Lsn {
-        self.held_lsns
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.last_end)
+        self.held_lsns.keys().next().copied().unwrap_or(self.last_end)
     }
 
     /// When the earliest hold expires.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.chats
-            .values()
-            .filter(|c| !c.fill_requested)
-            .filter_map(|c| c.deadline)
-            .min()
+        self.chats.values().filter(|c| !c.fill_requested).filter_map(|c| c.deadline).min()
     }
 
     /// Takes one committed transaction; returns what may be handed on now.
@@ -167,26 +156,16 @@ impl Sequencer {
         let replay = txn.end_lsn <= self.last_end;
         let mut out = Vec::with_capacity(txn.events.len());
         for event in txn.events {
-            let item = Sequenced {
-                commit_time: txn.commit_time,
-                event,
-            };
+            let item = Sequenced { commit_time: txn.commit_time, event };
             match &item.event {
                 ChatEvent::Inserted(_) => self.on_insert(item, txn.commit_lsn, now, &mut out),
                 _ if replay => tracing::debug!(lsn = %txn.commit_lsn, "dropping replayed change"),
                 _ => {
                     let chat = item.event.chat_id();
-                    match chat
-                        .and_then(|c| self.chats.get_mut(&c))
-                        .filter(|s| !s.held.is_empty())
-                    {
+                    match chat.and_then(|c| self.chats.get_mut(&c)).filter(|s| !s.held.is_empty()) {
                         Some(state) => {
                             let key = state.held.last().map(|h| h.key).unwrap_or(0);
-                            state.held.push(Held {
-                                key,
-                                commit_lsn: txn.commit_lsn,
-                                item,
-                            });
+                            state.held.push(Held { key, commit_lsn: txn.commit_lsn, item });
                             *self.held_lsns.entry(txn.commit_lsn).or_default() += 1;
                         }
                         None => out.push(item),
@@ -198,13 +177,7 @@ impl Sequencer {
         out
     }
 
-    fn on_insert(
-        &mut self,
-        item: Sequenced,
-        commit_lsn: Lsn,
-        now: Instant,
-        out: &mut Vec<Sequenced>,
-    ) {
+    fn on_insert(&mut self, item: Sequenced, commit_lsn: Lsn, now: Instant, out: &mut Vec<Sequenced>) {
         let ChatEvent::Inserted(msg) = &item.event else {
             return;
         };
@@ -220,10 +193,7 @@ impl Sequencer {
         }
         let state = self.chats.entry(msg.chat_id).or_default();
         if state.high_water.is_some_and(|hw| msg.seq <= hw)
-            || state
-                .held
-                .iter()
-                .any(|h| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == msg.seq))
+            || state.held.iter().any(|h| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == msg.seq))
         {
             m::duplicate(DupKey::Seq);
             return;
@@ -243,11 +213,7 @@ impl Sequencer {
         if state.deadline.is_none() {
             state.deadline = Some(now + self.cfg.gap_window);
         }
-        state.held.push(Held {
-            key: seq,
-            commit_lsn,
-            item,
-        });
+        state.held.push(Held { key: seq, commit_lsn, item });
         *self.held_lsns.entry(commit_lsn).or_default() += 1;
         out.extend(self.release(chat, Vec::new(), None, now));
     }
@@ -277,11 +243,7 @@ impl Sequencer {
             match (state.high_water, first_held) {
                 (Some(after), Some(before)) => {
                     state.fill_requested = true;
-                    fills.push(GapFill {
-                        chat_id: *chat_id,
-                        after,
-                        before,
-                    });
+                    fills.push(GapFill { chat_id: *chat_id, after, before });
                 }
                 _ => state.deadline = Some(now), // nothing to look up; released by `fill`
             }
@@ -302,10 +264,8 @@ impl Sequencer {
     /// events in order up to the range's end; seqs still missing there are
     /// counted as gaps. A later gap starts its own window.
     pub fn fill(&mut self, gap: GapFill, found: Vec<MessageRow>, now: Instant) -> Vec<Sequenced> {
-        let found = found
-            .into_iter()
-            .filter(|r| r.chat_id == gap.chat_id && r.seq > gap.after && r.seq < gap.before)
-            .collect();
+        let found =
+            found.into_iter().filter(|r| r.chat_id == gap.chat_id && r.seq > gap.after && r.seq < gap.before).collect();
         self.release(gap.chat_id, found, Some(gap.before), now)
     }
 
@@ -323,19 +283,13 @@ impl Sequencer {
             return Vec::new();
         };
         let mut held = std::mem::take(&mut state.held);
-        let commit_time = held
-            .first()
-            .map(|h| h.item.commit_time)
-            .unwrap_or_else(Utc::now);
+        let commit_time = held.first().map(|h| h.item.commit_time).unwrap_or_else(Utc::now);
         let mut repaired = 0u64;
         for row in found {
             held.push(Held {
                 key: row.seq,
                 commit_lsn: Lsn(0),
-                item: Sequenced {
-                    commit_time,
-                    event: ChatEvent::Inserted(row),
-                },
+                item: Sequenced { commit_time, event: ChatEvent::Inserted(row) },
             });
         }
         held.sort_by_key(|h| h.key); // stable: followers stay after their insert
@@ -352,14 +306,8 @@ impl Sequencer {
                 ChatEvent::Inserted(msg) => {
                     let hw = state.high_water;
                     if hw.is_some_and(|hw| msg.seq <= hw) || self.ids.contains(&msg.id, now) {
-                        m::duplicate(if hw.is_some_and(|hw| msg.seq <= hw) {
-                            DupKey::Seq
-                        } else {
-                            DupKey::Id
-                        });
-                    } else if hw.is_none_or(|hw| msg.seq == hw + 1)
-                        || force_until.is_some_and(|f| msg.seq <= f)
-                    {
+                        m::duplicate(if hw.is_some_and(|hw| msg.seq <= hw) { DupKey::Seq } else { DupKey::Id });
+                    } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
                         if hw.is_some_and(|hw| msg.seq > hw + 1) {
                             m::seq_gap();
                             tracing::warn!(chat_id = %chat_id, after = ?hw, next = msg.seq, "seq gap: missing messages not found");

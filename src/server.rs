@@ -34,30 +34,16 @@ pub fn router(state: AppState) -> Router {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     if !s.health.is_streaming() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", s.health.reason()),
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", s.health.reason())).into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: database did not answer within 2 s\n",
-        )
-            .into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database did not answer within 2 s\n").into_response(),
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
     s.prometheus.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.prometheus.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render()).into_response()
 }

@@ -75,9 +75,7 @@ impl Store {
         // Same value rendering as the replication connection.
         cfg.options("-c TimeZone=UTC -c DateStyle=ISO,YMD");
         cfg.connect_timeout(info.connect_timeout.min(Duration::from_secs(3)));
-        let mgr_cfg = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
+        let mgr_cfg = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         let mgr = match info.tls_config()? {
             None => Manager::from_config(cfg, tokio_postgres::NoTls, mgr_cfg),
             Some(tls) => Manager::from_config(cfg, pgconn::make_tls(tls), mgr_cfg),
@@ -89,10 +87,7 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(3)))
             .recycle_timeout(Some(Duration::from_secs(2)))
             .build()?;
-        Ok(Store {
-            pool,
-            columns: Arc::new(RwLock::new(None)),
-        })
+        Ok(Store { pool, columns: Arc::new(RwLock::new(None)) })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -108,9 +103,7 @@ impl Store {
     /// Is `user_id` a participant of `chat_id`?
     pub async fn is_participant(&self, chat_id: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
         let c = self.client().await?;
-        let st = c
-            .prepare_cached("SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2")
-            .await?;
+        let st = c.prepare_cached("SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2").await?;
         Ok(c.query_opt(&st, &[&chat_id, &user_id]).await?.is_some())
     }
 
@@ -122,11 +115,7 @@ impl Store {
         Ok(row.try_get::<_, Option<i64>>(0)?.unwrap_or(0))
     }
 
-    async fn message_columns(
-        &self,
-        c: &deadpool_postgres::Object,
-        refresh: bool,
-    ) -> Result<Columns, StoreError> {
+    async fn message_columns(&self, c: &deadpool_postgres::Object, refresh: bool) -> Result<Columns, StoreError> {
         if !refresh {
             if let Some(cols) = self.columns.read().await.clone() {
                 return Ok(cols);
@@ -139,10 +128,7 @@ impl Store {
                 &[],
             )
             .await?;
-        let cols: Vec<(String, u32)> = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
-            .collect();
+        let cols: Vec<(String, u32)> = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1))).collect();
         if cols.is_empty() {
             return Err(StoreError::Unexpected("chat_messages has no columns"));
         }
@@ -152,12 +138,7 @@ impl Store {
     }
 
     /// Up to `limit` messages of a chat with `seq > after`, oldest first.
-    pub async fn messages_after(
-        &self,
-        chat_id: Uuid,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<MessageRow>, StoreError> {
+    pub async fn messages_after(&self, chat_id: Uuid, after: i64, limit: i64) -> Result<Vec<MessageRow>, StoreError> {
         self.messages(chat_id, after, i64::MAX, limit).await
     }
 
@@ -168,13 +149,7 @@ impl Store {
         after: i64,
         before: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        self.messages(
-            chat_id,
-            after,
-            before,
-            before.saturating_sub(after).clamp(0, 100_000),
-        )
-        .await
+        self.messages(chat_id, after, before, before.saturating_sub(after).clamp(0, 100_000)).await
     }
 
     async fn messages(
@@ -211,15 +186,11 @@ impl Store {
                 if let SimpleQueryMessage::Row(row) = m {
                     let mut json = Map::new();
                     for (i, (name, oid)) in cols.iter().enumerate() {
-                        let v = row
-                            .get(i)
-                            .map(|t| text_to_json(*oid, t))
-                            .unwrap_or(serde_json::Value::Null);
+                        let v = row.get(i).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
                         json.insert(name.clone(), v);
                     }
                     out.push(
-                        MessageRow::from_json(json)
-                            .ok_or(StoreError::Unexpected("message row without id or seq"))?,
+                        MessageRow::from_json(json).ok_or(StoreError::Unexpected("message row without id or seq"))?,
                     );
                 }
             }
@@ -238,19 +209,10 @@ impl Store {
     ) -> Result<SendOutcome, StoreError> {
         let c = self.client().await?;
         let existing = c
-            .prepare_cached(
-                "SELECT id, seq FROM chat_messages WHERE chat_id = $1 AND client_generated_id = $2",
-            )
+            .prepare_cached("SELECT id, seq FROM chat_messages WHERE chat_id = $1 AND client_generated_id = $2")
             .await?;
-        if let Some(row) = c
-            .query_opt(&existing, &[&chat_id, &client_generated_id])
-            .await?
-        {
-            return Ok(SendOutcome {
-                id: row.get(0),
-                seq: row.get(1),
-                duplicate: true,
-            });
+        if let Some(row) = c.query_opt(&existing, &[&chat_id, &client_generated_id]).await? {
+            return Ok(SendOutcome { id: row.get(0), seq: row.get(1), duplicate: true });
         }
         let insert = c
             .prepare_cached(
@@ -258,32 +220,16 @@ impl Store {
                  VALUES ($1, $2, $3, $4) RETURNING id, seq",
             )
             .await?;
-        match c
-            .query_one(
-                &insert,
-                &[&chat_id, &sender_id, &content, &client_generated_id],
-            )
-            .await
-        {
-            Ok(row) => Ok(SendOutcome {
-                id: row.get(0),
-                seq: row.get(1),
-                duplicate: false,
-            }),
+        match c.query_one(&insert, &[&chat_id, &sender_id, &content, &client_generated_id]).await {
+            Ok(row) => Ok(SendOutcome { id: row.get(0), seq: row.get(1), duplicate: false }),
             // A concurrent send of the same id won (the trigger or the unique
             // index said so): return the row it stored.
             Err(e) if e.code().is_some_and(|c| c.code() == "23505") => {
                 let row = c
                     .query_opt(&existing, &[&chat_id, &client_generated_id])
                     .await?
-                    .ok_or(StoreError::Unexpected(
-                        "duplicate reported but no row found",
-                    ))?;
-                Ok(SendOutcome {
-                    id: row.get(0),
-                    seq: row.get(1),
-                    duplicate: true,
-                })
+                    .ok_or(StoreError::Unexpected("duplicate reported but no row found"))?;
+                Ok(SendOutcome { id: row.get(0), seq: row.get(1), duplicate: true })
             }
             Err(e) => Err(e.into()),
         }

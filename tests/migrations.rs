@@ -15,17 +15,10 @@ async fn migrates_an_empty_database_once() {
     assert!(first.contains("applied 0001_tables.sql"), "{first}");
     assert!(first.contains("created publication chat_relay"), "{first}");
     let second = db.migrate();
-    assert!(
-        second.contains("schema up to date (5 migrations already applied)"),
-        "{second}"
-    );
+    assert!(second.contains("schema up to date (5 migrations already applied)"), "{second}");
 
     let c = db.client().await;
-    let applied: i64 = c
-        .query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let applied: i64 = c.query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[]).await.unwrap().get(0);
     assert_eq!(applied, 5);
     // Publication covers both tables; replica identity is FULL.
     let tables: Vec<String> = c
@@ -51,18 +44,9 @@ async fn migrates_an_empty_database_once() {
         .unwrap()
         .get(0);
     assert_eq!(nullable, "NO");
-    for constraint in [
-        "chat_messages_chat_id_seq_key",
-        "chat_messages_chat_id_client_generated_id_key",
-    ] {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_constraint WHERE conname = $1",
-                &[&constraint],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    for constraint in ["chat_messages_chat_id_seq_key", "chat_messages_chat_id_client_generated_id_key"] {
+        let n: i64 =
+            c.query_one("SELECT count(*) FROM pg_constraint WHERE conname = $1", &[&constraint]).await.unwrap().get(0);
         assert_eq!(n, 1, "{constraint}");
     }
 }
@@ -71,18 +55,12 @@ async fn migrates_an_empty_database_once() {
 async fn migrate_failure_is_a_clear_nonzero_exit() {
     let out = Command::new(env!("CARGO_BIN_EXE_chat-relay"))
         .arg("migrate")
-        .env(
-            "DATABASE_URL",
-            "postgres://nobody:x@127.0.0.1:1/none?sslmode=disable&connect_timeout=2",
-        )
+        .env("DATABASE_URL", "postgres://nobody:x@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("chat-relay: error:") && err.contains("cannot connect"),
-        "{err}"
-    );
+    assert!(err.contains("chat-relay: error:") && err.contains("cannot connect"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_chat-relay"))
         .arg("migrate")
@@ -108,12 +86,7 @@ async fn migrates_a_legacy_chat_database_and_backfills_seq_in_order() {
     .unwrap();
     let chats: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for (i, chat) in chats.iter().enumerate() {
-        c.execute(
-            "INSERT INTO chats (id, title) VALUES ($1, $2)",
-            &[chat, &format!("chat {i}")],
-        )
-        .await
-        .unwrap();
+        c.execute("INSERT INTO chats (id, title) VALUES ($1, $2)", &[chat, &format!("chat {i}")]).await.unwrap();
     }
     // 12000 rows in chat 0 (more than two backfill batches), a few elsewhere,
     // inserted out of created_at order, with created_at ties.
@@ -149,10 +122,7 @@ async fn migrates_a_legacy_chat_database_and_backfills_seq_in_order() {
         .get(0);
     assert_eq!(bad, 0, "seq must follow (created_at, id) per chat");
     let last: Vec<i64> = c
-        .query(
-            "SELECT last_seq FROM chats WHERE id = ANY($1) ORDER BY array_position($1, id)",
-            &[&chats],
-        )
+        .query("SELECT last_seq FROM chats WHERE id = ANY($1) ORDER BY array_position($1, id)", &[&chats])
         .await
         .unwrap()
         .iter()
@@ -160,18 +130,11 @@ async fn migrates_a_legacy_chat_database_and_backfills_seq_in_order() {
         .collect();
     assert_eq!(last, [12000, 7, 7]);
     // The app's own column survived; new inserts continue the sequence.
-    let title: String = c
-        .query_one("SELECT title FROM chats WHERE id = $1", &[&chats[1]])
-        .await
-        .unwrap()
-        .get(0);
+    let title: String = c.query_one("SELECT title FROM chats WHERE id = $1", &[&chats[1]]).await.unwrap().get(0);
     assert_eq!(title, "chat 1");
     assert_eq!(insert(&c, chats[1], Uuid::new_v4(), "new").await, 8);
     let status: String = c
-        .query_one(
-            "SELECT status FROM chat_messages WHERE chat_id = $1 AND seq = 8",
-            &[&chats[1]],
-        )
+        .query_one("SELECT status FROM chat_messages WHERE chat_id = $1 AND seq = 8", &[&chats[1]])
         .await
         .unwrap()
         .get(0);
@@ -210,25 +173,14 @@ async fn concurrent_inserts_into_one_chat_get_consecutive_seqs_and_rollbacks_lea
     }
     let c = db.client().await;
     let seqs: Vec<i64> = c
-        .query(
-            "SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq",
-            &[&chat],
-        )
+        .query("SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(
-        seqs,
-        (1..=160).collect::<Vec<i64>>(),
-        "8 writers x 20 committed, consecutive, none repeated"
-    );
-    let last: i64 = c
-        .query_one("SELECT get_latest_seq($1)", &[&chat])
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(seqs, (1..=160).collect::<Vec<i64>>(), "8 writers x 20 committed, consecutive, none repeated");
+    let last: i64 = c.query_one("SELECT get_latest_seq($1)", &[&chat]).await.unwrap().get(0);
     assert_eq!(last, 160);
 }
 
@@ -245,13 +197,7 @@ async fn duplicate_client_generated_id_is_refused_without_burning_a_seq() {
     assert_eq!(insert(&c, chat, Uuid::new_v4(), "next").await, first + 1);
     // The same cgid in another chat is fine.
     let other = db.chat(&[]).await;
-    assert_eq!(
-        c.query_one(sql, &[&other, &cgid])
-            .await
-            .unwrap()
-            .get::<_, i64>(0),
-        1
-    );
+    assert_eq!(c.query_one(sql, &[&other, &cgid]).await.unwrap().get::<_, i64>(0), 1);
     // A client-supplied seq is ignored: the trigger decides.
     let seq: i64 = c
         .query_one("INSERT INTO chat_messages (chat_id, sender_id, content, seq) VALUES ($1, gen_random_uuid(), 'y', 999) RETURNING seq", &[&chat])
@@ -283,10 +229,7 @@ async fn keyset_pagination_newest_first_uses_the_seq_index() {
         .map(|r| r.get(0))
         .collect();
     let plan = plan.join("\n");
-    assert!(
-        plan.contains("Index Scan Backward using chat_messages_chat_id_seq_key"),
-        "{plan}"
-    );
+    assert!(plan.contains("Index Scan Backward using chat_messages_chat_id_seq_key"), "{plan}");
     assert!(!plan.contains("Sort"), "{plan}");
 }
 
@@ -299,82 +242,41 @@ async fn marking_functions_move_watermarks_forward_only_and_flip_other_senders_m
     for i in 0..5 {
         insert(&c, chat, if i == 2 { bob } else { alice }, "hi").await;
     }
-    let unread: i64 = c
-        .query_one("SELECT get_unread_count($1, $2)", &[&chat, &bob])
-        .await
-        .unwrap()
-        .get(0);
+    let unread: i64 = c.query_one("SELECT get_unread_count($1, $2)", &[&chat, &bob]).await.unwrap().get(0);
     assert_eq!(unread, 4, "bob's own message is not unread for him");
-    let mark: i64 = c
-        .query_one(
-            "SELECT mark_messages_as_delivered($1, $2, 3)",
-            &[&chat, &bob],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let mark: i64 = c.query_one("SELECT mark_messages_as_delivered($1, $2, 3)", &[&chat, &bob]).await.unwrap().get(0);
     assert_eq!(mark, 3);
-    assert_eq!(
-        statuses(&c, chat).await,
-        ["delivered", "delivered", "sent", "sent", "sent"]
-    );
+    assert_eq!(statuses(&c, chat).await, ["delivered", "delivered", "sent", "sent", "sent"]);
     // Backwards is a no-op; beyond the last seq is clamped.
-    let mark: i64 = c
-        .query_one(
-            "SELECT mark_messages_as_delivered($1, $2, 1)",
-            &[&chat, &bob],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let mark: i64 = c.query_one("SELECT mark_messages_as_delivered($1, $2, 1)", &[&chat, &bob]).await.unwrap().get(0);
     assert_eq!(mark, 3);
-    let mark: i64 = c
+    let mark: i64 =
+        c.query_one("SELECT mark_messages_as_delivered($1, $2, 1000)", &[&chat, &bob]).await.unwrap().get(0);
+    assert_eq!(mark, 5);
+    let mark: i64 = c.query_one("SELECT mark_messages_as_read($1, $2, 4)", &[&chat, &bob]).await.unwrap().get(0);
+    assert_eq!(mark, 4);
+    assert_eq!(statuses(&c, chat).await, ["read", "read", "sent", "read", "delivered"]);
+    let row = c
         .query_one(
-            "SELECT mark_messages_as_delivered($1, $2, 1000)",
+            "SELECT last_delivered_seq, last_read_seq FROM chat_participants WHERE chat_id = $1 AND user_id = $2",
             &[&chat, &bob],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mark, 5);
-    let mark: i64 = c
-        .query_one("SELECT mark_messages_as_read($1, $2, 4)", &[&chat, &bob])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mark, 4);
-    assert_eq!(
-        statuses(&c, chat).await,
-        ["read", "read", "sent", "read", "delivered"]
-    );
-    let row = c.query_one("SELECT last_delivered_seq, last_read_seq FROM chat_participants WHERE chat_id = $1 AND user_id = $2", &[&chat, &bob]).await.unwrap();
+        .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (5, 4));
-    let unread: i64 = c
-        .query_one("SELECT get_unread_count($1, $2)", &[&chat, &bob])
-        .await
-        .unwrap()
-        .get(0);
+    let unread: i64 = c.query_one("SELECT get_unread_count($1, $2)", &[&chat, &bob]).await.unwrap().get(0);
     assert_eq!(unread, 1);
     // Not a participant: NULL, nothing touched.
-    let none: Option<i64> = c
-        .query_one(
-            "SELECT mark_messages_as_read($1, gen_random_uuid(), 5)",
-            &[&chat],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let none: Option<i64> =
+        c.query_one("SELECT mark_messages_as_read($1, gen_random_uuid(), 5)", &[&chat]).await.unwrap().get(0);
     assert_eq!(none, None);
 }
 
 async fn statuses(c: &tokio_postgres::Client, chat: Uuid) -> Vec<String> {
-    c.query(
-        "SELECT status FROM chat_messages WHERE chat_id = $1 ORDER BY seq",
-        &[&chat],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get::<_, String>(0))
-    .collect()
+    c.query("SELECT status FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }

@@ -29,9 +29,7 @@ impl Stream {
     /// Starts a stream and waits until it runs (so the slot exists).
     async fn start(url: &str) -> Stream {
         let s = Self::spawn(url);
-        tokio::time::timeout(PATIENCE, s.health.wait_streaming())
-            .await
-            .expect("stream running within patience");
+        tokio::time::timeout(PATIENCE, s.health.wait_streaming()).await.expect("stream running within patience");
         s
     }
 
@@ -46,16 +44,8 @@ impl Stream {
             status_interval: Duration::from_secs(10),
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(
-            Replicator::new(cfg, tx, progress.clone(), health.clone()).run(stop.clone()),
-        );
-        Stream {
-            rx,
-            progress,
-            health,
-            stop,
-            task,
-        }
+        let task = tokio::spawn(Replicator::new(cfg, tx, progress.clone(), health.clone()).run(stop.clone()));
+        Stream { rx, progress, health, stop, task }
     }
 
     async fn next(&mut self) -> StreamEvent {
@@ -99,13 +89,8 @@ fn contents(t: &Transaction) -> Vec<String> {
     t.changes
         .iter()
         .filter_map(|c| match c {
-            Change::Insert { new } | Change::Update { new, .. }
-                if new.relation.name == "chat_messages" =>
-            {
-                new.to_json()
-                    .get("content")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
+            Change::Insert { new } | Change::Update { new, .. } if new.relation.name == "chat_messages" => {
+                new.to_json().get("content").and_then(|v| v.as_str()).map(str::to_string)
             }
             _ => None,
         })
@@ -125,10 +110,7 @@ async fn confirmed_lsn(c: &tokio_postgres::Client) -> Lsn {
 async fn wait_confirmed(c: &tokio_postgres::Client, lsn: Lsn) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while confirmed_lsn(c).await < lsn {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slot never confirmed {lsn}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "slot never confirmed {lsn}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -158,12 +140,9 @@ async fn delivers_exactly_the_committed_changes_in_commit_order() {
     }
     tx.commit().await.unwrap();
     let tx = c.transaction().await.unwrap();
-    tx.execute(
-        "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'never')",
-        &[&chat, &user],
-    )
-    .await
-    .unwrap();
+    tx.execute("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'never')", &[&chat, &user])
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     c.batch_execute(&format!(
         "BEGIN;
@@ -175,26 +154,15 @@ async fn delivers_exactly_the_committed_changes_in_commit_order() {
     ))
     .await
     .unwrap();
-    c.execute(
-        "UPDATE chat_messages SET content = 'edited' WHERE chat_id = $1 AND content = 'multi 1'",
-        &[&chat],
-    )
-    .await
-    .unwrap();
-    c.execute(
-        "DELETE FROM chat_messages WHERE chat_id = $1 AND content = 'multi 2'",
-        &[&chat],
-    )
-    .await
-    .unwrap();
+    c.execute("UPDATE chat_messages SET content = 'edited' WHERE chat_id = $1 AND content = 'multi 1'", &[&chat])
+        .await
+        .unwrap();
+    c.execute("DELETE FROM chat_messages WHERE chat_id = $1 AND content = 'multi 2'", &[&chat]).await.unwrap();
     insert(&c, chat, user, "last").await;
 
     let txns = s.until_content("last", true).await;
     assert!(txns.iter().all(|t| t.end_lsn > start));
-    assert!(
-        txns.windows(2).all(|w| w[0].end_lsn < w[1].end_lsn),
-        "commit order"
-    );
+    assert!(txns.windows(2).all(|w| w[0].end_lsn < w[1].end_lsn), "commit order");
     let shape: Vec<Vec<String>> = txns
         .iter()
         .map(|t| {
@@ -226,13 +194,9 @@ async fn delivers_exactly_the_committed_changes_in_commit_order() {
         ]
     );
     // seqs as the trigger assigned them: 'never' and 'undone' burnt none.
-    let Change::Insert { new } = &txns[1].changes[0] else {
-        panic!()
-    };
+    let Change::Insert { new } = &txns[1].changes[0] else { panic!() };
     assert_eq!(new.to_json()["seq"], json!(5));
-    let Change::Insert { new } = &txns[4].changes[0] else {
-        panic!()
-    };
+    let Change::Insert { new } = &txns[4].changes[0] else { panic!() };
     assert_eq!(new.to_json()["seq"], json!(6));
 
     // The slot confirms what was handed on.
@@ -256,10 +220,7 @@ async fn resumes_after_postgres_restarts_without_losing_a_commit() {
         // Whatever was not yet confirmed may come again; nothing may be missing.
         let txns = s.until_content(&format!("after {round}"), true).await;
         let all: Vec<String> = txns.iter().flat_map(contents).collect();
-        assert!(
-            all.iter().all(|c| c == "before" || c.starts_with("after")),
-            "{all:?}"
-        );
+        assert!(all.iter().all(|c| c == "before" || c.starts_with("after")), "{all:?}");
     }
     s.stop().await;
 }
@@ -288,11 +249,7 @@ async fn a_restarted_relay_resumes_from_the_confirmed_position() {
     let mut s = Stream::start(&db.url).await;
     let txns = s.until_content("c", true).await;
     let seen: Vec<String> = txns.iter().flat_map(contents).collect();
-    assert_eq!(
-        seen,
-        ["b", "c"],
-        "b was not handed on, so it comes again; a was, so it does not"
-    );
+    assert_eq!(seen, ["b", "c"], "b was not handed on, so it comes again; a was, so it does not");
     s.stop().await;
 }
 
@@ -306,16 +263,8 @@ async fn idle_keepalives_advance_the_slot_past_unrelated_wal() {
     insert(&c, chat, user, "x").await;
     s.until_content("x", true).await;
     // WAL the publication does not carry: the slot must not pin it forever.
-    c.batch_execute(
-        "CREATE TABLE other (v int); INSERT INTO other SELECT generate_series(1, 1000);",
-    )
-    .await
-    .unwrap();
-    let target: String = c
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    c.batch_execute("CREATE TABLE other (v int); INSERT INTO other SELECT generate_series(1, 1000);").await.unwrap();
+    let target: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
     // Keepalives come at least every wal_sender_timeout/2 (10 s here).
     wait_confirmed(&c, target.parse().unwrap()).await;
     s.stop().await;
@@ -342,10 +291,7 @@ async fn a_dropped_slot_is_recreated_and_reported() {
         if dropped.is_ok() {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "could not drop the slot: {dropped:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "could not drop the slot: {dropped:?}");
     }
     match s.next().await {
         StreamEvent::SlotReset { reason } => assert!(reason.contains("dropped"), "{reason}"),
@@ -367,14 +313,9 @@ async fn second_consumer_waits_for_the_slot_instead_of_failing() {
     first.until_content("one", true).await;
     let mut second = Stream::spawn(&db.url);
     // The second sees the slot busy and reports why it is not ready.
-    tokio::time::timeout(
-        PATIENCE,
-        second
-            .health
-            .wait_for(|_, reason| reason.contains("in use")),
-    )
-    .await
-    .expect("second consumer reports the busy slot");
+    tokio::time::timeout(PATIENCE, second.health.wait_for(|_, reason| reason.contains("in use")))
+        .await
+        .expect("second consumer reports the busy slot");
     assert!(!second.health.is_streaming());
     first.stop().await;
     insert(&c, chat, user, "two").await;
@@ -390,21 +331,14 @@ fn tls_material() -> (String, String, String) {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_modes_follow_libpq() {
     let (ca, cert, key) = tls_material();
-    let db = Db::start_with(ScratchOptions {
-        tls: Some((cert, key)),
-        ..Default::default()
-    })
-    .await;
+    let db = Db::start_with(ScratchOptions { tls: Some((cert, key)), ..Default::default() }).await;
     let dir = std::env::temp_dir().join(format!("chat-relay-ca-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let ca_path = dir.join("ca.pem");
@@ -416,53 +350,26 @@ async fn tls_modes_follow_libpq() {
         (format!("{base}?sslmode=disable"), false),
         (format!("{base}?sslmode=prefer"), true),
         (format!("{base}?sslmode=require"), true),
-        (
-            format!("{base}?sslmode=verify-ca&sslrootcert={}", ca_path.display()),
-            true,
-        ),
-        (
-            format!(
-                "{on_localhost}?sslmode=verify-full&sslrootcert={}",
-                ca_path.display()
-            ),
-            true,
-        ),
+        (format!("{base}?sslmode=verify-ca&sslrootcert={}", ca_path.display()), true),
+        (format!("{on_localhost}?sslmode=verify-full&sslrootcert={}", ca_path.display()), true),
     ] {
         let info = ConnInfo::parse(&url).unwrap();
-        let conn = ReplConnection::connect(&info)
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let conn = ReplConnection::connect(&info).await.unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(conn.tls, tls, "{url}");
         // The query pool honours the same modes.
-        let client = chat_relay::pgconn::connect(&info)
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
-        let ssl: bool = client
-            .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let client = chat_relay::pgconn::connect(&info).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let ssl: bool =
+            client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
         assert_eq!(ssl, tls, "{url}");
     }
     // The certificate names localhost, not 127.0.0.1: verify-full must refuse.
-    let wrong_name = ConnInfo::parse(&format!(
-        "{base}?sslmode=verify-full&sslrootcert={}",
-        ca_path.display()
-    ))
-    .unwrap();
+    let wrong_name = ConnInfo::parse(&format!("{base}?sslmode=verify-full&sslrootcert={}", ca_path.display())).unwrap();
     assert!(ReplConnection::connect(&wrong_name).await.is_err());
     // A CA that did not sign the certificate: verify-ca must refuse.
     let (other_ca, _, _) = tls_material();
     let other = dir.join("other.pem");
     std::fs::write(&other, other_ca).unwrap();
-    let wrong_ca = ConnInfo::parse(&format!(
-        "{base}?sslmode=verify-ca&sslrootcert={}",
-        other.display()
-    ))
-    .unwrap();
+    let wrong_ca = ConnInfo::parse(&format!("{base}?sslmode=verify-ca&sslrootcert={}", other.display())).unwrap();
     assert!(ReplConnection::connect(&wrong_ca).await.is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -470,49 +377,27 @@ async fn tls_modes_follow_libpq() {
 #[tokio::test(flavor = "multi_thread")]
 async fn md5_and_scram_authentication_and_wrong_passwords() {
     let db = Db::start_with(ScratchOptions {
-        extra_hba: vec![
-            "host all md5user 127.0.0.1/32 md5".into(),
-            "host replication md5user 127.0.0.1/32 md5".into(),
-        ],
+        extra_hba: vec!["host all md5user 127.0.0.1/32 md5".into(), "host replication md5user 127.0.0.1/32 md5".into()],
         ..Default::default()
     })
     .await;
     let c = db.client().await;
-    c.batch_execute("SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'md5pass';").await.unwrap();
+    c.batch_execute("SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'md5pass';")
+        .await
+        .unwrap();
     let port = db.pg.port;
-    let md5 = ConnInfo::parse(&format!(
-        "postgres://md5user:md5pass@127.0.0.1:{port}/postgres?sslmode=disable"
-    ))
-    .unwrap();
+    let md5 =
+        ConnInfo::parse(&format!("postgres://md5user:md5pass@127.0.0.1:{port}/postgres?sslmode=disable")).unwrap();
     let mut conn = ReplConnection::connect(&md5).await.unwrap();
     assert_eq!(conn.simple_query("IDENTIFY_SYSTEM").await.unwrap().len(), 1);
 
-    let bad = ConnInfo::parse(&format!(
-        "postgres://md5user:nope@127.0.0.1:{port}/postgres?sslmode=disable"
-    ))
-    .unwrap();
+    let bad = ConnInfo::parse(&format!("postgres://md5user:nope@127.0.0.1:{port}/postgres?sslmode=disable")).unwrap();
     let err = ReplConnection::connect(&bad).await.err().unwrap();
     assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
-    let bad_scram = ConnInfo::parse(&format!(
-        "postgres://postgres:nope@127.0.0.1:{port}/postgres?sslmode=disable"
-    ))
-    .unwrap();
-    assert_eq!(
-        ReplConnection::connect(&bad_scram)
-            .await
-            .err()
-            .unwrap()
-            .sqlstate(),
-        Some("28P01")
-    );
-    let no_password = ConnInfo::parse(&format!(
-        "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
-    ))
-    .unwrap();
-    assert!(ReplConnection::connect(&no_password)
-        .await
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("has none"));
+    let bad_scram =
+        ConnInfo::parse(&format!("postgres://postgres:nope@127.0.0.1:{port}/postgres?sslmode=disable")).unwrap();
+    assert_eq!(ReplConnection::connect(&bad_scram).await.err().unwrap().sqlstate(), Some("28P01"));
+    let no_password =
+        ConnInfo::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable")).unwrap();
+    assert!(ReplConnection::connect(&no_password).await.err().unwrap().to_string().contains("has none"));
 }

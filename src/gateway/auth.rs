@@ -39,10 +39,7 @@ impl Auth {
                 validation.validate_aud = false;
             }
         }
-        Auth {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
-        }
+        Auth { key: DecodingKey::from_secret(secret.as_bytes()), validation }
     }
 
     /// Checks a token; the error text is safe to show the client.
@@ -58,12 +55,8 @@ impl Auth {
                 _ => "malformed token".to_string(),
             }
         })?;
-        let user_id =
-            Uuid::parse_str(&data.claims.sub).map_err(|_| "token sub is not a uuid".to_string())?;
-        Ok(Identity {
-            user_id,
-            exp: data.claims.exp,
-        })
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| "token sub is not a uuid".to_string())?;
+        Ok(Identity { user_id, exp: data.claims.exp })
     }
 }
 
@@ -74,54 +67,29 @@ mod tests {
     use serde_json::json;
 
     fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
 
     fn token(secret: &str, claims: serde_json::Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     }
 
     #[test]
     fn accepts_good_and_rejects_bad_tokens() {
         let auth = Auth::new("s3cret", None);
         let user = Uuid::new_v4();
-        let good = token(
-            "s3cret",
-            json!({"sub": user.to_string(), "exp": now() + 60}),
-        );
+        let good = token("s3cret", json!({"sub": user.to_string(), "exp": now() + 60}));
         assert_eq!(auth.verify(&good).unwrap().user_id, user);
         assert_eq!(
-            auth.verify(&token(
-                "other",
-                json!({"sub": user.to_string(), "exp": now() + 60})
-            ))
-            .unwrap_err(),
+            auth.verify(&token("other", json!({"sub": user.to_string(), "exp": now() + 60}))).unwrap_err(),
             "bad token signature"
         );
         assert_eq!(
-            auth.verify(&token(
-                "s3cret",
-                json!({"sub": user.to_string(), "exp": now() - 5})
-            ))
-            .unwrap_err(),
+            auth.verify(&token("s3cret", json!({"sub": user.to_string(), "exp": now() - 5}))).unwrap_err(),
             "token expired"
         );
-        assert!(
-            auth.verify(&token("s3cret", json!({"sub": user.to_string()})))
-                .is_err(),
-            "exp is required"
-        );
-        assert!(auth
-            .verify(&token("s3cret", json!({"sub": "bob", "exp": now() + 60})))
-            .is_err());
+        assert!(auth.verify(&token("s3cret", json!({"sub": user.to_string()}))).is_err(), "exp is required");
+        assert!(auth.verify(&token("s3cret", json!({"sub": "bob", "exp": now() + 60}))).is_err());
         assert!(auth.verify("garbage").is_err());
     }
 
@@ -129,20 +97,8 @@ mod tests {
     fn audience_is_checked_when_configured() {
         let auth = Auth::new("k", Some("chat"));
         let sub = Uuid::new_v4().to_string();
-        assert!(auth
-            .verify(&token(
-                "k",
-                json!({"sub": sub, "exp": now() + 60, "aud": "chat"})
-            ))
-            .is_ok());
-        assert!(auth
-            .verify(&token(
-                "k",
-                json!({"sub": sub, "exp": now() + 60, "aud": "other"})
-            ))
-            .is_err());
-        assert!(auth
-            .verify(&token("k", json!({"sub": sub, "exp": now() + 60})))
-            .is_err());
+        assert!(auth.verify(&token("k", json!({"sub": sub, "exp": now() + 60, "aud": "chat"}))).is_ok());
+        assert!(auth.verify(&token("k", json!({"sub": sub, "exp": now() + 60, "aud": "other"}))).is_err());
+        assert!(auth.verify(&token("k", json!({"sub": sub, "exp": now() + 60}))).is_err());
     }
 }

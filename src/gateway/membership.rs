@@ -16,11 +16,7 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(store: Store, ttl: Duration) -> Membership {
-        Membership {
-            cache: DashMap::new(),
-            ttl,
-            store,
-        }
+        Membership { cache: DashMap::new(), ttl, store }
     }
 
     /// Checks, from cache when fresh.
@@ -31,10 +27,7 @@ impl Membership {
         let asked = Instant::now();
         let member = self.store.is_participant(chat_id, user_id).await?;
         // Don't overwrite what the WAL said while we were asking.
-        let mut entry = self
-            .cache
-            .entry((chat_id, user_id))
-            .or_insert((member, asked));
+        let mut entry = self.cache.entry((chat_id, user_id)).or_insert((member, asked));
         if entry.1 <= asked {
             *entry = (member, asked);
         }
@@ -43,16 +36,12 @@ impl Membership {
 
     /// The cached answer, when fresh.
     pub fn cached(&self, chat_id: Uuid, user_id: Uuid) -> Option<bool> {
-        self.cache
-            .get(&(chat_id, user_id))
-            .filter(|e| e.1.elapsed() < self.ttl)
-            .map(|e| e.0)
+        self.cache.get(&(chat_id, user_id)).filter(|e| e.1.elapsed() < self.ttl).map(|e| e.0)
     }
 
     /// The WAL says the participant row now exists (true) or is gone (false).
     pub fn learn(&self, chat_id: Uuid, user_id: Uuid, member: bool) {
-        self.cache
-            .insert((chat_id, user_id), (member, Instant::now()));
+        self.cache.insert((chat_id, user_id), (member, Instant::now()));
     }
 
     /// Forget everything (after a truncate or a lost slot).

@@ -87,11 +87,7 @@ impl Gateway {
 }
 
 fn unauthorized(message: &str) -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"error": "unauthorized", "message": message})),
-    )
-        .into_response()
+    (StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized", "message": message}))).into_response()
 }
 
 /// `GET /v1/ws`
@@ -104,25 +100,17 @@ pub async fn ws_handler(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_string());
     let Some(token) = params.get("access_token").cloned().or(bearer) else {
-        return unauthorized(
-            "missing token: pass access_token=<jwt> or Authorization: Bearer <jwt>",
-        );
+        return unauthorized("missing token: pass access_token=<jwt> or Authorization: Bearer <jwt>");
     };
     let identity = match gw.auth.verify(&token) {
         Ok(id) => id,
         Err(why) => return unauthorized(&why),
     };
     if gw.shutdown.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "unavailable", "message": "shutting down"})),
-        )
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "unavailable", "message": "shutting down"})))
             .into_response();
     }
     let ws = match ws {

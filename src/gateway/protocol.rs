@@ -6,29 +6,12 @@ use uuid::Uuid;
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Subscribe {
-        chat_id: Uuid,
-        after_seq: Option<i64>,
-    },
-    Unsubscribe {
-        chat_id: Uuid,
-    },
-    Send {
-        chat_id: Uuid,
-        client_generated_id: Uuid,
-        content: String,
-    },
-    Ack {
-        chat_id: Uuid,
-        seq: i64,
-    },
-    Read {
-        chat_id: Uuid,
-        seq: i64,
-    },
-    Auth {
-        access_token: String,
-    },
+    Subscribe { chat_id: Uuid, after_seq: Option<i64> },
+    Unsubscribe { chat_id: Uuid },
+    Send { chat_id: Uuid, client_generated_id: Uuid, content: String },
+    Ack { chat_id: Uuid, seq: i64 },
+    Read { chat_id: Uuid, seq: i64 },
+    Auth { access_token: String },
     Ping,
 }
 
@@ -42,8 +25,7 @@ pub struct BadRequest {
 /// Parses one text frame into its request and its `ref` (if any).
 pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
     let bad = |message: String, reference: Option<Value>| BadRequest { message, reference };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}"), None))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}"), None))?;
     let Value::Object(obj) = value else {
         return Err(bad("a frame must be a JSON object".into(), None));
     };
@@ -53,10 +35,7 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
         Some(_) => return Err(bad("ref must be a string or a number".into(), None)),
     };
     let fail = |m: String| bad(m, reference.clone());
-    let ty = obj
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| fail("missing or non-string field type".into()))?;
+    let ty = obj.get("type").and_then(Value::as_str).ok_or_else(|| fail("missing or non-string field type".into()))?;
     let request = match ty {
         "subscribe" => Request::Subscribe {
             chat_id: uuid(&obj, "chat_id").map_err(fail)?,
@@ -65,25 +44,15 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
                 Some(_) => Some(seq(&obj, "after_seq").map_err(fail)?),
             },
         },
-        "unsubscribe" => Request::Unsubscribe {
-            chat_id: uuid(&obj, "chat_id").map_err(fail)?,
-        },
+        "unsubscribe" => Request::Unsubscribe { chat_id: uuid(&obj, "chat_id").map_err(fail)? },
         "send" => Request::Send {
             chat_id: uuid(&obj, "chat_id").map_err(fail)?,
             client_generated_id: uuid(&obj, "client_generated_id").map_err(fail)?,
             content: string(&obj, "content").map_err(fail)?,
         },
-        "ack" => Request::Ack {
-            chat_id: uuid(&obj, "chat_id").map_err(fail)?,
-            seq: seq(&obj, "seq").map_err(fail)?,
-        },
-        "read" => Request::Read {
-            chat_id: uuid(&obj, "chat_id").map_err(fail)?,
-            seq: seq(&obj, "seq").map_err(fail)?,
-        },
-        "auth" => Request::Auth {
-            access_token: string(&obj, "access_token").map_err(fail)?,
-        },
+        "ack" => Request::Ack { chat_id: uuid(&obj, "chat_id").map_err(fail)?, seq: seq(&obj, "seq").map_err(fail)? },
+        "read" => Request::Read { chat_id: uuid(&obj, "chat_id").map_err(fail)?, seq: seq(&obj, "seq").map_err(fail)? },
+        "auth" => Request::Auth { access_token: string(&obj, "access_token").map_err(fail)? },
         "ping" => Request::Ping,
         other => return Err(fail(format!("unknown type {other:?}"))),
     };
@@ -93,9 +62,7 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
 fn uuid(obj: &Map<String, Value>, field: &str) -> Result<Uuid, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(format!("missing field {field}")),
-        Some(Value::String(s)) => {
-            Uuid::parse_str(s).map_err(|_| format!("field {field} must be a uuid"))
-        }
+        Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| format!("field {field} must be a uuid")),
         Some(_) => Err(format!("field {field} must be a uuid string")),
     }
 }
@@ -103,10 +70,9 @@ fn uuid(obj: &Map<String, Value>, field: &str) -> Result<Uuid, String> {
 fn seq(obj: &Map<String, Value>, field: &str) -> Result<i64, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(format!("missing field {field}")),
-        Some(v) => v
-            .as_i64()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| format!("field {field} must be a non-negative integer")),
+        Some(v) => {
+            v.as_i64().filter(|n| *n >= 0).ok_or_else(|| format!("field {field} must be a non-negative integer"))
+        }
     }
 }
 
@@ -152,12 +118,7 @@ pub fn with_ref(mut frame: Value, reference: &Option<Value>) -> String {
     frame.to_string()
 }
 
-pub fn error(
-    code: ErrorCode,
-    message: &str,
-    chat_id: Option<Uuid>,
-    reference: &Option<Value>,
-) -> String {
+pub fn error(code: ErrorCode, message: &str, chat_id: Option<Uuid>, reference: &Option<Value>) -> String {
     let mut frame = json!({"type": "error", "code": code.as_str(), "message": message});
     if let (Some(c), Value::Object(map)) = (chat_id, &mut frame) {
         map.insert("chat_id".into(), json!(c));
@@ -172,35 +133,17 @@ mod tests {
     #[test]
     fn parses_every_request() {
         let c = Uuid::new_v4();
-        let (r, reference) = parse(&format!(
-            r#"{{"type":"subscribe","chat_id":"{c}","after_seq":5,"ref":7}}"#
-        ))
-        .unwrap();
-        assert_eq!(
-            r,
-            Request::Subscribe {
-                chat_id: c,
-                after_seq: Some(5)
-            }
-        );
+        let (r, reference) =
+            parse(&format!(r#"{{"type":"subscribe","chat_id":"{c}","after_seq":5,"ref":7}}"#)).unwrap();
+        assert_eq!(r, Request::Subscribe { chat_id: c, after_seq: Some(5) });
         assert_eq!(reference, Some(json!(7)));
         assert_eq!(
-            parse(&format!(r#"{{"type":"subscribe","chat_id":"{c}"}}"#))
-                .unwrap()
-                .0,
-            Request::Subscribe {
-                chat_id: c,
-                after_seq: None
-            }
+            parse(&format!(r#"{{"type":"subscribe","chat_id":"{c}"}}"#)).unwrap().0,
+            Request::Subscribe { chat_id: c, after_seq: None }
         );
-        assert_eq!(
-            parse(r#"{"type":"ping","ref":"a"}"#).unwrap(),
-            (Request::Ping, Some(json!("a")))
-        );
+        assert_eq!(parse(r#"{"type":"ping","ref":"a"}"#).unwrap(), (Request::Ping, Some(json!("a"))));
         assert!(matches!(
-            parse(&format!(r#"{{"type":"ack","chat_id":"{c}","seq":3}}"#))
-                .unwrap()
-                .0,
+            parse(&format!(r#"{{"type":"ack","chat_id":"{c}","seq":3}}"#)).unwrap().0,
             Request::Ack { seq: 3, .. }
         ));
     }
@@ -220,27 +163,17 @@ mod tests {
             let e = parse(frame).unwrap_err();
             assert!(e.message.contains(why), "{frame}: {}", e.message);
         }
-        let e = parse(&format!(
-            r#"{{"type":"ack","chat_id":"{c}","seq":-1,"ref":"r1"}}"#
-        ))
-        .unwrap_err();
+        let e = parse(&format!(r#"{{"type":"ack","chat_id":"{c}","seq":-1,"ref":"r1"}}"#)).unwrap_err();
         assert!(e.message.contains("non-negative"));
         assert_eq!(e.reference, Some(json!("r1")));
-        let e = parse(&format!(
-            r#"{{"type":"send","chat_id":"{c}","client_generated_id":"{c}","content":5}}"#
-        ))
-        .unwrap_err();
+        let e = parse(&format!(r#"{{"type":"send","chat_id":"{c}","client_generated_id":"{c}","content":5}}"#))
+            .unwrap_err();
         assert!(e.message.contains("content"));
     }
 
     #[test]
     fn answers_carry_ref() {
-        let s = error(
-            ErrorCode::Forbidden,
-            "no",
-            Some(Uuid::nil()),
-            &Some(json!(1)),
-        );
+        let s = error(ErrorCode::Forbidden, "no", Some(Uuid::nil()), &Some(json!(1)));
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["code"], "forbidden");
         assert_eq!(v["ref"], 1);

@@ -134,11 +134,7 @@ impl Session {
                         m::slow_consumer();
                         tracing::info!(conn = self.id, user = %self.identity.user_id, "slow consumer disconnected");
                     }
-                    self.close(
-                        close::SLOW_CONSUMER,
-                        "slow consumer: reconnect and resubscribe with after_seq",
-                    )
-                    .await;
+                    self.close(close::SLOW_CONSUMER, "slow consumer: reconnect and resubscribe with after_seq").await;
                     return;
                 }
                 Wake::Expired => {
@@ -164,23 +160,16 @@ impl Session {
                 }
                 Wake::In(Some(Err(e))) => {
                     if is_too_big(e) {
-                        self.close(close::TOO_BIG, "frame larger than the limit")
-                            .await;
+                        self.close(close::TOO_BIG, "frame larger than the limit").await;
                     }
                     return;
                 }
                 Wake::Tick => {
                     if self.last_heard.elapsed() > interval * 2 {
-                        tracing::debug!(
-                            conn = self.id,
-                            "peer silent for two ping intervals; dropping"
-                        );
+                        tracing::debug!(conn = self.id, "peer silent for two ping intervals; dropping");
                         return;
                     }
-                    self.sink
-                        .feed(Message::Ping(Default::default()))
-                        .await
-                        .map_err(|_| Closed)
+                    self.sink.feed(Message::Ping(Default::default())).await.map_err(|_| Closed)
                 }
             };
             if step.is_err() || self.flush().await.is_err() {
@@ -218,11 +207,8 @@ impl Session {
             Outbound::Revoked(chat_id) => {
                 if let Some(sub) = self.subs.remove(&chat_id) {
                     self.note_written(chat_id, sub.last);
-                    self.answer(
-                        json!({"type": "unsubscribed", "chat_id": chat_id, "reason": "forbidden"}),
-                        &None,
-                    )
-                    .await?;
+                    self.answer(json!({"type": "unsubscribed", "chat_id": chat_id, "reason": "forbidden"}), &None)
+                        .await?;
                 }
                 Ok(())
             }
@@ -235,7 +221,8 @@ impl Session {
                             if let Some(sub) = self.subs.remove(&chat) {
                                 self.note_written(chat, sub.last);
                             }
-                            self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None).await?;
+                            self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None)
+                                .await?;
                         }
                         _ => self.catch_up(chat, None).await?,
                     }
@@ -256,11 +243,7 @@ impl Session {
             if frame.seq > last + 1 {
                 // Something is missing before it: take it from the table first.
                 self.catch_up(frame.chat_id, Some(frame.seq)).await?;
-                if self
-                    .subs
-                    .get(&frame.chat_id)
-                    .is_none_or(|s| frame.seq <= s.last)
-                {
+                if self.subs.get(&frame.chat_id).is_none_or(|s| frame.seq <= s.last) {
                     return Ok(());
                 }
             }
@@ -274,9 +257,7 @@ impl Session {
 
     fn auto_deliver(&self, frame: &EventFrame) {
         if self.gw.cfg.auto_delivered && frame.sender_id != Some(self.identity.user_id) {
-            self.gw
-                .delivery
-                .delivered(frame.chat_id, self.identity.user_id, frame.seq);
+            self.gw.delivery.delivered(frame.chat_id, self.identity.user_id, frame.seq);
         }
     }
 
@@ -343,13 +324,7 @@ impl Session {
             Message::Text(t) => t,
             Message::Binary(_) => {
                 self.write(
-                    protocol::error(
-                        ErrorCode::BadRequest,
-                        "frames must be UTF-8 JSON text",
-                        None,
-                        &None,
-                    )
-                    .into(),
+                    protocol::error(ErrorCode::BadRequest, "frames must be UTF-8 JSON text", None, &None).into(),
                 )
                 .await?;
                 return Ok(true);
@@ -360,90 +335,49 @@ impl Session {
         let (request, reference) = match protocol::parse(&text) {
             Ok(r) => r,
             Err(bad) => {
-                self.write(
-                    protocol::error(ErrorCode::BadRequest, &bad.message, None, &bad.reference)
-                        .into(),
-                )
-                .await?;
+                self.write(protocol::error(ErrorCode::BadRequest, &bad.message, None, &bad.reference).into()).await?;
                 return Ok(true);
             }
         };
         match request {
             Request::Ping => self.answer(json!({"type": "pong"}), &reference).await?,
-            Request::Subscribe { chat_id, after_seq } => {
-                self.subscribe(chat_id, after_seq, &reference).await?
-            }
+            Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await?,
             Request::Unsubscribe { chat_id } => {
-                if self
-                    .subs
-                    .remove(&chat_id)
-                    .map(|s| s.last)
-                    .map(|l| self.note_written(chat_id, l))
-                    .is_some()
-                {
+                if self.subs.remove(&chat_id).map(|s| s.last).map(|l| self.note_written(chat_id, l)).is_some() {
                     self.gw.hub.unsubscribe(chat_id, self.id);
                 }
-                self.answer(
-                    json!({"type": "unsubscribed", "chat_id": chat_id}),
-                    &reference,
-                )
-                .await?;
+                self.answer(json!({"type": "unsubscribed", "chat_id": chat_id}), &reference).await?;
             }
             Request::Auth { access_token } => match self.gw.auth.verify(&access_token) {
                 Ok(id) if id.user_id == self.identity.user_id => {
                     self.identity = id;
-                    expiry
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + until_exp(id.exp));
+                    expiry.as_mut().reset(tokio::time::Instant::now() + until_exp(id.exp));
                     self.answer(json!({"type": "ok"}), &reference).await?;
                 }
                 Ok(_) => {
                     self.write(
-                        protocol::error(
-                            ErrorCode::Unauthorized,
-                            "token is for another user",
-                            None,
-                            &reference,
-                        )
-                        .into(),
+                        protocol::error(ErrorCode::Unauthorized, "token is for another user", None, &reference).into(),
                     )
                     .await?;
                     let _ = self.flush().await;
-                    self.close(close::UNAUTHORIZED, "token is for another user")
-                        .await;
+                    self.close(close::UNAUTHORIZED, "token is for another user").await;
                     return Ok(false);
                 }
                 Err(why) => {
-                    self.write(
-                        protocol::error(ErrorCode::Unauthorized, &why, None, &reference).into(),
-                    )
-                    .await?;
+                    self.write(protocol::error(ErrorCode::Unauthorized, &why, None, &reference).into()).await?;
                     let _ = self.flush().await;
                     self.close(close::UNAUTHORIZED, &why).await;
                     return Ok(false);
                 }
             },
-            Request::Send {
-                chat_id,
-                client_generated_id,
-                content,
-            } => {
-                self.send(chat_id, client_generated_id, content, &reference)
-                    .await?
+            Request::Send { chat_id, client_generated_id, content } => {
+                self.send(chat_id, client_generated_id, content, &reference).await?
             }
             Request::Ack { chat_id, seq } | Request::Read { chat_id, seq } => {
                 let read = matches!(request, Request::Read { .. });
-                match self
-                    .gw
-                    .membership
-                    .check(chat_id, self.identity.user_id)
-                    .await
-                {
+                match self.gw.membership.check(chat_id, self.identity.user_id).await {
                     Ok(true) if read => self.gw.delivery.read(chat_id, self.identity.user_id, seq),
-                    Ok(true) => self
-                        .gw
-                        .delivery
-                        .delivered(chat_id, self.identity.user_id, seq),
+                    Ok(true) => self.gw.delivery.delivered(chat_id, self.identity.user_id, seq),
                     Ok(false) => self.forbidden(chat_id, &reference).await?,
                     Err(e) => self.store_error(e, Some(chat_id), &reference).await?,
                 }
@@ -452,12 +386,7 @@ impl Session {
         Ok(true)
     }
 
-    async fn subscribe(
-        &mut self,
-        chat: Uuid,
-        after_seq: Option<i64>,
-        reference: &Option<Value>,
-    ) -> Result<(), Closed> {
+    async fn subscribe(&mut self, chat: Uuid, after_seq: Option<i64>, reference: &Option<Value>) -> Result<(), Closed> {
         let user = self.identity.user_id;
         match self.gw.membership.check(chat, user).await {
             Ok(true) => {}
@@ -484,11 +413,7 @@ impl Session {
                 return self.store_error(e, Some(chat), reference).await;
             }
         };
-        self.answer(
-            json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest}),
-            reference,
-        )
-        .await?;
+        self.answer(json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest}), reference).await?;
         if already {
             return Ok(());
         }
@@ -501,46 +426,22 @@ impl Session {
         Ok(())
     }
 
-    async fn send(
-        &mut self,
-        chat: Uuid,
-        cgid: Uuid,
-        content: String,
-        reference: &Option<Value>,
-    ) -> Result<(), Closed> {
+    async fn send(&mut self, chat: Uuid, cgid: Uuid, content: String, reference: &Option<Value>) -> Result<(), Closed> {
         if content.is_empty() {
             return self
-                .write(
-                    protocol::error(
-                        ErrorCode::BadRequest,
-                        "content is empty",
-                        Some(chat),
-                        reference,
-                    )
-                    .into(),
-                )
+                .write(protocol::error(ErrorCode::BadRequest, "content is empty", Some(chat), reference).into())
                 .await;
         }
         if content.len() > self.gw.cfg.max_content_bytes {
-            let why = format!(
-                "content is longer than {} bytes",
-                self.gw.cfg.max_content_bytes
-            );
-            return self
-                .write(protocol::error(ErrorCode::BadRequest, &why, Some(chat), reference).into())
-                .await;
+            let why = format!("content is longer than {} bytes", self.gw.cfg.max_content_bytes);
+            return self.write(protocol::error(ErrorCode::BadRequest, &why, Some(chat), reference).into()).await;
         }
         match self.gw.membership.check(chat, self.identity.user_id).await {
             Ok(true) => {}
             Ok(false) => return self.forbidden(chat, reference).await,
             Err(e) => return self.store_error(e, Some(chat), reference).await,
         }
-        match self
-            .gw
-            .store
-            .send(chat, self.identity.user_id, cgid, &content)
-            .await
-        {
+        match self.gw.store.send(chat, self.identity.user_id, cgid, &content).await {
             Ok(o) => {
                 let frame = json!({
                     "type": "sent", "chat_id": chat, "client_generated_id": cgid,
@@ -554,13 +455,7 @@ impl Session {
 
     async fn forbidden(&mut self, chat: Uuid, reference: &Option<Value>) -> Result<(), Closed> {
         self.write(
-            protocol::error(
-                ErrorCode::Forbidden,
-                "not a participant of this chat",
-                Some(chat),
-                reference,
-            )
-            .into(),
+            protocol::error(ErrorCode::Forbidden, "not a participant of this chat", Some(chat), reference).into(),
         )
         .await
     }
@@ -572,14 +467,11 @@ impl Session {
         reference: &Option<Value>,
     ) -> Result<(), Closed> {
         let (code, msg) = match &e {
-            StoreError::Unavailable(_) => {
-                (ErrorCode::Unavailable, "database unavailable, try again")
-            }
+            StoreError::Unavailable(_) => (ErrorCode::Unavailable, "database unavailable, try again"),
             _ => (ErrorCode::Internal, "internal error"),
         };
         tracing::warn!(conn = self.id, error = %e, "request failed");
-        self.write(protocol::error(code, msg, chat, reference).into())
-            .await
+        self.write(protocol::error(code, msg, chat, reference).into()).await
     }
 
     fn note_written(&mut self, chat: Uuid, last: i64) {
@@ -588,23 +480,15 @@ impl Session {
     }
 
     async fn answer(&mut self, frame: Value, reference: &Option<Value>) -> Result<(), Closed> {
-        self.write(protocol::with_ref(frame, reference).into())
-            .await
+        self.write(protocol::with_ref(frame, reference).into()).await
     }
 
     async fn write(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
         self.unflushed_any = true;
-        self.sink
-            .feed(Message::Text(text))
-            .await
-            .map_err(|_| Closed)
+        self.sink.feed(Message::Text(text)).await.map_err(|_| Closed)
     }
 
-    async fn feed_event(
-        &mut self,
-        text: Utf8Bytes,
-        commit_time: Option<DateTime<Utc>>,
-    ) -> Result<(), Closed> {
+    async fn feed_event(&mut self, text: Utf8Bytes, commit_time: Option<DateTime<Utc>>) -> Result<(), Closed> {
         self.unflushed.push(commit_time);
         self.write(text).await
     }
@@ -626,10 +510,7 @@ impl Session {
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
+        let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = self.sink.send(frame).await;
             let _ = self.sink.close().await;
@@ -639,10 +520,8 @@ impl Session {
 }
 
 fn until_exp(exp: u64) -> Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     Duration::from_secs_f64((exp as f64 - now).max(0.0))
 }
 

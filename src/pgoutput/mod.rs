@@ -40,11 +40,7 @@ pub enum DecodeError {
     #[error("Begin inside an unfinished transaction")]
     NestedBegin,
     #[error("tuple has {found} columns, relation {relation} has {expected}")]
-    ColumnCount {
-        relation: String,
-        expected: usize,
-        found: usize,
-    },
+    ColumnCount { relation: String, expected: usize, found: usize },
 }
 
 /// One column of a relation, as announced by its Relation message.
@@ -97,52 +93,16 @@ impl Datum {
 /// A decoded protocol message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Begin {
-        final_lsn: Lsn,
-        commit_time: i64,
-        xid: u32,
-    },
-    Commit {
-        flags: u8,
-        commit_lsn: Lsn,
-        end_lsn: Lsn,
-        commit_time: i64,
-    },
-    Origin {
-        lsn: Lsn,
-        name: String,
-    },
+    Begin { final_lsn: Lsn, commit_time: i64, xid: u32 },
+    Commit { flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64 },
+    Origin { lsn: Lsn, name: String },
     Relation(Relation),
-    Type {
-        oid: u32,
-        namespace: String,
-        name: String,
-    },
-    Insert {
-        relation: u32,
-        new: Vec<Datum>,
-    },
-    Update {
-        relation: u32,
-        old: Option<Vec<Datum>>,
-        key_only: bool,
-        new: Vec<Datum>,
-    },
-    Delete {
-        relation: u32,
-        old: Vec<Datum>,
-        key_only: bool,
-    },
-    Truncate {
-        relations: Vec<u32>,
-        options: u8,
-    },
-    Message {
-        transactional: bool,
-        lsn: Lsn,
-        prefix: String,
-        content: Bytes,
-    },
+    Type { oid: u32, namespace: String, name: String },
+    Insert { relation: u32, new: Vec<Datum> },
+    Update { relation: u32, old: Option<Vec<Datum>>, key_only: bool, new: Vec<Datum> },
+    Delete { relation: u32, old: Vec<Datum>, key_only: bool },
+    Truncate { relations: Vec<u32>, options: u8 },
+    Message { transactional: bool, lsn: Lsn, prefix: String, content: Bytes },
 }
 
 struct Reader<'a> {
@@ -185,11 +145,7 @@ impl<'a> Reader<'a> {
         Ok(Lsn(self.u64(what)?))
     }
     fn cstr(&mut self, what: &'static str) -> Result<String, DecodeError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or(DecodeError::BadString(what))?;
+        let end = self.buf.iter().position(|b| *b == 0).ok_or(DecodeError::BadString(what))?;
         let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| DecodeError::BadString(what))?;
         self.buf = &self.buf[end + 1..];
         Ok(s.to_string())
@@ -201,8 +157,7 @@ impl<'a> Reader<'a> {
 pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
     let base = payload.as_ptr() as usize;
     let mut r = Reader { buf: payload };
-    let slice =
-        |s: &[u8]| payload.slice(s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len());
+    let slice = |s: &[u8]| payload.slice(s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len());
     let tag = r.u8("message type")?;
     let msg = match tag {
         b'B' => Message::Begin {
@@ -216,10 +171,7 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
             end_lsn: r.lsn("commit end lsn")?,
             commit_time: r.i64("commit timestamp")?,
         },
-        b'O' => Message::Origin {
-            lsn: r.lsn("origin lsn")?,
-            name: r.cstr("origin name")?,
-        },
+        b'O' => Message::Origin { lsn: r.lsn("origin lsn")?, name: r.cstr("origin name")? },
         b'R' => {
             let oid = r.u32("relation oid")?;
             let namespace = r.cstr("relation namespace")?;
@@ -236,26 +188,15 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
                     key: flags & 1 == 1,
                 });
             }
-            Message::Relation(Relation {
-                oid,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            })
+            Message::Relation(Relation { oid, namespace, name, replica_identity, columns })
         }
-        b'Y' => Message::Type {
-            oid: r.u32("type oid")?,
-            namespace: r.cstr("type namespace")?,
-            name: r.cstr("type name")?,
-        },
+        b'Y' => {
+            Message::Type { oid: r.u32("type oid")?, namespace: r.cstr("type namespace")?, name: r.cstr("type name")? }
+        }
         b'I' => {
             let relation = r.u32("insert relation")?;
             expect_marker(&mut r, b'N', "N")?;
-            Message::Insert {
-                relation,
-                new: tuple(&mut r, &slice)?,
-            }
+            Message::Insert { relation, new: tuple(&mut r, &slice)? }
         }
         b'U' => {
             let relation = r.u32("update relation")?;
@@ -268,32 +209,17 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
                 marker = r.u8("update new marker")?;
             }
             if marker != b'N' {
-                return Err(DecodeError::BadMarker {
-                    expected: "N",
-                    found: marker,
-                });
+                return Err(DecodeError::BadMarker { expected: "N", found: marker });
             }
-            Message::Update {
-                relation,
-                old,
-                key_only,
-                new: tuple(&mut r, &slice)?,
-            }
+            Message::Update { relation, old, key_only, new: tuple(&mut r, &slice)? }
         }
         b'D' => {
             let relation = r.u32("delete relation")?;
             let marker = r.u8("delete marker")?;
             if marker != b'K' && marker != b'O' {
-                return Err(DecodeError::BadMarker {
-                    expected: "K or O",
-                    found: marker,
-                });
+                return Err(DecodeError::BadMarker { expected: "K or O", found: marker });
             }
-            Message::Delete {
-                relation,
-                key_only: marker == b'K',
-                old: tuple(&mut r, &slice)?,
-            }
+            Message::Delete { relation, key_only: marker == b'K', old: tuple(&mut r, &slice)? }
         }
         b'T' => {
             let n = r.u32("truncate count")?;
@@ -311,12 +237,7 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
             let prefix = r.cstr("message prefix")?;
             let len = r.u32("message length")? as usize;
             let content = slice(r.take(len, "message content")?);
-            Message::Message {
-                transactional: flags & 1 == 1,
-                lsn,
-                prefix,
-                content,
-            }
+            Message::Message { transactional: flags & 1 == 1, lsn, prefix, content }
         }
         other => return Err(DecodeError::UnknownMessage(other)),
     };
@@ -452,10 +373,7 @@ impl Decoder {
     }
 
     fn relation(&self, oid: u32) -> Result<Arc<Relation>, DecodeError> {
-        self.relations
-            .get(&oid)
-            .cloned()
-            .ok_or(DecodeError::UnknownRelation(oid))
+        self.relations.get(&oid).cloned().ok_or(DecodeError::UnknownRelation(oid))
     }
 
     fn row(&self, oid: u32, values: Vec<Datum>) -> Result<Row, DecodeError> {
@@ -471,22 +389,14 @@ impl Decoder {
     }
 
     fn push(&mut self, change: Change, what: &'static str) -> Result<(), DecodeError> {
-        self.open
-            .as_mut()
-            .ok_or(DecodeError::OutsideTransaction(what))?
-            .changes
-            .push(change);
+        self.open.as_mut().ok_or(DecodeError::OutsideTransaction(what))?.changes.push(change);
         Ok(())
     }
 
     /// Feeds one XLogData payload. Returns a transaction when this was its Commit.
     pub fn feed(&mut self, payload: &Bytes) -> Result<Option<Transaction>, DecodeError> {
         match parse(payload)? {
-            Message::Begin {
-                final_lsn,
-                commit_time,
-                xid,
-            } => {
+            Message::Begin { final_lsn, commit_time, xid } => {
                 if self.open.is_some() {
                     return Err(DecodeError::NestedBegin);
                 }
@@ -498,16 +408,8 @@ impl Decoder {
                     changes: Vec::new(),
                 });
             }
-            Message::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time,
-                ..
-            } => {
-                let mut txn = self
-                    .open
-                    .take()
-                    .ok_or(DecodeError::OutsideTransaction("Commit"))?;
+            Message::Commit { commit_lsn, end_lsn, commit_time, .. } => {
+                let mut txn = self.open.take().ok_or(DecodeError::OutsideTransaction("Commit"))?;
                 txn.commit_lsn = commit_lsn;
                 txn.end_lsn = end_lsn;
                 txn.commit_time = pg_timestamp(commit_time);
@@ -521,12 +423,7 @@ impl Decoder {
                 let new = self.row(relation, new)?;
                 self.push(Change::Insert { new }, "Insert")?;
             }
-            Message::Update {
-                relation,
-                old,
-                key_only,
-                new,
-            } => {
+            Message::Update { relation, old, key_only, new } => {
                 let old = old.map(|o| self.row(relation, o)).transpose()?;
                 let mut new = self.row(relation, new)?;
                 // Unchanged TOASTed columns: take them from the full old row.
@@ -544,18 +441,10 @@ impl Decoder {
                 self.push(Change::Delete { old }, "Delete")?;
             }
             Message::Truncate { relations, options } => {
-                let relations = relations
-                    .into_iter()
-                    .map(|oid| self.relation(oid))
-                    .collect::<Result<_, _>>()?;
+                let relations = relations.into_iter().map(|oid| self.relation(oid)).collect::<Result<_, _>>()?;
                 self.push(Change::Truncate { relations, options }, "Truncate")?;
             }
-            Message::Message {
-                transactional,
-                prefix,
-                content,
-                ..
-            } => {
+            Message::Message { transactional, prefix, content, .. } => {
                 // Non-transactional messages arrive on their own; we have no use
                 // for them beyond not failing on them.
                 if transactional {

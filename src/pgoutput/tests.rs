@@ -22,10 +22,8 @@ fn captured() -> Vec<(u32, Bytes)> {
             let _lsn = parts.next().unwrap();
             let xid: u32 = parts.next().unwrap().parse().unwrap();
             let hex = parts.next().unwrap();
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
+            let bytes: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
             (xid, Bytes::from(bytes))
         })
         .collect()
@@ -33,20 +31,13 @@ fn captured() -> Vec<(u32, Bytes)> {
 
 fn decode_all() -> Vec<Transaction> {
     let mut d = Decoder::new();
-    captured()
-        .iter()
-        .filter_map(|(_, b)| d.feed(b).unwrap())
-        .collect()
+    captured().iter().filter_map(|(_, b)| d.feed(b).unwrap()).collect()
 }
 
 #[test]
 fn captured_stream_decodes_to_committed_transactions_only() {
     let txns = decode_all();
-    assert_eq!(
-        txns.iter().map(|t| t.xid).collect::<Vec<_>>(),
-        [745, 746, 748, 749, 750, 751],
-        "747 rolled back"
-    );
+    assert_eq!(txns.iter().map(|t| t.xid).collect::<Vec<_>>(), [745, 746, 748, 749, 750, 751], "747 rolled back");
     assert!(txns.windows(2).all(|w| w[0].end_lsn < w[1].end_lsn));
     for t in &txns {
         assert!(t.commit_lsn < t.end_lsn);
@@ -57,9 +48,7 @@ fn captured_stream_decodes_to_committed_transactions_only() {
 #[test]
 fn captured_insert_has_typed_columns() {
     let txns = decode_all();
-    let Change::Insert { new } = &txns[1].changes[0] else {
-        panic!("{:?}", txns[1].changes)
-    };
+    let Change::Insert { new } = &txns[1].changes[0] else { panic!("{:?}", txns[1].changes) };
     assert_eq!(new.relation.name, "chat_messages");
     assert_eq!(new.relation.namespace, "public");
     let row = new.to_json();
@@ -68,13 +57,8 @@ fn captured_insert_has_typed_columns() {
     assert_eq!(row["seq"], json!(1));
     assert_eq!(row["status"], json!("sent"));
     assert_eq!(row["created_at"], json!("2026-11-25T12:00:00.123456Z"));
-    assert_eq!(
-        row["client_generated_id"],
-        json!("55555555-5555-5555-5555-555555555555")
-    );
-    let Change::Insert { new } = &txns[0].changes[0] else {
-        panic!()
-    };
+    assert_eq!(row["client_generated_id"], json!("55555555-5555-5555-5555-555555555555"));
+    let Change::Insert { new } = &txns[0].changes[0] else { panic!() };
     assert_eq!(new.relation.name, "chat_participants");
     assert_eq!(new.to_json()["last_read_seq"], json!(0));
 }
@@ -87,13 +71,9 @@ fn captured_updates_carry_full_old_rows_and_deletes_the_old_row() {
     let statuses: Vec<_> = updates
         .iter()
         .filter_map(|c| match c {
-            Change::Update {
-                old: Some(old),
-                new,
-            } if new.relation.name == "chat_messages" => Some((
-                old.to_json()["status"].clone(),
-                new.to_json()["status"].clone(),
-            )),
+            Change::Update { old: Some(old), new } if new.relation.name == "chat_messages" => {
+                Some((old.to_json()["status"].clone(), new.to_json()["status"].clone()))
+            }
             _ => None,
         })
         .collect();
@@ -107,25 +87,15 @@ fn captured_updates_carry_full_old_rows_and_deletes_the_old_row() {
     assert_eq!(watermark, Some(json!(2)));
     // The large message's content survives intact in both tuples.
     let big = updates.iter().find_map(|c| match c {
-        Change::Update { new, .. } => new
-            .to_json()
-            .get("content")
-            .and_then(|v| v.as_str())
-            .filter(|s| s.len() > 10_000)
-            .map(|s| s.len()),
+        Change::Update { new, .. } => {
+            new.to_json().get("content").and_then(|v| v.as_str()).filter(|s| s.len() > 10_000).map(|s| s.len())
+        }
         _ => None,
     });
     assert!(big.is_some());
-    let Change::Delete { old } = &txns[4].changes[0] else {
-        panic!()
-    };
-    assert_eq!(
-        old.to_json()["id"],
-        json!("33333333-3333-3333-3333-333333333333")
-    );
-    let Change::Message { prefix, content } = &txns[5].changes[0] else {
-        panic!()
-    };
+    let Change::Delete { old } = &txns[4].changes[0] else { panic!() };
+    assert_eq!(old.to_json()["id"], json!("33333333-3333-3333-3333-333333333333"));
+    let Change::Message { prefix, content } = &txns[5].changes[0] else { panic!() };
     assert_eq!((prefix.as_str(), &content[..]), ("demo", &b"payload"[..]));
 }
 
@@ -134,11 +104,7 @@ fn every_truncation_of_real_messages_is_an_error_not_a_panic() {
     for (_, msg) in captured() {
         for cut in 0..msg.len() {
             let short = msg.slice(..cut);
-            assert!(
-                parse(&short).is_err(),
-                "a {cut}-byte prefix of a {}-byte message parsed",
-                msg.len()
-            );
+            assert!(parse(&short).is_err(), "a {cut}-byte prefix of a {}-byte message parsed", msg.len());
         }
         assert!(parse(&msg).is_ok());
     }
@@ -146,24 +112,12 @@ fn every_truncation_of_real_messages_is_an_error_not_a_panic() {
 
 #[test]
 fn unknown_tags_and_markers_are_errors() {
-    assert_eq!(
-        parse(&Bytes::from_static(b"Z")),
-        Err(DecodeError::UnknownMessage(b'Z'))
-    );
-    assert_eq!(
-        parse(&Bytes::new()),
-        Err(DecodeError::Truncated("message type"))
-    );
+    assert_eq!(parse(&Bytes::from_static(b"Z")), Err(DecodeError::UnknownMessage(b'Z')));
+    assert_eq!(parse(&Bytes::new()), Err(DecodeError::Truncated("message type")));
     // Insert with 'X' instead of 'N'.
-    assert!(matches!(
-        parse(&Bytes::from_static(b"I\0\0\0\x01X\0\0")),
-        Err(DecodeError::BadMarker { .. })
-    ));
+    assert!(matches!(parse(&Bytes::from_static(b"I\0\0\0\x01X\0\0")), Err(DecodeError::BadMarker { .. })));
     // Tuple column of unknown kind.
-    assert_eq!(
-        parse(&Bytes::from_static(b"I\0\0\0\x01N\0\x01z")),
-        Err(DecodeError::UnknownColumnKind(b'z'))
-    );
+    assert_eq!(parse(&Bytes::from_static(b"I\0\0\0\x01N\0\x01z")), Err(DecodeError::UnknownColumnKind(b'z')));
 }
 
 #[test]
@@ -172,17 +126,11 @@ fn decoder_state_errors() {
     let mut d = Decoder::new();
     // An Insert before its Relation message.
     let insert = msgs.iter().find(|(_, b)| b[0] == b'I').unwrap().1.clone();
-    assert!(matches!(
-        d.feed(&insert),
-        Err(DecodeError::UnknownRelation(_))
-    ));
+    assert!(matches!(d.feed(&insert), Err(DecodeError::UnknownRelation(_))));
     // Relation, then Insert outside a transaction.
     let relation = msgs.iter().find(|(_, b)| b[0] == b'R').unwrap().1.clone();
     d.feed(&relation).unwrap();
-    assert_eq!(
-        d.feed(&insert.clone()).err(),
-        Some(DecodeError::OutsideTransaction("Insert"))
-    );
+    assert_eq!(d.feed(&insert.clone()).err(), Some(DecodeError::OutsideTransaction("Insert")));
     // Begin twice.
     let begin = msgs[0].1.clone();
     d.feed(&begin).unwrap();
@@ -191,10 +139,7 @@ fn decoder_state_errors() {
     d.reset();
     assert!(!d.in_transaction());
     let commit = msgs.iter().find(|(_, b)| b[0] == b'C').unwrap().1.clone();
-    assert_eq!(
-        d.feed(&commit).err(),
-        Some(DecodeError::OutsideTransaction("Commit"))
-    );
+    assert_eq!(d.feed(&commit).err(), Some(DecodeError::OutsideTransaction("Commit")));
 }
 
 fn relation_msg() -> Bytes {
@@ -236,16 +181,8 @@ fn unchanged_toast_is_filled_from_the_old_row() {
     commit.extend(120u64.to_be_bytes());
     commit.extend(0i64.to_be_bytes());
     let txn = d.feed(&Bytes::from(commit)).unwrap().unwrap();
-    let Change::Update { new, .. } = &txn.changes[0] else {
-        panic!()
-    };
-    assert_eq!(
-        new.to_json(),
-        json!({"id": 2, "body": "long"})
-            .as_object()
-            .unwrap()
-            .clone()
-    );
+    let Change::Update { new, .. } = &txn.changes[0] else { panic!() };
+    assert_eq!(new.to_json(), json!({"id": 2, "body": "long"}).as_object().unwrap().clone());
     assert_eq!((txn.commit_lsn, txn.end_lsn), (Lsn(100), Lsn(120)));
 }
 

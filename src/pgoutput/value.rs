@@ -49,10 +49,7 @@ pub fn datum_to_json(type_oid: u32, datum: &Datum) -> Value {
 pub fn text_to_json(type_oid: u32, text: &str) -> Value {
     let as_string = || Value::String(text.to_string());
     match type_oid {
-        INT2 | INT4 | INT8 | OID => text
-            .parse::<i64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| as_string()),
+        INT2 | INT4 | INT8 | OID => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| as_string()),
         BOOL => match text {
             "t" => Value::Bool(true),
             "f" => Value::Bool(false),
@@ -66,9 +63,7 @@ pub fn text_to_json(type_oid: u32, text: &str) -> Value {
             // NaN and infinities have no JSON number: keep Postgres's spelling.
             .unwrap_or_else(as_string),
         JSON | JSONB => serde_json::from_str(text).unwrap_or_else(|_| as_string()),
-        TIMESTAMPTZ => timestamptz(text)
-            .map(Value::String)
-            .unwrap_or_else(as_string),
+        TIMESTAMPTZ => timestamptz(text).map(Value::String).unwrap_or_else(as_string),
         TIMESTAMP => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
             .map(|t| Value::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()))
             .unwrap_or_else(|_| as_string()),
@@ -116,21 +111,13 @@ fn binary_to_json(type_oid: u32, b: &[u8]) -> Value {
             a.copy_from_slice(b);
             Value::String(uuid::Uuid::from_bytes(a).to_string())
         }),
-        TEXT | VARCHAR => std::str::from_utf8(b)
-            .ok()
-            .map(|s| Value::String(s.to_string())),
+        TEXT | VARCHAR => std::str::from_utf8(b).ok().map(|s| Value::String(s.to_string())),
         TIMESTAMPTZ => fixed(8).map(|b| {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
-            Value::String(
-                pg_timestamp(i64::from_be_bytes(a))
-                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-            )
+            Value::String(pg_timestamp(i64::from_be_bytes(a)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         }),
-        JSONB => b
-            .split_first()
-            .filter(|(v, _)| **v == 1)
-            .and_then(|(_, j)| serde_json::from_slice(j).ok()),
+        JSONB => b.split_first().filter(|(v, _)| **v == 1).and_then(|(_, j)| serde_json::from_slice(j).ok()),
         JSON => serde_json::from_slice(b).ok(),
         _ => None,
     }
@@ -152,10 +139,7 @@ mod tests {
         assert_eq!(t(INT8, "9007199254740993"), json!(9007199254740993i64));
         assert_eq!(t(INT4, "-5"), json!(-5));
         assert_eq!(t(BOOL, "t"), json!(true));
-        assert_eq!(
-            t(UUID, "0b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11"),
-            json!("0b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11")
-        );
+        assert_eq!(t(UUID, "0b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11"), json!("0b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11"));
         assert_eq!(t(JSONB, r#"{"a": [1, 2]}"#), json!({"a": [1, 2]}));
         assert_eq!(t(1700, "12.3400"), json!("12.3400"));
         assert_eq!(t(FLOAT8, "NaN"), json!("NaN"));
@@ -165,22 +149,10 @@ mod tests {
 
     #[test]
     fn timestamptz_becomes_rfc3339() {
-        assert_eq!(
-            t(TIMESTAMPTZ, "2026-11-25 12:55:03.123456+00"),
-            json!("2026-11-25T12:55:03.123456Z")
-        );
-        assert_eq!(
-            t(TIMESTAMPTZ, "2026-11-25 12:55:03+00"),
-            json!("2026-11-25T12:55:03Z")
-        );
-        assert_eq!(
-            t(TIMESTAMPTZ, "2026-11-25 14:55:03.5+02"),
-            json!("2026-11-25T12:55:03.500Z")
-        );
-        assert_eq!(
-            t(TIMESTAMPTZ, "2026-11-25 07:25:03-05:30"),
-            json!("2026-11-25T12:55:03Z")
-        );
+        assert_eq!(t(TIMESTAMPTZ, "2026-11-25 12:55:03.123456+00"), json!("2026-11-25T12:55:03.123456Z"));
+        assert_eq!(t(TIMESTAMPTZ, "2026-11-25 12:55:03+00"), json!("2026-11-25T12:55:03Z"));
+        assert_eq!(t(TIMESTAMPTZ, "2026-11-25 14:55:03.5+02"), json!("2026-11-25T12:55:03.500Z"));
+        assert_eq!(t(TIMESTAMPTZ, "2026-11-25 07:25:03-05:30"), json!("2026-11-25T12:55:03Z"));
         // Not representable: kept as Postgres wrote it.
         assert_eq!(t(TIMESTAMPTZ, "infinity"), json!("infinity"));
     }
@@ -191,14 +163,8 @@ mod tests {
         assert_eq!(b(INT4, &7i32.to_be_bytes()), json!(7));
         assert_eq!(b(INT8, &(-2i64).to_be_bytes()), json!(-2));
         assert_eq!(b(BOOL, &[1]), json!(true));
-        assert_eq!(
-            b(UUID, &[0u8; 16]),
-            json!("00000000-0000-0000-0000-000000000000")
-        );
-        assert_eq!(
-            b(TIMESTAMPTZ, &0i64.to_be_bytes()),
-            json!("2000-01-01T00:00:00Z")
-        );
+        assert_eq!(b(UUID, &[0u8; 16]), json!("00000000-0000-0000-0000-000000000000"));
+        assert_eq!(b(TIMESTAMPTZ, &0i64.to_be_bytes()), json!("2000-01-01T00:00:00Z"));
         // A wrong length never panics; it falls back to hex.
         assert_eq!(b(INT4, &[1, 2]), json!("\\x0102"));
     }

@@ -68,9 +68,7 @@ pub struct Progress {
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress {
-            tx: Arc::new(watch::channel(Lsn(0)).0),
-        }
+        Progress { tx: Arc::new(watch::channel(Lsn(0)).0) }
     }
 }
 
@@ -149,9 +147,7 @@ enum SessionError {
     Decode(#[from] DecodeError),
     #[error("slot {slot} belongs to another consumer ({detail})")]
     SlotBusy { slot: String, detail: String },
-    #[error(
-        "slot {0} exists but is not a pgoutput logical slot of this database; refusing to touch it"
-    )]
+    #[error("slot {0} exists but is not a pgoutput logical slot of this database; refusing to touch it")]
     ForeignSlot(String),
     #[error("malformed replication message: {0}")]
     Malformed(&'static str),
@@ -222,10 +218,7 @@ impl Replicator {
                     } else {
                         tracing::debug!(slot, "slot still in use");
                     }
-                    self.health.set(
-                        false,
-                        format!("waiting for slot {slot}, in use by another consumer"),
-                    );
+                    self.health.set(false, format!("waiting for slot {slot}, in use by another consumer"));
                     let wait = Duration::from_millis(1000 + fastrand::u64(0..1000));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -240,8 +233,7 @@ impl Replicator {
                     let wait = backoff.next();
                     m::replication_errors();
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "replication stream failed; reconnecting");
-                    self.health
-                        .set(false, format!("replication stream failed: {e}"));
+                    self.health.set(false, format!("replication stream failed: {e}"));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => break,
@@ -347,10 +339,7 @@ impl Replicator {
                         "committed transaction"
                     );
                     let end = txn.end_lsn;
-                    self.out
-                        .send(StreamEvent::Transaction(txn))
-                        .await
-                        .map_err(|_| SessionError::Downstream)?;
+                    self.out.send(StreamEvent::Transaction(txn)).await.map_err(|_| SessionError::Downstream)?;
                     self.forwarded = self.forwarded.max(end);
                 }
                 Ok(false)
@@ -374,19 +363,11 @@ impl Replicator {
     /// The position that is safe to confirm now.
     fn confirmable(&self) -> Lsn {
         let handed = self.progress.current();
-        let pos = if handed >= self.forwarded {
-            handed.max(self.idle_position)
-        } else {
-            handed
-        };
+        let pos = if handed >= self.forwarded { handed.max(self.idle_position) } else { handed };
         pos.max(self.confirmed)
     }
 
-    async fn send_status(
-        &mut self,
-        conn: &mut ReplConnection,
-        reply: bool,
-    ) -> Result<(), SessionError> {
+    async fn send_status(&mut self, conn: &mut ReplConnection, reply: bool) -> Result<(), SessionError> {
         let pos = self.confirmable();
         let mut msg = Vec::with_capacity(34);
         msg.push(b'r');
@@ -405,11 +386,7 @@ impl Replicator {
 
     /// Shutdown: give the pipeline a moment to hand on what it holds, then
     /// confirm the final position.
-    async fn drain_and_confirm(
-        &mut self,
-        conn: &mut ReplConnection,
-        progress: &mut watch::Receiver<Lsn>,
-    ) {
+    async fn drain_and_confirm(&mut self, conn: &mut ReplConnection, progress: &mut watch::Receiver<Lsn>) {
         let forwarded = self.forwarded;
         let wait = progress.wait_for(|lsn| *lsn >= forwarded);
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
@@ -428,9 +405,7 @@ impl Replicator {
         );
         let rows = conn.simple_query(&query).await?;
         let lost_reason = match rows.first() {
-            None if self.slot_seen => {
-                Some("the slot was dropped while the relay was using it".to_string())
-            }
+            None if self.slot_seen => Some("the slot was dropped while the relay was using it".to_string()),
             None => None,
             Some(row) => {
                 let get = |i: usize| row.get(i).cloned().flatten();
@@ -447,19 +422,12 @@ impl Replicator {
                     });
                 }
                 if get(3).as_deref() == Some("lost") {
-                    let reason =
-                        "the slot was invalidated (max_slot_wal_keep_size exceeded)".to_string();
-                    conn.simple_query(&format!(
-                        "DROP_REPLICATION_SLOT {}",
-                        quote_ident(&self.cfg.slot)
-                    ))
-                    .await?;
+                    let reason = "the slot was invalidated (max_slot_wal_keep_size exceeded)".to_string();
+                    conn.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(&self.cfg.slot))).await?;
                     Some(reason)
                 } else {
                     self.slot_seen = true;
-                    let lsn = get(4)
-                        .and_then(|s| s.parse::<Lsn>().ok())
-                        .unwrap_or_default();
+                    let lsn = get(4).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
                     return Ok(lsn);
                 }
             }
@@ -500,10 +468,7 @@ impl Replicator {
                 self.confirmed = Lsn(0);
                 self.forwarded = Lsn(0);
                 self.idle_position = Lsn(0);
-                self.out
-                    .send(StreamEvent::SlotReset { reason })
-                    .await
-                    .map_err(|_| SessionError::Downstream)?;
+                self.out.send(StreamEvent::SlotReset { reason }).await.map_err(|_| SessionError::Downstream)?;
             }
             None => tracing::info!(slot = %self.cfg.slot, lsn = %lsn, "replication slot created"),
         }
@@ -513,10 +478,7 @@ impl Replicator {
     fn classify_start_error(&mut self, e: WireError) -> SessionError {
         match e.sqlstate() {
             // object_in_use: "replication slot ... is active for PID ..."
-            Some("55006") => SessionError::SlotBusy {
-                slot: self.cfg.slot.clone(),
-                detail: e.to_string(),
-            },
+            Some("55006") => SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: e.to_string() },
             // The slot vanished between our check and START: next session recreates it.
             Some("42704") => e.into(),
             _ => e.into(),
@@ -547,20 +509,13 @@ struct Backoff {
 
 impl Backoff {
     fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Backoff { base, cap, attempt: 0 }
     }
     fn reset(&mut self) {
         self.attempt = 0;
     }
     fn next(&mut self) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         // Half fixed, half random: never zero, never in lockstep with peers.
         let half = exp / 2;

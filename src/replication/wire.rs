@@ -36,11 +36,7 @@ pub struct ServerError {
 
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} (SQLSTATE {})",
-            self.severity, self.message, self.code
-        )?;
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
         if let Some(d) = &self.detail {
             write!(f, " detail: {d}")?;
         }
@@ -87,21 +83,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 struct Socket(Box<dyn Stream>);
 
 impl AsyncRead for Socket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Socket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -163,16 +151,8 @@ impl ReplConnection {
                         (Socket(Box::new(stream)), true)
                     }
                     b'N' if info.sslmode == SslMode::Prefer => (Socket(Box::new(tcp)), false),
-                    b'N' => {
-                        return Err(WireError::Tls(
-                            "server does not support SSL, but sslmode requires it".into(),
-                        ))
-                    }
-                    other => {
-                        return Err(WireError::Protocol(format!(
-                            "unexpected answer {other:#x} to SSLRequest"
-                        )))
-                    }
+                    b'N' => return Err(WireError::Tls("server does not support SSL, but sslmode requires it".into())),
+                    other => return Err(WireError::Protocol(format!("unexpected answer {other:#x} to SSLRequest"))),
                 }
             }
         };
@@ -226,11 +206,8 @@ impl ReplConnection {
                             let mut salt = [0u8; 4];
                             body.copy_to_slice(&mut salt);
                             let pw = password(info)?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                info.user.as_bytes(),
-                                pw.as_bytes(),
-                                salt,
-                            );
+                            let hash =
+                                postgres_protocol::authentication::md5_hash(info.user.as_bytes(), pw.as_bytes(), salt);
                             frontend::password_message(hash.as_bytes(), &mut self.wbuf)?;
                             self.flush().await?;
                         }
@@ -250,55 +227,38 @@ impl ReplConnection {
                             // already authenticated.
                             let pw = password(info)?;
                             let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(
-                                "SCRAM-SHA-256",
-                                s.message(),
-                                &mut self.wbuf,
-                            )?;
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)?;
                             self.flush().await?;
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                WireError::Protocol("SASL continue without start".into())
-                            })?;
-                            s.update(&body)
-                                .map_err(|e| WireError::Auth(e.to_string()))?;
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| WireError::Protocol("SASL continue without start".into()))?;
+                            s.update(&body).map_err(|e| WireError::Auth(e.to_string()))?;
                             frontend::sasl_response(s.message(), &mut self.wbuf)?;
                             self.flush().await?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                WireError::Protocol("SASL final without start".into())
-                            })?;
-                            s.finish(&body).map_err(|e| {
-                                WireError::Auth(format!("server signature invalid: {e}"))
-                            })?;
+                            let s =
+                                scram.as_mut().ok_or_else(|| WireError::Protocol("SASL final without start".into()))?;
+                            s.finish(&body).map_err(|e| WireError::Auth(format!("server signature invalid: {e}")))?;
                         }
-                        other => {
-                            return Err(WireError::Auth(format!(
-                                "unsupported authentication method {other}"
-                            )))
-                        }
+                        other => return Err(WireError::Auth(format!("unsupported authentication method {other}"))),
                     }
                 }
                 b'S' => {
                     let mut parts = frame.body.split(|b| *b == 0);
                     if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-                        self.params.insert(
-                            String::from_utf8_lossy(k).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        );
+                        self.params
+                            .insert(String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned());
                     }
                 }
                 b'K' | b'N' => {}
                 b'E' => return Err(parse_server_error(&frame.body)),
                 b'Z' => return Ok(()),
                 other => {
-                    return Err(WireError::Protocol(format!(
-                        "unexpected message {:?} during startup",
-                        other as char
-                    )))
+                    return Err(WireError::Protocol(format!("unexpected message {:?} during startup", other as char)))
                 }
             }
         }
@@ -308,9 +268,7 @@ impl ReplConnection {
     pub async fn read_frame(&mut self) -> Result<Frame, WireError> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len =
-                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                        as usize;
+                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
                 if !(4..=MAX_MESSAGE).contains(&len) {
                     return Err(WireError::Protocol(format!("invalid message length {len}")));
                 }
@@ -318,10 +276,7 @@ impl ReplConnection {
                     let tag = self.rbuf[0];
                     let mut msg = self.rbuf.split_to(len + 1);
                     msg.advance(5);
-                    return Ok(Frame {
-                        tag,
-                        body: msg.freeze(),
-                    });
+                    return Ok(Frame { tag, body: msg.freeze() });
                 }
                 self.rbuf.reserve(len + 1 - self.rbuf.len());
             }
@@ -358,12 +313,7 @@ impl ReplConnection {
                 b'T' | b'C' | b'I' | b'N' | b'S' => {}
                 b'E' => error = Some(parse_server_error(&frame.body)),
                 b'Z' => break,
-                other => {
-                    return Err(WireError::Protocol(format!(
-                        "unexpected message {:?} in query",
-                        other as char
-                    )))
-                }
+                other => return Err(WireError::Protocol(format!("unexpected message {:?} in query", other as char))),
             }
         }
         match error {
@@ -407,7 +357,8 @@ impl ReplConnection {
             let frame = self.read_frame().await?;
             match frame.tag {
                 b'd' => return Ok(CopyMessage::Data(frame.body)),
-                b'c' => return Ok(CopyMessage::Done),
+                // CopyDone, or the walsender finishing the command (server shutdown).
+                b'c' | b'C' | b'Z' => return Ok(CopyMessage::Done),
                 b'E' => return Err(parse_server_error(&frame.body)),
                 b'N' => {
                     let notice = parse_server_error(&frame.body);
@@ -415,10 +366,7 @@ impl ReplConnection {
                 }
                 b'S' => {}
                 other => {
-                    return Err(WireError::Protocol(format!(
-                        "unexpected message {:?} while streaming",
-                        other as char
-                    )))
+                    return Err(WireError::Protocol(format!("unexpected message {:?} while streaming", other as char)))
                 }
             }
         }
@@ -427,8 +375,7 @@ impl ReplConnection {
     /// Sends one CopyData message (standby status updates).
     pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<(), WireError> {
         self.wbuf.extend_from_slice(b"d");
-        self.wbuf
-            .extend_from_slice(&((data.len() + 4) as u32).to_be_bytes());
+        self.wbuf.extend_from_slice(&((data.len() + 4) as u32).to_be_bytes());
         self.wbuf.extend_from_slice(data);
         self.flush().await
     }
@@ -443,9 +390,9 @@ impl ReplConnection {
 }
 
 fn password(info: &ConnInfo) -> Result<&str, WireError> {
-    info.password.as_deref().ok_or_else(|| {
-        WireError::Auth("the server asked for a password and DATABASE_URL has none".into())
-    })
+    info.password
+        .as_deref()
+        .ok_or_else(|| WireError::Auth("the server asked for a password and DATABASE_URL has none".into()))
 }
 
 fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
@@ -515,10 +462,7 @@ mod tests {
     #[test]
     fn data_row_rejects_truncation() {
         let mut ok = vec![0, 2, 0, 0, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(
-            parse_data_row(&ok).unwrap(),
-            vec![Some("a".to_string()), None]
-        );
+        assert_eq!(parse_data_row(&ok).unwrap(), vec![Some("a".to_string()), None]);
         ok.truncate(6);
         assert!(parse_data_row(&ok).is_err());
         assert!(parse_data_row(&[0]).is_err());

@@ -29,12 +29,7 @@ fn msg(c: u8, seq: i64) -> MessageRow {
 }
 
 fn txn(lsn: u64, events: Vec<ChatEvent>) -> ChatTxn {
-    ChatTxn {
-        commit_lsn: Lsn(lsn * 100),
-        end_lsn: Lsn(lsn * 100 + 10),
-        commit_time: Utc::now(),
-        events,
-    }
+    ChatTxn { commit_lsn: Lsn(lsn * 100), end_lsn: Lsn(lsn * 100 + 10), commit_time: Utc::now(), events }
 }
 
 fn inserted(out: &[Sequenced]) -> Vec<(Uuid, i64)> {
@@ -58,36 +53,16 @@ fn cfg() -> SequencerConfig {
 fn in_order_stream_passes_and_replay_is_dropped() {
     let mut s = Sequencer::new(cfg());
     let now = Instant::now();
-    let a = s.push(
-        txn(
-            1,
-            vec![
-                ChatEvent::Inserted(msg(1, 1)),
-                ChatEvent::Inserted(msg(1, 2)),
-            ],
-        ),
-        now,
-    );
+    let a = s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1)), ChatEvent::Inserted(msg(1, 2))]), now);
     assert_eq!(inserted(&a), vec![(chat(1), 1), (chat(1), 2)]);
     // The same transaction again (WAL replay after reconnect).
-    let b = s.push(
-        txn(
-            1,
-            vec![
-                ChatEvent::Inserted(msg(1, 1)),
-                ChatEvent::Inserted(msg(1, 2)),
-            ],
-        ),
-        now,
-    );
+    let b = s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1)), ChatEvent::Inserted(msg(1, 2))]), now);
     assert!(b.is_empty());
     // A different row carrying an old seq is a seq duplicate.
     let mut stale = msg(1, 2);
     stale.id = Uuid::new_v4();
     stale.client_generated_id = None;
-    assert!(s
-        .push(txn(2, vec![ChatEvent::Inserted(stale)]), now)
-        .is_empty());
+    assert!(s.push(txn(2, vec![ChatEvent::Inserted(stale)]), now).is_empty());
     assert_eq!(s.safe_lsn(), Lsn(210));
 }
 
@@ -98,15 +73,8 @@ fn replayed_updates_are_dropped_but_new_ones_pass() {
     s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), now);
     let upd = ChatEvent::Updated(msg(1, 1));
     assert_eq!(s.push(txn(2, vec![upd.clone()]), now).len(), 1);
-    assert!(
-        s.push(txn(2, vec![upd.clone()]), now).is_empty(),
-        "replayed update"
-    );
-    assert_eq!(
-        s.push(txn(3, vec![upd]), now).len(),
-        1,
-        "a later update of the same row"
-    );
+    assert!(s.push(txn(2, vec![upd.clone()]), now).is_empty(), "replayed update");
+    assert_eq!(s.push(txn(3, vec![upd]), now).len(), 1, "a later update of the same row");
 }
 
 #[test]
@@ -115,38 +83,14 @@ fn gap_is_held_then_filled_from_the_database() {
     let t0 = Instant::now();
     s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
     // seq 4 arrives; 2 and 3 are missing. Chat 2 is unaffected.
-    assert!(s
-        .push(
-            txn(
-                2,
-                vec![
-                    ChatEvent::Inserted(msg(1, 4)),
-                    ChatEvent::Updated(msg(1, 4))
-                ]
-            ),
-            t0
-        )
-        .is_empty());
-    assert_eq!(
-        inserted(&s.push(txn(3, vec![ChatEvent::Inserted(msg(2, 1))]), t0)),
-        vec![(chat(2), 1)]
-    );
+    assert!(s.push(txn(2, vec![ChatEvent::Inserted(msg(1, 4)), ChatEvent::Updated(msg(1, 4))]), t0).is_empty());
+    assert_eq!(inserted(&s.push(txn(3, vec![ChatEvent::Inserted(msg(2, 1))]), t0)), vec![(chat(2), 1)]);
     // While held, the safe LSN stays at the held transaction's commit.
     assert_eq!(s.safe_lsn(), Lsn(200));
     assert!(s.expired(t0 + Duration::from_millis(10)).is_empty());
     let fills = s.expired(t0 + Duration::from_millis(60));
-    assert_eq!(
-        fills,
-        vec![GapFill {
-            chat_id: chat(1),
-            after: 1,
-            before: 4
-        }]
-    );
-    assert!(
-        s.expired(t0 + Duration::from_millis(70)).is_empty(),
-        "asked once"
-    );
+    assert_eq!(fills, vec![GapFill { chat_id: chat(1), after: 1, before: 4 }]);
+    assert!(s.expired(t0 + Duration::from_millis(70)).is_empty(), "asked once");
     // The database has seq 2 only (3 was deleted).
     let out = s.fill(fills[0], vec![msg(1, 2)], t0 + Duration::from_millis(70));
     assert_eq!(inserted(&out), vec![(chat(1), 2), (chat(1), 4)]);
@@ -163,9 +107,7 @@ fn missing_seq_arriving_within_the_window_releases_the_hold() {
     let mut s = Sequencer::new(cfg());
     let t0 = Instant::now();
     s.set_high_water(chat(1), 0);
-    assert!(s
-        .push(txn(1, vec![ChatEvent::Inserted(msg(1, 2))]), t0)
-        .is_empty());
+    assert!(s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 2))]), t0).is_empty());
     let out = s.push(txn(2, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
     assert_eq!(inserted(&out), vec![(chat(1), 1), (chat(1), 2)]);
     assert_eq!(s.next_deadline(), None);
@@ -180,35 +122,13 @@ fn a_later_gap_gets_its_own_lookup() {
     s.push(txn(2, vec![ChatEvent::Inserted(msg(1, 9))]), t0);
     let t1 = t0 + Duration::from_millis(60);
     let f = s.expired(t1);
-    assert_eq!(
-        f,
-        vec![GapFill {
-            chat_id: chat(1),
-            after: 0,
-            before: 3
-        }]
-    );
+    assert_eq!(f, vec![GapFill { chat_id: chat(1), after: 0, before: 3 }]);
     let out = s.fill(f[0], vec![msg(1, 1), msg(1, 2)], t1);
-    assert_eq!(
-        inserted(&out),
-        vec![(chat(1), 1), (chat(1), 2), (chat(1), 3)],
-        "9 waits for its own lookup"
-    );
+    assert_eq!(inserted(&out), vec![(chat(1), 1), (chat(1), 2), (chat(1), 3)], "9 waits for its own lookup");
     let f2 = s.expired(t1 + Duration::from_millis(60));
-    assert_eq!(
-        f2,
-        vec![GapFill {
-            chat_id: chat(1),
-            after: 3,
-            before: 9
-        }]
-    );
+    assert_eq!(f2, vec![GapFill { chat_id: chat(1), after: 3, before: 9 }]);
     // Rows outside the asked range are ignored.
-    let out = s.fill(
-        f2[0],
-        vec![msg(1, 5), msg(1, 42)],
-        t1 + Duration::from_millis(60),
-    );
+    let out = s.fill(f2[0], vec![msg(1, 5), msg(1, 42)], t1 + Duration::from_millis(60));
     assert_eq!(inserted(&out), vec![(chat(1), 5), (chat(1), 9)]);
 }
 
@@ -226,21 +146,14 @@ fn dedupe_cache_is_bounded_and_expires() {
 
 /// Drives a sequencer to quiescence: advances time past every window and
 /// answers lookups from `db`.
-fn drain(
-    s: &mut Sequencer,
-    db: &HashMap<(Uuid, i64), MessageRow>,
-    mut now: Instant,
-    out: &mut Vec<Sequenced>,
-) {
+fn drain(s: &mut Sequencer, db: &HashMap<(Uuid, i64), MessageRow>, mut now: Instant, out: &mut Vec<Sequenced>) {
     for _ in 0..1000 {
         let Some(deadline) = s.next_deadline() else {
             return;
         };
         now = now.max(deadline);
         for gap in s.expired(now) {
-            let found = (gap.after + 1..gap.before)
-                .filter_map(|q| db.get(&(gap.chat_id, q)).cloned())
-                .collect();
+            let found = (gap.after + 1..gap.before).filter_map(|q| db.get(&(gap.chat_id, q)).cloned()).collect();
             out.extend(s.fill(gap, found, now));
         }
     }
@@ -253,13 +166,7 @@ fn check_order_and_uniqueness(out: &[Sequenced]) {
     for o in out {
         if let ChatEvent::Inserted(m) = &o.event {
             let prev = last.insert(m.chat_id, m.seq);
-            assert!(
-                prev.is_none_or(|p| m.seq > p),
-                "chat {} seq {} after {:?}",
-                m.chat_id,
-                m.seq,
-                prev
-            );
+            assert!(prev.is_none_or(|p| m.seq > p), "chat {} seq {} after {:?}", m.chat_id, m.seq, prev);
             assert!(ids.insert(m.id), "message {} twice", m.id);
         }
     }

@@ -35,10 +35,7 @@ impl Db {
     }
 
     pub async fn start_with(opts: ScratchOptions) -> Db {
-        let pg = tokio::task::spawn_blocking(move || ScratchPostgres::start_with(opts))
-            .await
-            .unwrap()
-            .unwrap();
+        let pg = tokio::task::spawn_blocking(move || ScratchPostgres::start_with(opts)).await.unwrap().unwrap();
         let url = pg.url("postgres");
         let db = Db { pg, url };
         db.migrate();
@@ -47,10 +44,7 @@ impl Db {
 
     /// A cluster without the schema (for migration tests).
     pub async fn bare() -> Db {
-        let pg = tokio::task::spawn_blocking(ScratchPostgres::start)
-            .await
-            .unwrap()
-            .unwrap();
+        let pg = tokio::task::spawn_blocking(ScratchPostgres::start).await.unwrap().unwrap();
         let url = pg.url("postgres");
         Db { pg, url }
     }
@@ -63,11 +57,7 @@ impl Db {
             .env_remove("RUST_LOG")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "migrate failed: {text}");
         text
     }
@@ -89,25 +79,16 @@ impl Db {
     pub async fn chat(&self, participants: &[Uuid]) -> Uuid {
         let c = self.client().await;
         let chat = Uuid::new_v4();
-        c.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat])
-            .await
-            .unwrap();
+        c.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await.unwrap();
         for p in participants {
-            c.execute(
-                "INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2)",
-                &[&chat, p],
-            )
-            .await
-            .unwrap();
+            c.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2)", &[&chat, p]).await.unwrap();
         }
         chat
     }
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -145,20 +126,13 @@ impl Relay {
     }
 
     pub fn spawn(db: &Db, env: &[(&str, &str)]) -> Relay {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-relay"));
         cmd.arg("serve")
             .env("DATABASE_URL", &db.url)
             .env("CHAT_RELAY_LISTEN", format!("127.0.0.1:{port}"))
             .env("CHAT_RELAY_JWT_SECRET", SECRET)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("TEST_RELAY_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -179,10 +153,7 @@ impl Relay {
             if let Ok((200, _)) = http_get(self.port, "/readyz").await {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "relay not ready within {PATIENCE:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "relay not ready within {PATIENCE:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -196,9 +167,7 @@ impl Relay {
         let (_, body) = self.get("/metrics").await;
         body.lines()
             .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
+                l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or_else(|| panic!("metric {series} not exported"))
     }
@@ -239,15 +208,8 @@ pub async fn http_request(port: u16, raw: &str) -> std::io::Result<(u16, String)
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 
@@ -258,16 +220,10 @@ pub fn token(user: Uuid, ttl_secs: i64) -> String {
 
 pub fn token_with(user: Uuid, ttl_secs: i64, secret: &str) -> String {
     let exp = chrono::Utc::now().timestamp() + ttl_secs;
-    encode(
-        &Header::default(),
-        &json!({"sub": user, "exp": exp}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What the client observed when it stopped reading.
 #[derive(Debug, PartialEq)]
@@ -289,10 +245,7 @@ impl Ws {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.stream
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .unwrap();
+        self.stream.send(Message::Text(v.to_string().into())).await.unwrap();
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -310,14 +263,10 @@ impl Ws {
     /// The next JSON frame, or how the connection ended.
     pub async fn next_or_end(&mut self) -> Result<Value, End> {
         loop {
-            let msg = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("no frame within patience");
+            let msg = tokio::time::timeout(PATIENCE, self.stream.next()).await.expect("no frame within patience");
             match msg {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
-                Some(Ok(Message::Close(f))) => {
-                    return Err(End::Closed(f.map(|f| u16::from(f.code))))
-                }
+                Some(Ok(Message::Close(f))) => return Err(End::Closed(f.map(|f| u16::from(f.code)))),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Err(End::Eof),
             }
@@ -342,10 +291,7 @@ impl Ws {
             if v["type"] == ty {
                 return v;
             }
-            assert_ne!(
-                v["type"], "error",
-                "unexpected error while waiting for {ty}: {v}"
-            );
+            assert_ne!(v["type"], "error", "unexpected error while waiting for {ty}: {v}");
         }
     }
 
