@@ -24,6 +24,8 @@ pub const SLOT_RECREATED: &str = "chat_relay_slot_recreated_total";
 pub const REPLICATION_ERRORS: &str = "chat_relay_replication_errors_total";
 pub const GAPS_REPAIRED: &str = "chat_relay_seq_gaps_repaired_total";
 pub const DEDUPE_CACHE: &str = "chat_relay_dedupe_cache_total";
+pub const STREAMING: &str = "chat_relay_replication_streaming";
+pub const READY: &str = "chat_relay_ready";
 
 /// The contract's metric names, for tests and the dashboard check.
 pub const CONTRACT: [&str; 9] = [
@@ -65,6 +67,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     counter!(DELIVERED_FLUSHES).absolute(0);
     counter!(SLOT_RECREATED).absolute(0);
     counter!(REPLICATION_ERRORS).absolute(0);
+    gauge!(STREAMING).set(0.0);
+    gauge!(READY).set(0.0);
     // Registering the histogram makes its (empty) buckets appear.
     let _ = histogram!(COMMIT_TO_SEND);
     Ok(handle)
@@ -85,6 +89,8 @@ fn describe() {
     describe_histogram!(COMMIT_TO_SEND, Unit::Seconds, "Transaction commit time to event frame written");
     describe_counter!(SLOT_RECREATED, "Replication slot lost (dropped or invalidated) and recreated");
     describe_counter!(REPLICATION_ERRORS, "Replication stream failures that caused a reconnect");
+    describe_gauge!(STREAMING, "1 while the replication stream runs (the slot is active), else 0");
+    describe_gauge!(READY, "1 while streaming and the database answers (what /readyz reports), else 0");
 }
 
 /// Counts the row changes of a committed transaction.
@@ -168,4 +174,12 @@ pub fn slot_recreated() {
 
 pub fn replication_errors() {
     counter!(REPLICATION_ERRORS).increment(1);
+}
+
+pub fn streaming(on: bool) {
+    gauge!(STREAMING).set(if on { 1.0 } else { 0.0 });
+}
+
+pub fn ready(on: bool) {
+    gauge!(READY).set(if on { 1.0 } else { 0.0 });
 }

@@ -102,7 +102,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
 
     // Side tasks: lag probe, membership cache sweep.
     let side_stop = CancellationToken::new();
-    tokio::spawn(lag_probe(store.clone(), args.slot.clone(), side_stop.clone()));
+    tokio::spawn(lag_probe(store.clone(), args.slot.clone(), health.clone(), side_stop.clone()));
     {
         let membership = membership.clone();
         let stop = side_stop.clone();
@@ -250,18 +250,28 @@ pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) -
     }
 }
 
-/// Every 5 s: server WAL position minus the slot's confirmed position.
-async fn lag_probe(store: Store, slot: String, stop: CancellationToken) {
+/// Every 5 s: server WAL position minus the slot's confirmed position, and
+/// the readiness gauge (streaming and the database answered this probe).
+async fn lag_probe(store: Store, slot: String, health: Arc<Health>, stop: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.cancelled() => return,
         }
-        match store.slot_lag(&slot).await {
-            Ok(Some(lag)) => m::lag_bytes(lag),
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "lag probe failed"),
-        }
+        let answered = match tokio::time::timeout(Duration::from_secs(4), store.slot_lag(&slot)).await {
+            Ok(Ok(lag)) => {
+                if let Some(lag) = lag {
+                    m::lag_bytes(lag);
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "lag probe failed");
+                false
+            }
+            Err(_) => false,
+        };
+        m::ready(answered && health.is_streaming());
     }
 }

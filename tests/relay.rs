@@ -432,3 +432,40 @@ async fn readyz_follows_the_database() {
     tokio::task::block_in_place(|| db.pg.start_again().unwrap());
     relay.wait_ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_works_with_the_documented_least_privilege_role() {
+    let db = Db::start().await;
+    let sql = include_str!("../deploy/postgres/relay-role.sql").replace(":'relay_password'", "'relay-pw'");
+    db.client().await.batch_execute(&sql).await.unwrap();
+    let url = format!("postgres://chat_relay:relay-pw@127.0.0.1:{}/postgres?sslmode=disable", db.pg.port);
+    let relay = Relay::start_url(&url, &[]).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let mut a = relay.ws(alice).await;
+    let mut b = relay.ws(bob).await;
+    a.subscribe(chat, Some(0)).await;
+    b.subscribe(chat, Some(0)).await;
+    a.send(
+        json!({"type": "send", "chat_id": chat, "client_generated_id": Uuid::new_v4(), "content": "least privilege"}),
+    )
+    .await;
+    assert_eq!(a.expect("sent").await["seq"], 1);
+    assert_eq!(b.messages(chat, 1).await, [1]);
+    b.send(json!({"type": "read", "chat_id": chat, "seq": 1})).await;
+    loop {
+        let v = a.next().await;
+        if v["type"] == "update" && v["message"]["status"] == "read" {
+            break;
+        }
+    }
+    // Not a superuser, and it never needed to be.
+    let sup: bool = db
+        .client()
+        .await
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'chat_relay'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!sup);
+}

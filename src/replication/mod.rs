@@ -134,6 +134,7 @@ impl Health {
         if let Ok(mut r) = self.reason.lock() {
             r.clone_from(&reason);
         }
+        m::streaming(streaming);
         self.changed.send_replace((streaming, reason));
     }
 }

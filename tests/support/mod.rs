@@ -126,10 +126,21 @@ impl Relay {
     }
 
     pub fn spawn(db: &Db, env: &[(&str, &str)]) -> Relay {
+        Self::spawn_url(&db.url, env)
+    }
+
+    /// Starts `serve` against any database URL and waits for /readyz.
+    pub async fn start_url(url: &str, env: &[(&str, &str)]) -> Relay {
+        let relay = Self::spawn_url(url, env);
+        relay.wait_ready().await;
+        relay
+    }
+
+    pub fn spawn_url(url: &str, env: &[(&str, &str)]) -> Relay {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-relay"));
         cmd.arg("serve")
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", url)
             .env("CHAT_RELAY_LISTEN", format!("127.0.0.1:{port}"))
             .env("CHAT_RELAY_JWT_SECRET", SECRET)
             .env("RUST_LOG", std::env::var("TEST_RELAY_LOG").unwrap_or_else(|_| "warn".into()))
