@@ -18,7 +18,8 @@ RUN cargo build --release --locked --bin chat-relay \
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/chat-relay /usr/local/bin/chat-relay
-USER nonroot:nonroot
+# distroless nonroot: uid and gid 65532 (numeric, so runAsNonRoot can verify it)
+USER 65532:65532
 EXPOSE 4000
 ENV CHAT_RELAY_LISTEN=0.0.0.0:4000 \
     CHAT_RELAY_LOG_FORMAT=json

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Policy checks for the rendered chat-relay manifests, beyond schema validity.
+
+Usage: check_manifests.py RENDERED.yaml [--sidecar]
+       check_manifests.py --self-test BASE.yaml   (each mutation must be rejected)
+
+Exit 1 with one line per problem.
+"""
+import copy
+import sys
+
+import yaml
+
+
+def relay_containers(docs):
+    for d in docs:
+        if d.get("kind") in ("Deployment", "StatefulSet"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if c["name"] == "chat-relay":
+                    yield d, c
+
+
+def check(docs, sidecar=False):
+    problems = []
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    found = list(relay_containers(docs))
+    if len(found) != 1:
+        return [f"expected exactly one chat-relay container, found {len(found)}"]
+    workload, c = found[0]
+    spec = workload["spec"]
+    pod = spec["template"]["spec"]
+    if spec.get("replicas") != 1:
+        problems.append("one replica must own the replication slot (replicas: 1)")
+    if workload["kind"] == "Deployment" and spec.get("strategy", {}).get("type") != "Recreate":
+        problems.append("Deployment strategy must be Recreate so two relays never overlap on the slot")
+    if pod.get("terminationGracePeriodSeconds", 30) < 15:
+        problems.append("terminationGracePeriodSeconds must exceed the relay's drain (>= 15 s)")
+    sc = c.get("securityContext", {})
+    psc = pod.get("securityContext", {})
+    if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+        problems.append("runAsNonRoot must be true")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        problems.append("readOnlyRootFilesystem must be true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        problems.append("allowPrivilegeEscalation must be false")
+    if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+        problems.append("all capabilities must be dropped")
+    if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+        problems.append("liveness probe must be GET /healthz")
+    if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+        problems.append("readiness probe must be GET /readyz")
+    res = c.get("resources", {})
+    if not res.get("requests") or not res.get("limits", {}).get("memory"):
+        problems.append("resource requests and a memory limit are required")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for name in ("DATABASE_URL", "CHAT_RELAY_JWT_SECRET"):
+        if "secretKeyRef" not in env.get(name, {}).get("valueFrom", {}):
+            problems.append(f"{name} must come from a Secret")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    listen = env.get("CHAT_RELAY_LISTEN", {}).get("value", "")
+    if ports.get("http") is None or not listen.endswith(f":{ports.get('http')}"):
+        problems.append("CHAT_RELAY_LISTEN must listen on the container's http port")
+    labels = spec["template"]["metadata"].get("labels", {})
+    services = by_kind.get("Service", [])
+    if not services:
+        problems.append("a Service is required")
+    for svc in services:
+        selector = svc["spec"].get("selector", {})
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            problems.append(f"Service {svc['metadata']['name']} does not select the relay's pods")
+        svc_ports = {p.get("name") for p in svc["spec"]["ports"]}
+        for sm in by_kind.get("ServiceMonitor", []):
+            match = sm["spec"]["selector"].get("matchLabels", {})
+            if any(svc["metadata"].get("labels", {}).get(k) != v for k, v in match.items()):
+                problems.append("ServiceMonitor does not select the Service")
+            for ep in sm["spec"]["endpoints"]:
+                if ep.get("port") not in svc_ports or ep.get("path") != "/metrics":
+                    problems.append("ServiceMonitor endpoint must scrape the Service's http port at /metrics")
+    if not by_kind.get("ServiceMonitor"):
+        problems.append("a ServiceMonitor is required")
+    if not sidecar:
+        for kind in ("PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"):
+            if not by_kind.get(kind):
+                problems.append(f"a {kind} is required")
+        for np in by_kind.get("NetworkPolicy", []):
+            if set(np["spec"].get("policyTypes", [])) != {"Ingress", "Egress"}:
+                problems.append("NetworkPolicy must restrict both ingress and egress")
+            egress_ports = {p["port"] for rule in np["spec"].get("egress", []) for p in rule.get("ports", [])}
+            if not egress_ports <= {5432, 53}:
+                problems.append(f"egress must only reach Postgres (and DNS), not {sorted(egress_ports)}")
+    return problems
+
+
+def mutations(docs):
+    def relay(ds):
+        return next(relay_containers(ds))[1]
+
+    def workload(ds):
+        return next(relay_containers(ds))[0]
+
+    yield "two replicas", lambda ds: workload(ds)["spec"].__setitem__("replicas", 2)
+    yield "rolling update", lambda ds: workload(ds)["spec"].__setitem__("strategy", {"type": "RollingUpdate"})
+    yield "writable root", lambda ds: relay(ds)["securityContext"].__setitem__("readOnlyRootFilesystem", False)
+    yield "privilege escalation", lambda ds: relay(ds)["securityContext"].__setitem__("allowPrivilegeEscalation", True)
+    yield "capabilities kept", lambda ds: relay(ds)["securityContext"].__setitem__("capabilities", {})
+    yield "wrong readiness", lambda ds: relay(ds)["readinessProbe"]["httpGet"].__setitem__("path", "/healthz")
+    yield "secret inline", lambda ds: relay(ds)["env"].__setitem__(
+        next(i for i, e in enumerate(relay(ds)["env"]) if e["name"] == "DATABASE_URL"), {"name": "DATABASE_URL", "value": "postgres://x"})
+    yield "service misses pods", lambda ds: next(d for d in ds if d["kind"] == "Service")["spec"].__setitem__("selector", {"app": "other"})
+    yield "monitor wrong port", lambda ds: next(d for d in ds if d["kind"] == "ServiceMonitor")["spec"]["endpoints"][0].__setitem__("port", "metrics")
+    yield "open egress", lambda ds: next(d for d in ds if d["kind"] == "NetworkPolicy")["spec"]["egress"].append({"ports": [{"port": 443}]})
+
+
+def main():
+    args = sys.argv[1:]
+    self_test = "--self-test" in args
+    sidecar = "--sidecar" in args
+    path = [a for a in args if not a.startswith("--")][0]
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    if self_test:
+        failed = False
+        if check(docs):
+            print("self-test: the unmodified manifests must pass first")
+            return 1
+        for name, mutate in mutations(docs):
+            broken = copy.deepcopy(docs)
+            mutate(broken)
+            if not check(broken):
+                print(f"self-test: mutation '{name}' was not rejected")
+                failed = True
+        print("self-test: every mutation rejected" if not failed else "self-test FAILED")
+        return 1 if failed else 0
+    problems = check(docs, sidecar)
+    for p in problems:
+        print(f"{path}: {p}")
+    if not problems:
+        print(f"{path}: policy checks passed")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
