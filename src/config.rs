@@ -31,6 +31,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Start a throwaway Postgres, the relay and a client, and show messages flowing.
     Demo(DemoArgs),
+    /// Run the performance scenarios against throwaway local Postgres clusters (docs/benchmarks.md).
+    Bench(BenchArgs),
 }
 
 /// Where the database is.
@@ -164,6 +166,25 @@ pub struct DemoArgs {
     pub interval_ms: u64,
 
     /// Tracing filter for the relay's own logs during the demo.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Which scenario: all, catchup, latency, fanout, connections, writepath.
+    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath"])]
+    pub scenario: String,
+
+    /// Repetitions for scenarios that compare two runs (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: u32,
+
+    /// Small sizes, for a smoke run (figures are not comparable to the targets).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Tracing filter for the bench itself.
     #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]
     pub log: String,
 }

@@ -19,7 +19,7 @@
 //! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
 //! [`migrate`] (the `sql/` migrations), [`server`] (healthz, readyz, metrics),
 //! [`relay`] (wiring for `serve`), [`scratch`] (throwaway Postgres for demo,
-//! tests, benchmarks), [`demo`].
+//! tests, benchmarks), [`demo`], [`bench`].
 //!
 //! # The path of one message
 //!
@@ -36,6 +36,7 @@
 //! 6. The pipeline reports the transaction's end LSN through
 //!    [`replication::Progress`]; the replicator confirms it to the slot.
 
+pub mod bench;
 pub mod config;
 pub mod delivery;
 pub mod demo;

@@ -22,6 +22,10 @@ async fn main() -> ExitCode {
             init_tracing(&args.log, false);
             chat_relay::demo::run(args).await
         }
+        Command::Bench(args) => {
+            init_tracing(&args.log, false);
+            chat_relay::bench::run(args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

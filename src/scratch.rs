@@ -118,8 +118,10 @@ impl ScratchPostgres {
             "log_min_messages = warning".into(),
         ];
         if !opts.durable {
+            // Fast but honest: commits still flush WAL (a no-op without fsync).
+            // synchronous_commit = off would delay logical decoding, which only
+            // reads flushed WAL, by up to wal_writer_delay (200 ms).
             conf.push("fsync = off".into());
-            conf.push("synchronous_commit = off".into());
             conf.push("full_page_writes = off".into());
         }
         if let Some((cert, key)) = &opts.tls {

@@ -1,0 +1,661 @@
+//! bench: `chat-relay bench`, the performance scenarios of docs/benchmarks.md.
+//!
+//! Each scenario starts its own throwaway Postgres ([`crate::scratch`]), runs
+//! the relay as a separate process (this same binary, `serve`), drives load
+//! from this process, and prints one table row with its figure beside its
+//! target. Everything runs on one machine, so the load generator competes with
+//! the relay and Postgres for the same cores: figures are conservative.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::config::BenchArgs;
+use crate::pgconn::ConnInfo;
+use crate::scratch::{ScratchOptions, ScratchPostgres};
+
+const SECRET: &str = "bench-secret";
+
+/// One result line.
+struct Row {
+    scenario: &'static str,
+    figure: String,
+    target: &'static str,
+    met: Option<bool>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    raise_file_limit(60_000);
+    let all = args.scenario == "all";
+    let mut rows = Vec::new();
+    println!(
+        "chat-relay bench on {} ({} cores)\n",
+        machine(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    if all || args.scenario == "catchup" {
+        rows.extend(catchup(&args).await.context("catch-up")?);
+    }
+    if all || args.scenario == "latency" {
+        rows.push(latency(&args).await.context("live latency")?);
+    }
+    if all || args.scenario == "fanout" {
+        rows.push(fanout(&args).await.context("fan-out")?);
+    }
+    if all || args.scenario == "connections" {
+        rows.push(connections(&args).await.context("connections")?);
+    }
+    if all || args.scenario == "writepath" {
+        rows.extend(writepath(&args).await.context("write path")?);
+    }
+    println!("\n| scenario | result | target | met |\n|---|---|---|---|");
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        println!("| {} | {} | {} | {} |", r.scenario, r.figure, r.target, met);
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    cpu
+}
+
+fn raise_file_limit(want: u64) {
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
+        let hard = hard.max(want);
+        // Root may raise the hard limit; otherwise settle for the soft one.
+        if rlimit::Resource::NOFILE.set(want.max(soft), hard).is_err() {
+            let _ = rlimit::increase_nofile_limit(want);
+        }
+    }
+}
+
+fn file_limit() -> u64 {
+    rlimit::Resource::NOFILE.get().map(|(s, _)| s).unwrap_or(1024)
+}
+
+/// A Postgres and the chat schema.
+async fn database(durable: bool) -> anyhow::Result<(ScratchPostgres, String)> {
+    let opts = ScratchOptions { durable, extra_conf: vec!["max_connections = 300".into()], ..Default::default() };
+    let pg = tokio::task::spawn_blocking(move || ScratchPostgres::start_with(opts)).await??;
+    let url = pg.url("postgres");
+    crate::migrate::run(&ConnInfo::parse(&url)?, "chat_relay").await?;
+    Ok((pg, url))
+}
+
+async fn client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    crate::pgconn::connect(&ConnInfo::parse(url)?).await
+}
+
+/// The relay as a child process.
+struct RelayProcess {
+    child: Child,
+    port: u16,
+}
+
+impl RelayProcess {
+    async fn start(url: &str, slot: &str, extra: &[(&str, &str)]) -> anyhow::Result<RelayProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("serve")
+            .env("DATABASE_URL", url)
+            .env("CHAT_RELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHAT_RELAY_JWT_SECRET", SECRET)
+            .env("CHAT_RELAY_SLOT", slot)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        Ok(RelayProcess { child, port })
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+                if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("relay not ready within 60 s")
+    }
+
+    /// Resident memory of the relay process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(user: Uuid) -> String {
+    let exp = chrono::Utc::now().timestamp() + 86_400;
+    encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()))
+        .unwrap_or_default()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a subscribed WebSocket from source address 127.0.0.`src`.
+async fn subscriber(port: u16, src: u8, user: Uuid, chat: Uuid) -> anyhow::Result<Ws> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(std::net::SocketAddr::from(([127, 0, 0, src], 0)))?;
+    let stream = sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", token(user));
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    ws.send(Message::Text(json!({"type": "subscribe", "chat_id": chat}).to_string().into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"subscribed\"") => return Ok(ws),
+            Some(Ok(Message::Text(t))) if t.contains("\"error\"") => bail!("subscribe refused: {t}"),
+            Some(Ok(_)) => continue,
+            other => bail!("connection ended during subscribe: {other:?}"),
+        }
+    }
+}
+
+/// Milliseconds from the message's `created_at` (its transaction's start,
+/// just before commit) to now.
+fn latency_us(frame: &str) -> Option<u64> {
+    let key = "\"created_at\":\"";
+    let start = frame.find(key)? + key.len();
+    let end = start + frame[start..].find('"')?;
+    let t = chrono::DateTime::parse_from_rfc3339(&frame[start..end]).ok()?;
+    let us = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_microseconds()?;
+    Some(us.max(0) as u64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------- catch-up
+
+async fn catchup(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let rows_total: i64 = if args.quick { 20_000 } else { 200_000 };
+    let reps = if args.quick { 1 } else { args.reps.max(1) as usize };
+    println!("catch-up: {rows_total} committed inserts across 100 chats (100 per transaction), {reps} repetitions");
+    let (pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    c.batch_execute("INSERT INTO chats (id) SELECT gen_random_uuid() FROM generate_series(1, 100)").await?;
+    // One slot pair per repetition, all created before the inserts: each run
+    // drains exactly the same WAL range.
+    for r in 0..reps {
+        c.batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('relay_{r}', 'pgoutput');
+             SELECT pg_create_logical_replication_slot('recv_{r}', 'pgoutput');"
+        ))
+        .await?;
+    }
+    c.batch_execute(
+        "CREATE PROCEDURE bench_fill(total int) LANGUAGE plpgsql AS $$
+         DECLARE ids uuid[] := ARRAY(SELECT id FROM chats ORDER BY id);
+         BEGIN
+           FOR b IN 0 .. total / 100 - 1 LOOP
+             INSERT INTO chat_messages (chat_id, sender_id, content)
+             SELECT ids[1 + g % 100], '00000000-0000-0000-0000-000000000001', 'catch-up message ' || (b * 100 + g)
+             FROM generate_series(0, 99) g ORDER BY 1;
+             COMMIT;
+           END LOOP;
+         END $$;",
+    )
+    .await?;
+    // On its own: a procedure that commits cannot run inside a multi-statement string.
+    c.batch_execute(&format!("CALL bench_fill({rows_total})")).await?;
+    let target: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.try_get(0)?;
+    let bytes: i64 = c
+        .query_one("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'relay_0'", &[])
+        .await?
+        .try_get(0)?;
+    println!("  {} MiB of WAL to decode, up to {target}", bytes / (1 << 20));
+
+    let mut relay_secs = Vec::new();
+    let mut recv_secs = Vec::new();
+    for r in 0..reps {
+        // pg_recvlogical: the walsender's own pace, no processing.
+        let started = Instant::now();
+        let status = Command::new(pg_bin("pg_recvlogical"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["--slot", &format!("recv_{r}"), "--start", "--no-loop", "-f", "/dev/null", "--endpos", &target])
+            .args(["-o", "proto_version=1", "-o", "publication_names=chat_relay"])
+            .env("PGPASSWORD", &pg.password)
+            .status()?;
+        if !status.success() {
+            bail!("pg_recvlogical failed: {status}");
+        }
+        recv_secs.push(started.elapsed().as_secs_f64());
+
+        // The relay: from process start until its slot confirms the last LSN.
+        let started = Instant::now();
+        let relay = RelayProcess::start(&url, &format!("relay_{r}"), &[]).await?;
+        let q = "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2";
+        let slot = format!("relay_{r}");
+        loop {
+            let done: bool = c.query_one(q, &[&target, &slot]).await?.try_get(0)?;
+            if done {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("relay did not catch up within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        relay_secs.push(started.elapsed().as_secs_f64());
+        drop(relay);
+        println!("  run {}: pg_recvlogical {:.2} s, relay {:.2} s", r + 1, recv_secs[r], relay_secs[r]);
+    }
+    let (relay_s, recv_s) = (median(relay_secs), median(recv_secs));
+    let ratio = recv_s / relay_s;
+    Ok(vec![Row {
+        scenario: "1. catch-up",
+        figure: format!(
+            "relay {:.0} rows/s ({relay_s:.2} s), pg_recvlogical {:.0} rows/s ({recv_s:.2} s): ratio {ratio:.2}",
+            rows_total as f64 / relay_s,
+            rows_total as f64 / recv_s
+        ),
+        target: "ratio >= 0.9",
+        met: Some(ratio >= 0.9),
+    }])
+}
+
+fn pg_bin(name: &str) -> std::path::PathBuf {
+    std::env::var_os("CHAT_RELAY_PG_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
+        .join(name)
+}
+
+// ------------------------------------------------- live latency and fan-out
+
+/// Creates `chats` chats with `per_chat` participants each; returns (chat, users).
+async fn chats_with_users(
+    c: &tokio_postgres::Client,
+    chats: usize,
+    per_chat: usize,
+) -> anyhow::Result<Vec<(Uuid, Vec<Uuid>)>> {
+    let mut out = Vec::new();
+    for _ in 0..chats {
+        let chat = Uuid::new_v4();
+        let users: Vec<Uuid> = (0..per_chat).map(|_| Uuid::new_v4()).collect();
+        c.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await?;
+        c.execute("INSERT INTO chat_participants (chat_id, user_id) SELECT $1, unnest($2::uuid[])", &[&chat, &users])
+            .await?;
+        out.push((chat, users));
+    }
+    Ok(out)
+}
+
+struct Readers {
+    frames: Arc<AtomicU64>,
+    recording: Arc<std::sync::atomic::AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+}
+
+impl Readers {
+    /// Stops every reader and merges their latency histograms (microseconds).
+    async fn finish(self) -> anyhow::Result<Histogram<u64>> {
+        self.stop.cancel();
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for t in self.tasks {
+            all.add(t.await?)?;
+        }
+        Ok(all)
+    }
+}
+
+/// Opens one subscriber per (chat, user), spread over source addresses, each
+/// read by its own task that records latency while `recording` is set.
+async fn open_readers(port: u16, plan: &[(Uuid, Vec<Uuid>)]) -> anyhow::Result<Readers> {
+    let frames = Arc::new(AtomicU64::new(0));
+    let recording = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut n = 0usize;
+    for (chat, users) in plan {
+        for user in users {
+            let src = 1 + (n / 10_000) as u8;
+            n += 1;
+            let mut ws = subscriber(port, src, *user, *chat).await?;
+            let (frames, recording, stop) = (frames.clone(), recording.clone(), stop.clone());
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        m = ws.next() => m,
+                        _ = stop.cancelled() => break,
+                    };
+                    let Some(Ok(Message::Text(t))) = msg else { break };
+                    if !recording.load(Ordering::Relaxed) || !t.starts_with("{\"type\":\"message\"") {
+                        continue;
+                    }
+                    frames.fetch_add(1, Ordering::Relaxed);
+                    if let Some(us) = latency_us(&t) {
+                        let _ = hist.record(us.max(1));
+                    }
+                }
+                hist
+            }));
+        }
+    }
+    Ok(Readers { frames, recording, stop, tasks })
+}
+
+/// Inserts `rate` messages per second into `chats` (round robin) for `secs`,
+/// from `writers` connections. Returns how many were inserted.
+async fn write_load(url: &str, chats: Vec<Uuid>, rate: u64, secs: f64, writers: usize) -> anyhow::Result<u64> {
+    let mut tasks = Vec::new();
+    let per_writer = rate as f64 / writers as f64;
+    for w in 0..writers {
+        let c = client(url).await?;
+        let chats = chats.clone();
+        tasks.push(tokio::spawn(async move {
+            let st = c
+                .prepare("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, '00000000-0000-0000-0000-000000000001', 'load')")
+                .await?;
+            let period = Duration::from_secs_f64(1.0 / per_writer);
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let mut i = w;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                tick.tick().await;
+                c.execute(&st, &[&chats[i % chats.len()]]).await?;
+                i += writers;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
+async fn latency(args: &BenchArgs) -> anyhow::Result<Row> {
+    let (chats, per_chat, rate, secs) = if args.quick { (20, 5, 200, 5.0) } else { (100, 10, 1000, 20.0) };
+    println!("live latency: {rate} msg/s across {chats} chats, {per_chat} subscribers per chat, {secs} s");
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let plan = chats_with_users(&c, chats, per_chat).await?;
+    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    relay.wait_ready().await?;
+    let readers = open_readers(relay.port, &plan).await?;
+    let chat_ids: Vec<Uuid> = plan.iter().map(|(c, _)| *c).collect();
+    // Warm-up, then measure.
+    write_load(&url, chat_ids.clone(), rate, 2.0, 4).await?;
+    readers.recording.store(true, Ordering::Relaxed);
+    let sent = write_load(&url, chat_ids, rate, secs, 4).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    readers.recording.store(false, Ordering::Relaxed);
+    let got = readers.frames.load(Ordering::Relaxed);
+    let h = readers.finish().await?;
+    let (p50, p99) = (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0);
+    println!(
+        "  sent {sent} messages, {got} frames received (expected {}), p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+        sent * per_chat as u64,
+        h.value_at_quantile(0.9) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    Ok(Row {
+        scenario: "2. live latency",
+        figure: format!("p50 {p50:.2} ms, p99 {p99:.2} ms ({got} of {} frames)", sent * per_chat as u64),
+        target: "p50 < 2 ms, p99 < 10 ms",
+        met: Some(!h.is_empty() && got >= sent * per_chat as u64 && p50 < 2.0 && p99 < 10.0),
+    })
+}
+
+async fn fanout(args: &BenchArgs) -> anyhow::Result<Row> {
+    let (subs, rate, secs) = if args.quick { (500, 20, 5.0) } else { (5000, 100, 10.0) };
+    println!("fan-out: one chat, {subs} subscribers, {rate} msg/s, {secs} s");
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let plan = chats_with_users(&c, 1, subs).await?;
+    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    relay.wait_ready().await?;
+    let readers = open_readers(relay.port, &plan).await?;
+    let chat_ids = vec![plan[0].0];
+    write_load(&url, chat_ids.clone(), rate, 1.0, 1).await?;
+    readers.recording.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let sent = write_load(&url, chat_ids, rate, secs, 1).await?;
+    // Give delivery a moment to finish what was sent, then stop counting.
+    let expected = sent * subs as u64;
+    let drain_until = Instant::now() + Duration::from_secs(10);
+    while readers.frames.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    readers.recording.store(false, Ordering::Relaxed);
+    let got = readers.frames.load(Ordering::Relaxed);
+    let h = readers.finish().await?;
+    let per_sec = got as f64 / elapsed;
+    let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+    println!(
+        "  sent {sent}, {got} of {expected} frames in {elapsed:.1} s: {per_sec:.0} frames/s, p50 {:.1} ms, p99 {p99:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1000.0
+    );
+    Ok(Row {
+        scenario: "3. fan-out",
+        figure: format!("{per_sec:.0} frames/s delivered ({got}/{expected}), p99 {p99:.1} ms"),
+        target: "500k frames/s, p99 < 50 ms (at 5000 subs x 100 msg/s)",
+        met: Some(got >= expected && per_sec >= 500_000.0 && p99 < 50.0),
+    })
+}
+
+// ------------------------------------------------------------- connections
+
+async fn connections(args: &BenchArgs) -> anyhow::Result<Row> {
+    let mut n = if args.quick { 2000 } else { 20_000 };
+    // Two ends per connection in this machine's file table, plus headroom.
+    let limit = file_limit();
+    if limit < n as u64 + 1000 {
+        n = (limit as usize).saturating_sub(1000);
+        println!("  file limit {limit}: measuring {n} connections instead");
+    }
+    println!("connections: {n} idle subscribed WebSockets from 127.0.0.1-4");
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let plan = chats_with_users(&c, n / 10, 10).await?;
+    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    relay.wait_ready().await?;
+    // Baseline: one connection, so lazily allocated runtime state exists.
+    let warm = subscriber(relay.port, 1, plan[0].1[0], plan[0].0).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = relay.rss_kib();
+    let mut conns = Vec::with_capacity(n);
+    let mut k = 0usize;
+    for (chat, users) in &plan {
+        for user in users {
+            let src = 1 + (k % 4) as u8;
+            k += 1;
+            conns.push(subscriber(relay.port, src, *user, *chat).await?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = relay.rss_kib();
+    let per_conn = (after.saturating_sub(before) as f64 * 1024.0) / n as f64;
+    println!("  relay RSS {} MiB -> {} MiB: {:.1} KiB per connection", before / 1024, after / 1024, per_conn / 1024.0);
+    drop(conns);
+    drop(warm);
+    Ok(Row {
+        scenario: "4. connections",
+        figure: format!("{:.1} KiB RSS per idle subscribed connection ({n} connections)", per_conn / 1024.0),
+        target: "< 16 KiB",
+        met: Some(per_conn < 16.0 * 1024.0),
+    })
+}
+
+// --------------------------------------------------------------- write path
+
+async fn writepath(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let secs = if args.quick { 5 } else { 20 };
+    let reps = if args.quick { 1 } else { args.reps.max(1) as usize };
+    println!("write path: pgbench, 8 clients, single-row inserts, {secs} s per run, {reps} repetitions, fsync on");
+    let (pg, url) = database(true).await?;
+    let c = client(&url).await?;
+    c.batch_execute(
+        "INSERT INTO chats (id) SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid FROM generate_series(1, 100) g;
+         CREATE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_notify('chat_messages', row_to_json(NEW)::text); RETURN NEW; END $$;",
+    )
+    .await?;
+    let script = std::env::temp_dir().join(format!("chat-relay-bench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        "\\set c random(1, 100)\n\
+         INSERT INTO chat_messages (chat_id, sender_id, content) VALUES (('00000000-0000-0000-0000-' || lpad(:c::text, 12, '0'))::uuid, '00000000-0000-0000-0000-000000000002', 'pgbench');\n",
+    )?;
+    let pgbench = |secs: u64| -> anyhow::Result<f64> {
+        let out = Command::new(pg_bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-n", "-c", "8", "-j", "2"])
+            .args(["-T", &secs.to_string(), "-f"])
+            .arg(&script)
+            .arg("postgres")
+            .env("PGPASSWORD", &pg.password)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find(|l| l.starts_with("tps = "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("pgbench: {}{}", text, String::from_utf8_lossy(&out.stderr)))
+    };
+    let mut detached = Vec::new();
+    let mut attached = Vec::new();
+    let mut notify = Vec::new();
+    pgbench(3)?; // warm-up
+    for r in 0..reps {
+        detached.push(pgbench(secs)?);
+        let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+        relay.wait_ready().await?;
+        let walsender: i32 = c
+            .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'chat_relay'", &[])
+            .await?
+            .try_get(0)?;
+        let (relay_cpu, sender_cpu) = (cpu_secs(relay.child.id()), cpu_secs(walsender as u32));
+        attached.push(pgbench(secs)?);
+        println!(
+            "  attached run: relay process used {:.1} CPU-s, its walsender (decoding, in Postgres) {:.1} CPU-s, over {secs} s on {} cores",
+            cpu_secs(relay.child.id()) - relay_cpu,
+            cpu_secs(walsender as u32) - sender_cpu,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+        drop(relay);
+        // The hand-written alternative: a NOTIFY trigger and one listener.
+        c.batch_execute(
+            "CREATE TRIGGER bench_notify AFTER INSERT ON chat_messages FOR EACH ROW EXECUTE FUNCTION bench_notify()",
+        )
+        .await?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = spawn_listener(&url, stop.clone()).await?;
+        notify.push(pgbench(secs)?);
+        stop.store(true, Ordering::Relaxed);
+        let heard = listener.await??;
+        c.batch_execute("DROP TRIGGER bench_notify ON chat_messages").await?;
+        println!(
+            "  run {}: detached {:.0} tps, relay attached {:.0} tps, LISTEN/NOTIFY {:.0} tps ({heard} notifications heard)",
+            r + 1,
+            detached[r],
+            attached[r],
+            notify[r]
+        );
+    }
+    let _ = std::fs::remove_file(&script);
+    let (d, a, n) = (median(detached), median(attached), median(notify));
+    Ok(vec![
+        Row {
+            scenario: "5. write path (relay)",
+            figure: format!("{a:.0} tps attached vs {d:.0} detached: ratio {:.3}", a / d),
+            target: "ratio >= 0.95",
+            met: Some(a / d >= 0.95),
+        },
+        Row {
+            scenario: "5. write path (LISTEN/NOTIFY)",
+            figure: format!("{n:.0} tps with a NOTIFY trigger: ratio {:.3}", n / d),
+            target: "for comparison",
+            met: None,
+        },
+    ])
+}
+
+/// User plus system CPU seconds a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn spawn_listener(
+    url: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<u64>>> {
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let heard = Arc::new(AtomicU64::new(0));
+    let counter = heard.clone();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(msg)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = msg {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    client.batch_execute("LISTEN chat_messages").await?;
+    Ok(tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(client);
+        let _ = driver.await;
+        Ok(heard.load(Ordering::Relaxed))
+    }))
+}
