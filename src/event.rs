@@ -6,13 +6,50 @@
 //! from before the migration, say) are skipped with a warning, never a panic.
 
 use chrono::{DateTime, Utc};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::pgoutput::{Change, Datum, Row, Transaction};
+use crate::pgoutput::{datum_to_json, Change, Datum, Row, Transaction};
 use crate::replication::Lsn;
 
-/// A chat message row, with its published columns as typed JSON.
+/// Every published column of a message row: the `message` field of the
+/// protocol's frames. Rows from the WAL stay as decoded and are turned into
+/// JSON only when a frame is encoded (never, for chats nobody watches); rows
+/// read from the table arrive as JSON already. Both serialise identically.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowBody {
+    Wal(Row),
+    Json(Map<String, Value>),
+}
+
+impl Serialize for RowBody {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RowBody::Json(map) => map.serialize(s),
+            RowBody::Wal(row) => {
+                let cols = row.relation.columns.iter().zip(&row.values).filter(|(_, d)| **d != Datum::Unchanged);
+                let mut m = s.serialize_map(None)?;
+                for (col, datum) in cols {
+                    m.serialize_entry(col.name.as_str(), &datum_to_json(col.type_oid, datum))?;
+                }
+                m.end()
+            }
+        }
+    }
+}
+
+impl RowBody {
+    /// The columns as a JSON object (allocates; for tests and tools).
+    pub fn to_json(&self) -> Map<String, Value> {
+        match self {
+            RowBody::Json(m) => m.clone(),
+            RowBody::Wal(row) => row.to_json(),
+        }
+    }
+}
+
+/// A chat message row: the fields the relay reasons about, plus its columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRow {
     pub id: Uuid,
@@ -21,12 +58,11 @@ pub struct MessageRow {
     pub sender_id: Option<Uuid>,
     pub client_generated_id: Option<Uuid>,
     pub status: Option<String>,
-    /// Every published column (the `message` field of the protocol's frames).
-    pub json: Map<String, Value>,
+    pub body: RowBody,
 }
 
 impl MessageRow {
-    /// Builds the typed view from a JSON row (WAL or database alike).
+    /// Builds the typed view from a JSON row (read from the table).
     pub fn from_json(json: Map<String, Value>) -> Option<MessageRow> {
         let uuid = |k: &str| json.get(k).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
         Some(MessageRow {
@@ -36,7 +72,23 @@ impl MessageRow {
             sender_id: uuid("sender_id"),
             client_generated_id: uuid("client_generated_id"),
             status: json.get("status").and_then(Value::as_str).map(str::to_string),
-            json,
+            body: RowBody::Json(json),
+        })
+    }
+
+    /// Builds the typed view from a decoded WAL row, without converting the
+    /// other columns.
+    pub fn from_wal(row: Row) -> Option<MessageRow> {
+        let text = |k: &str| row.get(k).and_then(Datum::as_str);
+        let uuid = |k: &str| text(k).and_then(|s| Uuid::parse_str(s).ok());
+        Some(MessageRow {
+            id: uuid("id")?,
+            chat_id: uuid("chat_id")?,
+            seq: text("seq").and_then(|s| s.parse().ok())?,
+            sender_id: uuid("sender_id"),
+            client_generated_id: uuid("client_generated_id"),
+            status: text("status").map(str::to_string),
+            body: RowBody::Wal(row),
         })
     }
 }
@@ -108,23 +160,23 @@ pub struct ChatTxn {
 }
 
 impl ChatTxn {
-    pub fn from_transaction(txn: &Transaction) -> ChatTxn {
+    pub fn from_transaction(txn: Transaction) -> ChatTxn {
         let mut events = Vec::with_capacity(txn.changes.len());
-        for change in &txn.changes {
-            let table = change.relation().map(|r| r.name.as_str());
-            let event = match (table, change) {
+        for change in txn.changes {
+            let table = change.relation().map(|r| r.name.clone());
+            let event = match (table.as_deref(), change) {
                 (Some("chat_messages"), Change::Insert { new }) => message(new).map(ChatEvent::Inserted),
                 (Some("chat_messages"), Change::Update { new, .. }) => message(new).map(ChatEvent::Updated),
                 (Some("chat_messages"), Change::Delete { old }) => {
                     message(old).map(|m| ChatEvent::Deleted { chat_id: m.chat_id, id: m.id, seq: m.seq })
                 }
                 (Some("chat_participants"), Change::Insert { new }) => {
-                    Participant::from_row(new).map(|now| ChatEvent::ParticipantChanged { now, previous: None })
+                    Participant::from_row(&new).map(|now| ChatEvent::ParticipantChanged { now, previous: None })
                 }
-                (Some("chat_participants"), Change::Update { old, new }) => Participant::from_row(new).map(|now| {
+                (Some("chat_participants"), Change::Update { old, new }) => Participant::from_row(&new).map(|now| {
                     ChatEvent::ParticipantChanged { now, previous: old.as_ref().and_then(Participant::from_row) }
                 }),
-                (Some("chat_participants"), Change::Delete { old }) => Participant::from_row(old)
+                (Some("chat_participants"), Change::Delete { old }) => Participant::from_row(&old)
                     .map(|p| ChatEvent::ParticipantRemoved { chat_id: p.chat_id, user_id: p.user_id }),
                 (_, Change::Truncate { .. }) => Some(ChatEvent::Truncated),
                 _ => continue,
@@ -140,6 +192,53 @@ impl ChatTxn {
     }
 }
 
-fn message(row: &Row) -> Option<MessageRow> {
-    MessageRow::from_json(row.to_json())
+fn message(row: Row) -> Option<MessageRow> {
+    MessageRow::from_wal(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::pgoutput::{Column, Relation};
+
+    #[test]
+    fn wal_rows_serialise_like_their_json() {
+        let col = |name: &str, oid| Column { name: name.into(), type_oid: oid, type_modifier: -1, key: false };
+        let relation = Arc::new(Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "chat_messages".into(),
+            replica_identity: b'f',
+            columns: vec![
+                col("id", 2950),
+                col("chat_id", 2950),
+                col("seq", 20),
+                col("content", 25),
+                col("meta", 3802),
+                col("x", 25),
+            ],
+        });
+        let t = |s: &'static str| Datum::Text(Bytes::from_static(s.as_bytes()));
+        let row = Row {
+            relation,
+            values: vec![
+                t("0b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11"),
+                t("1b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11"),
+                t("7"),
+                t("he said \"hi\"\n"),
+                t(r#"{"b": 1, "a": [true]}"#),
+                Datum::Null,
+            ],
+        };
+        let msg = MessageRow::from_wal(row.clone()).unwrap();
+        assert_eq!((msg.seq, msg.client_generated_id), (7, None));
+        let wal = serde_json::to_string(&RowBody::Wal(row.clone())).unwrap();
+        let json = serde_json::to_string(&RowBody::Json(row.to_json())).unwrap();
+        assert_eq!(wal, json);
+        assert!(wal.starts_with(r#"{"id":"0b7c"#), "columns in table order: {wal}");
+    }
 }

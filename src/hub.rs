@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::event::{MessageRow, Participant};
+use crate::event::{MessageRow, Participant, RowBody};
 
 /// Connection identifier, unique per process.
 pub type ConnId = u64;
@@ -61,8 +61,18 @@ impl EventFrame {
         Self::row(FrameKind::Update, "update", row, commit_time)
     }
 
-    fn row(kind: FrameKind, ty: &str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        let text = json!({"type": ty, "chat_id": row.chat_id, "seq": row.seq, "message": row.json}).to_string();
+    fn row(kind: FrameKind, ty: &'static str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        #[derive(serde::Serialize)]
+        struct RowFrame<'a> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            chat_id: Uuid,
+            seq: i64,
+            message: &'a RowBody,
+        }
+        let frame = RowFrame { ty, chat_id: row.chat_id, seq: row.seq, message: &row.body };
+        // Serialising plain data into a String cannot fail.
+        let text = serde_json::to_string(&frame).unwrap_or_default();
         EventFrame {
             chat_id: row.chat_id,
             seq: row.seq,
@@ -200,6 +210,10 @@ impl Kicked {
 
 /// The pipeline's view of fan-out.
 pub trait Fanout: Send + Sync {
+    /// Whether anyone may want events of this chat (a broker-backed fan-out
+    /// answers true); lets the pipeline skip encoding frames nobody reads.
+    fn wants(&self, chat_id: &Uuid) -> bool;
+
     /// Queues a frame to every subscriber of its chat; returns the
     /// subscribers whose queue was full (hand them to [`settle`]).
     fn publish(&self, frame: Arc<EventFrame>) -> Vec<Blocked>;
@@ -243,6 +257,10 @@ impl Hub {
 }
 
 impl Fanout for Hub {
+    fn wants(&self, chat_id: &Uuid) -> bool {
+        self.chats.contains_key(chat_id)
+    }
+
     fn publish(&self, frame: Arc<EventFrame>) -> Vec<Blocked> {
         let mut blocked = Vec::new();
         if let Some(subs) = self.chats.get(&frame.chat_id) {
@@ -302,7 +320,7 @@ mod tests {
             sender_id: None,
             client_generated_id: None,
             status: None,
-            json,
+            body: RowBody::Json(json),
         }
     }
 

@@ -180,7 +180,7 @@ async fn pipeline(
             ev = rx.recv() => match ev {
                 None => break,
                 Some(StreamEvent::Transaction(txn)) => {
-                    let chat_txn = ChatTxn::from_transaction(&txn);
+                    let chat_txn = ChatTxn::from_transaction(txn);
                     for item in seq.push(chat_txn, Instant::now()) {
                         settle(dispatch(item, &*hub, &membership), patience).await;
                     }
@@ -223,14 +223,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// the connections whose queue was full (to be given time by [`settle`]).
 pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) -> Vec<Blocked> {
     let t = item.commit_time;
+    // Frames for chats nobody is subscribed to are never encoded.
+    let wanted = item.event.chat_id().is_none_or(|c| fanout.wants(&c));
     match item.event {
+        ChatEvent::Inserted(_) | ChatEvent::Updated(_) | ChatEvent::Deleted { .. } if !wanted => Vec::new(),
         ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
         ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
         ChatEvent::Deleted { chat_id, id, seq } => fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t))),
         ChatEvent::ParticipantChanged { now, previous } => {
             membership.learn(now.chat_id, now.user_id, true);
             let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
-            if moved {
+            if moved && wanted {
                 fanout.publish(Arc::new(EventFrame::receipt(&now, t)))
             } else {
                 Vec::new()

@@ -17,7 +17,7 @@
 //! The state machine is synchronous and takes `now` as an argument, so it can
 //! be driven by property tests; [`crate::relay`] drives it for real.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -115,6 +115,9 @@ pub struct Sequencer {
     last_end: Lsn,
     /// Commit LSNs of transactions with held events, with how many are held.
     held_lsns: BTreeMap<Lsn, usize>,
+    /// Chats with held events: deadlines are looked up among these only, so
+    /// the per-transaction cost does not grow with the number of chats.
+    holding: HashSet<Uuid>,
 }
 
 impl Sequencer {
@@ -126,6 +129,7 @@ impl Sequencer {
             chats: HashMap::new(),
             last_end: Lsn(0),
             held_lsns: BTreeMap::new(),
+            holding: HashSet::new(),
         }
     }
 
@@ -148,7 +152,12 @@ impl Sequencer {
 
     /// When the earliest hold expires.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.chats.values().filter(|c| !c.fill_requested).filter_map(|c| c.deadline).min()
+        self.holding
+            .iter()
+            .filter_map(|c| self.chats.get(c))
+            .filter(|c| !c.fill_requested)
+            .filter_map(|c| c.deadline)
+            .min()
     }
 
     /// Takes one committed transaction; returns what may be handed on now.
@@ -167,6 +176,7 @@ impl Sequencer {
                             let key = state.held.last().map(|h| h.key).unwrap_or(0);
                             state.held.push(Held { key, commit_lsn: txn.commit_lsn, item });
                             *self.held_lsns.entry(txn.commit_lsn).or_default() += 1;
+                            self.holding.extend(chat);
                         }
                         None => out.push(item),
                     }
@@ -215,6 +225,7 @@ impl Sequencer {
         }
         state.held.push(Held { key: seq, commit_lsn, item });
         *self.held_lsns.entry(commit_lsn).or_default() += 1;
+        self.holding.insert(chat);
         out.extend(self.release(chat, Vec::new(), None, now));
     }
 
@@ -228,7 +239,8 @@ impl Sequencer {
     /// Chats whose hold window has passed and that need a database lookup.
     pub fn expired(&mut self, now: Instant) -> Vec<GapFill> {
         let mut fills = Vec::new();
-        for (chat_id, state) in &mut self.chats {
+        for chat_id in &self.holding {
+            let Some(state) = self.chats.get_mut(chat_id) else { continue };
             if state.fill_requested || state.deadline.is_none_or(|d| d > now) {
                 continue;
             }
@@ -345,6 +357,7 @@ impl Sequencer {
         if state.held.is_empty() {
             state.deadline = None;
             state.fill_requested = false;
+            self.holding.remove(&chat_id);
         } else if force_until.is_some() {
             // Still blocked after a lookup, by a later gap: give it its own window.
             state.deadline = Some(now + self.cfg.gap_window);

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::Map;
-use tokio::sync::RwLock;
 use tokio_postgres::SimpleQueryMessage;
 use uuid::Uuid;
 
@@ -61,12 +60,10 @@ pub struct Mark {
 /// `chat_messages` columns with their type OIDs, in table order.
 type Columns = Arc<Vec<(String, u32)>>;
 
-/// The pool plus what it learned about the schema.
+/// The query pool.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    /// `chat_messages` columns and type OIDs, in table order.
-    columns: Arc<RwLock<Option<Columns>>>,
 }
 
 impl Store {
@@ -87,7 +84,7 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(3)))
             .recycle_timeout(Some(Duration::from_secs(2)))
             .build()?;
-        Ok(Store { pool, columns: Arc::new(RwLock::new(None)) })
+        Ok(Store { pool })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -115,26 +112,25 @@ impl Store {
         Ok(row.try_get::<_, Option<i64>>(0)?.unwrap_or(0))
     }
 
-    async fn message_columns(&self, c: &deadpool_postgres::Object, refresh: bool) -> Result<Columns, StoreError> {
-        if !refresh {
-            if let Some(cols) = self.columns.read().await.clone() {
-                return Ok(cols);
-            }
-        }
-        let rows = c
-            .query(
+    /// `chat_messages` columns with type OIDs, read fresh each time: a column
+    /// added by the app must appear in replayed rows exactly as the WAL shows
+    /// it in live ones. A prepared catalog lookup per backfill page is cheap.
+    async fn message_columns(&self, c: &deadpool_postgres::Object) -> Result<Columns, StoreError> {
+        let st = c
+            .prepare_cached(
                 "SELECT attname::text, atttypid::oid FROM pg_attribute \
                  WHERE attrelid = 'chat_messages'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                &[],
             )
             .await?;
-        let cols: Vec<(String, u32)> = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1))).collect();
+        let rows = c.query(&st, &[]).await?;
+        let mut cols = Vec::with_capacity(rows.len());
+        for r in rows {
+            cols.push((r.try_get::<_, String>(0)?, r.try_get::<_, u32>(1)?));
+        }
         if cols.is_empty() {
             return Err(StoreError::Unexpected("chat_messages has no columns"));
         }
-        let cols = Arc::new(cols);
-        *self.columns.write().await = Some(cols.clone());
-        Ok(cols)
+        Ok(Arc::new(cols))
     }
 
     /// Up to `limit` messages of a chat with `seq > after`, oldest first.
@@ -160,9 +156,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
         let c = self.client().await?;
-        let mut refreshed = false;
+        let mut retried = false;
         loop {
-            let cols = self.message_columns(&c, refreshed).await?;
+            let cols = self.message_columns(&c).await?;
             let list: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
             // Simple (text) protocol so values render exactly as in the WAL; the
             // inlined values are a Uuid and integers, never user text.
@@ -174,9 +170,9 @@ impl Store {
             let result = c.simple_query(&sql).await;
             let msgs = match result {
                 Ok(m) => m,
-                // Column added or dropped since we looked: look again once.
-                Err(e) if !refreshed && e.code().is_some_and(|c| c.code() == "42703") => {
-                    refreshed = true;
+                // A column dropped between the two queries: look again once.
+                Err(e) if !retried && e.code().is_some_and(|c| c.code() == "42703") => {
+                    retried = true;
                     continue;
                 }
                 Err(e) => return Err(e.into()),

@@ -7,6 +7,8 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use serde_json::{json, Value};
 use support::{insert, token, token_with, Db, End, Relay, Ws, PATIENCE};
 use tokio_tungstenite::tungstenite::Message;
@@ -468,4 +470,52 @@ async fn serve_works_with_the_documented_least_privilege_role() {
         .unwrap()
         .get(0);
     assert!(!sup);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfilled_and_live_frames_of_a_row_are_identical() {
+    let db = Db::start().await;
+    let c = db.client().await;
+    // Extra app columns of several types travel too.
+    c.batch_execute("ALTER TABLE chat_messages ADD COLUMN meta jsonb, ADD COLUMN score numeric, ADD COLUMN pinned bool, ADD COLUMN note text")
+        .await
+        .unwrap();
+    let relay = Relay::start(&db).await;
+    let user = Uuid::new_v4();
+    let chat = db.chat(&[user]).await;
+    let mut live = relay.ws(user).await;
+    live.subscribe(chat, None).await;
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id, meta, score, pinned)
+         VALUES ($1, $2, E'quote \" and \\n newline', gen_random_uuid(), '{\"b\": [1, 2], \"a\": null}', 12.50, true)",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    let live_frame = live.stream.next().await.unwrap().unwrap().into_text().unwrap();
+    let mut replay = relay.ws(user).await;
+    replay.subscribe(chat, Some(0)).await;
+    let replay_frame = replay.stream.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(live_frame, replay_frame);
+    let v: Value = serde_json::from_str(&live_frame).unwrap();
+    assert_eq!(v["message"]["meta"], json!({"b": [1, 2], "a": null}));
+    assert_eq!(v["message"]["score"], "12.50");
+    assert_eq!(v["message"]["pinned"], true);
+    assert_eq!(v["message"]["note"], Value::Null);
+    assert!(live_frame.starts_with(r#"{"type":"message","chat_id":"#), "{live_frame}");
+
+    // A column the app adds while the relay runs shows up in both paths at once.
+    c.batch_execute("ALTER TABLE chat_messages ADD COLUMN mood text").await.unwrap();
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content, mood) VALUES ($1, $2, 'later', 'calm')",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    let live_frame = live.stream.next().await.unwrap().unwrap().into_text().unwrap();
+    let mut replay = relay.ws(user).await;
+    replay.subscribe(chat, Some(1)).await;
+    let replay_frame = replay.stream.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(live_frame, replay_frame);
+    assert!(live_frame.contains(r#""mood":"calm""#), "{live_frame}");
 }

@@ -279,7 +279,6 @@ impl Replicator {
 
         let mut progress = self.progress.subscribe();
         let mut last_status = Instant::now();
-        let mut dirty = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -299,18 +298,17 @@ impl Replicator {
                             if self.on_copy_data(data).await? {
                                 self.send_status(&mut conn, false).await?;
                                 last_status = Instant::now();
-                                dirty = false;
                             }
                         }
                     }
                 }
-                _ = progress.changed() => dirty = true,
+                // Progress is looked at on this tick, not on every handed-on
+                // transaction: one wakeup per 100 ms instead of one per commit.
                 _ = tick.tick() => {
                     let due = last_status.elapsed() >= self.cfg.status_interval;
-                    if (dirty && self.confirmable() > self.confirmed) || due {
+                    if self.confirmable() > self.confirmed || due {
                         self.send_status(&mut conn, false).await?;
                         last_status = Instant::now();
-                        dirty = false;
                     }
                 }
             }

@@ -24,7 +24,7 @@ fn msg(c: u8, seq: i64) -> MessageRow {
         sender_id: None,
         client_generated_id: Some(Uuid::from_bytes(cg)),
         status: None,
-        json,
+        body: crate::event::RowBody::Json(json),
     }
 }
 
