@@ -462,6 +462,7 @@ async fn fanout(args: &BenchArgs) -> anyhow::Result<Row> {
     write_load(&url, chat_ids.clone(), rate, 1.0, 1).await?;
     readers.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let (relay_cpu, bench_cpu) = (cpu_secs(relay.child.id()), cpu_secs(std::process::id()));
     let sent = write_load(&url, chat_ids, rate, secs, 1).await?;
     // Give delivery a moment to finish what was sent, then stop counting.
     let expected = sent * subs as u64;
@@ -471,6 +472,12 @@ async fn fanout(args: &BenchArgs) -> anyhow::Result<Row> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     readers.recording.store(false, Ordering::Relaxed);
+    let (relay_cpu, bench_cpu) = (cpu_secs(relay.child.id()) - relay_cpu, cpu_secs(std::process::id()) - bench_cpu);
+    println!(
+        "  CPU over {elapsed:.1} s: relay {relay_cpu:.1} s ({:.0}% of a core), load generator {bench_cpu:.1} s ({:.0}% of a core)",
+        100.0 * relay_cpu / elapsed,
+        100.0 * bench_cpu / elapsed
+    );
     let got = readers.frames.load(Ordering::Relaxed);
     let h = readers.finish().await?;
     let per_sec = got as f64 / elapsed;

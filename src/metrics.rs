@@ -5,7 +5,9 @@
 //! the first event. Elsewhere the code calls the small functions below, never
 //! the `metrics` macros with a literal name.
 
-use metrics::{counter, gauge, histogram};
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::pgoutput::{Change, Transaction};
@@ -71,7 +73,34 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     gauge!(READY).set(0.0);
     // Registering the histogram makes its (empty) buckets appear.
     let _ = histogram!(COMMIT_TO_SEND);
+    // Resolve the per-frame and per-event series once, now that the recorder
+    // exists: the macros look the name up in the registry on every call.
+    let _ = hot();
     Ok(handle)
+}
+
+/// Handles for the series touched per event or per frame.
+struct Hot {
+    events: [Counter; 3],
+    duplicates: [Counter; 3],
+    cache_hit: Counter,
+    cache_miss: Counter,
+    messages_sent: Counter,
+    commit_to_send: Histogram,
+    ws_connections: Gauge,
+}
+
+fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| Hot {
+        events: ["insert", "update", "delete"].map(|op| counter!(EVENTS, "op" => op)),
+        duplicates: ["id", "client_generated_id", "seq"].map(|k| counter!(DUPLICATES, "key" => k)),
+        cache_hit: counter!(DEDUPE_CACHE, "result" => "hit"),
+        cache_miss: counter!(DEDUPE_CACHE, "result" => "miss"),
+        messages_sent: counter!(MESSAGES_SENT),
+        commit_to_send: histogram!(COMMIT_TO_SEND),
+        ws_connections: gauge!(WS_CONNECTIONS),
+    })
 }
 
 fn describe() {
@@ -104,9 +133,9 @@ pub fn events_decoded(txn: &Transaction) {
             _ => {}
         }
     }
-    for (op, n) in [("insert", ins), ("update", upd), ("delete", del)] {
+    for (i, n) in [ins, upd, del].into_iter().enumerate() {
         if n > 0 {
-            counter!(EVENTS, "op" => op).increment(n);
+            hot().events[i].increment(n);
         }
     }
 }
@@ -114,22 +143,21 @@ pub fn events_decoded(txn: &Transaction) {
 /// Which key identified a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DupKey {
-    Id,
-    ClientGeneratedId,
-    Seq,
+    Id = 0,
+    ClientGeneratedId = 1,
+    Seq = 2,
 }
 
 pub fn duplicate(key: DupKey) {
-    let key = match key {
-        DupKey::Id => "id",
-        DupKey::ClientGeneratedId => "client_generated_id",
-        DupKey::Seq => "seq",
-    };
-    counter!(DUPLICATES, "key" => key).increment(1);
+    hot().duplicates[key as usize].increment(1);
 }
 
 pub fn dedupe_cache(hit: bool) {
-    counter!(DEDUPE_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+    if hit {
+        hot().cache_hit.increment(1)
+    } else {
+        hot().cache_miss.increment(1)
+    }
 }
 
 pub fn seq_gap() {
@@ -145,15 +173,15 @@ pub fn lag_bytes(bytes: i64) {
 }
 
 pub fn ws_connected() {
-    gauge!(WS_CONNECTIONS).increment(1.0);
+    hot().ws_connections.increment(1.0);
 }
 
 pub fn ws_disconnected() {
-    gauge!(WS_CONNECTIONS).decrement(1.0);
+    hot().ws_connections.decrement(1.0);
 }
 
 pub fn messages_sent(n: u64) {
-    counter!(MESSAGES_SENT).increment(n);
+    hot().messages_sent.increment(n);
 }
 
 pub fn slow_consumer() {
@@ -165,7 +193,7 @@ pub fn delivered_flush() {
 }
 
 pub fn commit_to_send(seconds: f64) {
-    histogram!(COMMIT_TO_SEND).record(seconds);
+    hot().commit_to_send.record(seconds);
 }
 
 pub fn slot_recreated() {
