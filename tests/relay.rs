@@ -519,3 +519,65 @@ async fn backfilled_and_live_frames_of_a_row_are_identical() {
     assert_eq!(live_frame, replay_frame);
     assert!(live_frame.contains(r#""mood":"calm""#), "{live_frame}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_peers_are_dropped_and_live_ones_kept() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_PING_INTERVAL_SECS", "1")]).await;
+    let mut alive = relay.ws(Uuid::new_v4()).await;
+    // Never polled: it cannot answer the relay's pings.
+    let mut silent = relay.ws(Uuid::new_v4()).await;
+    alive.barrier().await;
+    assert_eq!(relay.metric("chat_relay_ws_connections").await, 2.0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    // The live client keeps talking (each barrier is a round trip) until the
+    // relay has dropped the silent one: two intervals without a word.
+    while relay.metric("chat_relay_ws_connections").await != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "silent peer never dropped");
+        alive.barrier().await;
+        // Pacing only: the live client needs to speak within each interval.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, end) = silent.until_end().await;
+    assert!(matches!(end, End::Eof | End::Closed(_)), "{end:?}");
+    alive.barrier().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connected_clients_miss_nothing_when_the_slot_is_lost() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let user = Uuid::new_v4();
+    let chat = db.chat(&[user]).await;
+    let mut ws = relay.ws(user).await;
+    ws.subscribe(chat, None).await;
+    let c = db.client().await;
+    insert(&c, chat, user, "before").await;
+    assert_eq!(ws.messages(chat, 1).await, [1]);
+    // Lose the slot under the running relay: end its walsender and drop the
+    // slot before the relay reconnects (it retries within a few hundred ms).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while c
+        .batch_execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'chat_relay' AND active_pid IS NOT NULL;
+             SELECT pg_drop_replication_slot('chat_relay');",
+        )
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "could not drop the slot");
+    }
+    // Written right after the drop, most likely before the new slot exists:
+    // then it is in no slot's WAL, and only the resync can deliver it.
+    insert(&c, chat, user, "while the slot was gone").await;
+    let frame = ws.expect("message").await;
+    assert_eq!(
+        (frame["seq"].as_i64(), frame["message"]["content"].as_str()),
+        (Some(2), Some("while the slot was gone"))
+    );
+    relay.wait_ready().await;
+    assert_eq!(relay.metric("chat_relay_slot_recreated_total").await, 1.0);
+    insert(&c, chat, user, "after").await;
+    assert_eq!(ws.messages(chat, 1).await, [3]);
+    assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "nothing twice");
+}
