@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -133,20 +132,7 @@ impl RelayProcess {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf).await;
-                if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("relay not ready within 60 s")
+        crate::server::wait_ready(self.port, Duration::from_secs(60)).await
     }
 
     /// Resident memory of the relay process, in KiB.
@@ -167,12 +153,6 @@ impl Drop for RelayProcess {
     }
 }
 
-fn token(user: Uuid) -> String {
-    let exp = chrono::Utc::now().timestamp() + 86_400;
-    encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()))
-        .unwrap_or_default()
-}
-
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Opens a subscribed WebSocket from source address 127.0.0.`src`.
@@ -181,7 +161,7 @@ async fn subscriber(port: u16, src: u8, user: Uuid, chat: Uuid) -> anyhow::Resul
     sock.bind(std::net::SocketAddr::from(([127, 0, 0, src], 0)))?;
     let stream = sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", token(user));
+    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", crate::gateway::issue(SECRET, user, 86_400)?);
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     ws.send(Message::Text(json!({"type": "subscribe", "chat_id": chat}).to_string().into())).await?;
     loop {

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +36,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let serve = serve_args(&url, port);
     let stop = CancellationToken::new();
     let relay = tokio::spawn(crate::relay::run(serve, stop.clone()));
-    wait_ready(port).await?;
+    crate::server::wait_ready(port, Duration::from_secs(30)).await?;
     println!("  relay ready: ws://127.0.0.1:{port}/v1/ws  (metrics: http://127.0.0.1:{port}/metrics)\n");
 
     let db = crate::pgconn::connect(&info).await?;
@@ -134,30 +133,8 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
     }
 }
 
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await;
-            if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the relay did not become ready within 30 s")
-}
-
-fn token(user: Uuid) -> anyhow::Result<String> {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    Ok(encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()))?)
-}
-
 async fn connect(port: u16, user: Uuid) -> anyhow::Result<Ws> {
-    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", token(user)?);
+    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={}", crate::gateway::issue(SECRET, user, 3600)?);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.context("websocket connect")?;
     Ok(ws)
 }

@@ -47,3 +47,22 @@ async fn metrics(State(s): State<AppState>) -> Response {
     s.prometheus.run_upkeep();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render()).into_response()
 }
+
+/// Waits until the relay at `port` on 127.0.0.1 answers `/readyz` with 200
+/// (used by the demo and the benchmarks, which start their own relay).
+pub async fn wait_ready(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the relay did not become ready within {timeout:?}")
+}

@@ -60,6 +60,17 @@ impl Auth {
     }
 }
 
+/// Signs an HS256 token for `user_id` valid for `ttl_secs` (for the demo and
+/// the benchmarks; production tokens come from the app's auth service).
+pub fn issue(secret: &str, user_id: Uuid, ttl_secs: i64) -> Result<String, jsonwebtoken::errors::Error> {
+    let exp = chrono::Utc::now().timestamp() + ttl_secs;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &serde_json::json!({"sub": user_id, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{Auth, Identity};
+pub use auth::{issue, Auth, Identity};
 pub use membership::Membership;
 pub use session::close;
 
