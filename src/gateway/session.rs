@@ -303,9 +303,16 @@ impl Session {
                 self.auto_deliver(&frame);
                 self.feed_event(frame.text, None).await?;
             }
-            // Don't let the hub queue overflow while we read pages.
+            // Don't let the hub queue overflow while we read pages; but the
+            // stash obeys the same bound as the queue: a client that needs
+            // more than that is a slow consumer, not a reason to grow memory.
             while let Ok(out) = self.rx.try_recv() {
                 self.stash.push_back(out);
+            }
+            if self.stash.len() > self.gw.cfg.outbound_queue.saturating_mul(4) {
+                m::slow_consumer();
+                self.close(close::SLOW_CONSUMER, "slow consumer: reconnect and resubscribe with after_seq").await;
+                return Err(Closed);
             }
             self.flush().await?;
             if !full {
