@@ -228,6 +228,8 @@ impl Replicator {
                     continue;
                 }
                 Err(e) => {
+                    // A later busy period is news again.
+                    busy_logged = false;
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff.reset();
                     }
@@ -241,7 +243,6 @@ impl Replicator {
                     }
                 }
             }
-            busy_logged = busy_logged && !shutdown.is_cancelled();
         }
         self.health.set(false, "shutting down");
     }
@@ -476,10 +477,10 @@ impl Replicator {
 
     fn classify_start_error(&mut self, e: WireError) -> SessionError {
         match e.sqlstate() {
-            // object_in_use: "replication slot ... is active for PID ..."
+            // object_in_use: "replication slot ... is active for PID ...": wait quietly.
             Some("55006") => SessionError::SlotBusy { slot: self.cfg.slot.clone(), detail: e.to_string() },
-            // The slot vanished between our check and START: next session recreates it.
-            Some("42704") => e.into(),
+            // Anything else (including a slot dropped between our check and
+            // START) is retried; the next session recreates what is missing.
             _ => e.into(),
         }
     }
