@@ -317,8 +317,9 @@ impl Sequencer {
             match &h.item.event {
                 ChatEvent::Inserted(msg) => {
                     let hw = state.high_water;
-                    if hw.is_some_and(|hw| msg.seq <= hw) || self.ids.contains(&msg.id, now) {
-                        m::duplicate(if hw.is_some_and(|hw| msg.seq <= hw) { DupKey::Seq } else { DupKey::Id });
+                    let stale = hw.is_some_and(|hw| msg.seq <= hw);
+                    if stale || self.ids.contains(&msg.id, now) {
+                        m::duplicate(if stale { DupKey::Seq } else { DupKey::Id });
                     } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
                         if hw.is_some_and(|hw| msg.seq > hw + 1) {
                             m::seq_gap();

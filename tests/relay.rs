@@ -472,6 +472,17 @@ async fn serve_works_with_the_documented_least_privilege_role() {
     assert!(!sup);
 }
 
+/// The next frame on the live subscription, checked byte for byte against the
+/// same message replayed from the table by a fresh subscription after `after`.
+async fn live_and_replayed(relay: &Relay, live: &mut Ws, user: Uuid, chat: Uuid, after: i64) -> String {
+    let live_frame = live.stream.next().await.unwrap().unwrap().into_text().unwrap().to_string();
+    let mut replay = relay.ws(user).await;
+    replay.subscribe(chat, Some(after)).await;
+    let replay_frame = replay.stream.next().await.unwrap().unwrap().into_text().unwrap().to_string();
+    assert_eq!(live_frame, replay_frame);
+    live_frame
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backfilled_and_live_frames_of_a_row_are_identical() {
     let db = Db::start().await;
@@ -492,11 +503,7 @@ async fn backfilled_and_live_frames_of_a_row_are_identical() {
     )
     .await
     .unwrap();
-    let live_frame = live.stream.next().await.unwrap().unwrap().into_text().unwrap();
-    let mut replay = relay.ws(user).await;
-    replay.subscribe(chat, Some(0)).await;
-    let replay_frame = replay.stream.next().await.unwrap().unwrap().into_text().unwrap();
-    assert_eq!(live_frame, replay_frame);
+    let live_frame = live_and_replayed(&relay, &mut live, user, chat, 0).await;
     let v: Value = serde_json::from_str(&live_frame).unwrap();
     assert_eq!(v["message"]["meta"], json!({"b": [1, 2], "a": null}));
     assert_eq!(v["message"]["score"], "12.50");
@@ -512,11 +519,7 @@ async fn backfilled_and_live_frames_of_a_row_are_identical() {
     )
     .await
     .unwrap();
-    let live_frame = live.stream.next().await.unwrap().unwrap().into_text().unwrap();
-    let mut replay = relay.ws(user).await;
-    replay.subscribe(chat, Some(1)).await;
-    let replay_frame = replay.stream.next().await.unwrap().unwrap().into_text().unwrap();
-    assert_eq!(live_frame, replay_frame);
+    let live_frame = live_and_replayed(&relay, &mut live, user, chat, 1).await;
     assert!(live_frame.contains(r#""mood":"calm""#), "{live_frame}");
 }
 

@@ -205,8 +205,7 @@ impl Session {
         match out {
             Outbound::Event(frame) => self.on_event(frame).await,
             Outbound::Revoked(chat_id) => {
-                if let Some(sub) = self.subs.remove(&chat_id) {
-                    self.note_written(chat_id, sub.last);
+                if self.end_sub(chat_id) {
                     self.answer(json!({"type": "unsubscribed", "chat_id": chat_id, "reason": "forbidden"}), &None)
                         .await?;
                 }
@@ -217,10 +216,7 @@ impl Session {
                 for chat in chats {
                     match self.gw.membership.check(chat, self.identity.user_id).await {
                         Ok(false) => {
-                            self.gw.hub.unsubscribe(chat, self.id);
-                            if let Some(sub) = self.subs.remove(&chat) {
-                                self.note_written(chat, sub.last);
-                            }
+                            self.end_sub(chat);
                             self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None)
                                 .await?;
                         }
@@ -280,8 +276,7 @@ impl Session {
                     tracing::warn!(conn = self.id, chat_id = %chat, error = %e, "backfill failed");
                     // Without the history we cannot keep the promise: end this
                     // subscription and say why; the client resubscribes.
-                    self.gw.hub.unsubscribe(chat, self.id);
-                    self.subs.remove(&chat);
+                    self.end_sub(chat);
                     let frame = protocol::error(
                         ErrorCode::Unavailable,
                         "could not read the chat's history; subscribe again",
@@ -350,9 +345,7 @@ impl Session {
             Request::Ping => self.answer(json!({"type": "pong"}), &reference).await?,
             Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await?,
             Request::Unsubscribe { chat_id } => {
-                if self.subs.remove(&chat_id).map(|s| s.last).map(|l| self.note_written(chat_id, l)).is_some() {
-                    self.gw.hub.unsubscribe(chat_id, self.id);
-                }
+                self.end_sub(chat_id);
                 self.answer(json!({"type": "unsubscribed", "chat_id": chat_id}), &reference).await?;
             }
             Request::Auth { access_token } => match self.gw.auth.verify(&access_token) {
@@ -481,9 +474,16 @@ impl Session {
         self.write(protocol::error(code, msg, chat, reference).into()).await
     }
 
-    fn note_written(&mut self, chat: Uuid, last: i64) {
-        let e = self.written.entry(chat).or_insert(last);
-        *e = (*e).max(last);
+    /// Ends a subscription, however it ends: leaves the hub (a no-op when
+    /// the hub already dropped it) and remembers the last seq written, so a
+    /// later subscribe on this connection never repeats a message. Returns
+    /// whether the chat was subscribed.
+    fn end_sub(&mut self, chat: Uuid) -> bool {
+        self.gw.hub.unsubscribe(chat, self.id);
+        let Some(sub) = self.subs.remove(&chat) else { return false };
+        let e = self.written.entry(chat).or_insert(sub.last);
+        *e = (*e).max(sub.last);
+        true
     }
 
     async fn answer(&mut self, frame: Value, reference: &Option<Value>) -> Result<(), Closed> {
