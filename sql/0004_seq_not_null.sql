@@ -5,7 +5,8 @@
 -- SET NOT NULL then reuses the validated check instead of scanning under an
 -- exclusive lock. The unique indexes are built CONCURRENTLY and attached as
 -- constraints. An index left INVALID by an interrupted earlier run is dropped
--- and rebuilt, so re-running is safe.
+-- and rebuilt, so re-running is safe. (Edited after release to make the first
+-- statement conditional; the released checksum is still accepted.)
 --
 -- (chat_id, seq) also serves keyset pagination newest-first
 -- (WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC): a btree is read
@@ -15,7 +16,17 @@
 --           DROP CONSTRAINT chat_messages_chat_id_client_generated_id_key,
 --           ALTER COLUMN seq DROP NOT NULL;
 
-ALTER TABLE chat_messages VALIDATE CONSTRAINT chat_messages_seq_not_null;
+-- Every statement can run again after a failure at any later one: the check
+-- is validated only while it exists (a re-run after it was dropped finds the
+-- column NOT NULL already, and SET NOT NULL is then a no-op).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint
+               WHERE conname = 'chat_messages_seq_not_null'
+                 AND conrelid = 'chat_messages'::regclass) THEN
+        ALTER TABLE chat_messages VALIDATE CONSTRAINT chat_messages_seq_not_null;
+    END IF;
+END $$;
 ALTER TABLE chat_messages ALTER COLUMN seq SET NOT NULL;
 ALTER TABLE chat_messages DROP CONSTRAINT IF EXISTS chat_messages_seq_not_null;
 ALTER TABLE chat_messages VALIDATE CONSTRAINT chat_messages_status_check;

@@ -6,8 +6,10 @@
 //! afterwards is refused rather than silently skipped. A file whose first line
 //! is `-- chat-relay: no-transaction` runs statement by statement outside a
 //! transaction (for batched backfills that commit as they go and for
-//! `CREATE INDEX CONCURRENTLY`); such files are written to be re-runnable.
-//! A session advisory lock keeps two concurrent `migrate` runs apart.
+//! `CREATE INDEX CONCURRENTLY`); such files are written so that every
+//! statement can run again after a failure at any later one (a test fails
+//! each statement in turn and runs `migrate` again). A session advisory lock
+//! keeps two concurrent `migrate` runs apart.
 
 use tokio_postgres::Client;
 
@@ -19,13 +21,16 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// Checksums of earlier releases of this file that are still accepted as
+    /// applied: edits that only make statements safe to re-run.
+    pub also_accepted: &'static [&'static str],
 }
 
 impl Migration {
-    fn transactional(&self) -> bool {
+    pub fn transactional(&self) -> bool {
         !self.sql.starts_with("-- chat-relay: no-transaction")
     }
-    fn checksum(&self) -> String {
+    pub fn checksum(&self) -> String {
         // FNV-1a: enough to notice an edited file.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in self.sql.bytes() {
@@ -38,7 +43,10 @@ impl Migration {
 
 macro_rules! migration {
     ($v:expr, $file:literal) => {
-        Migration { version: $v, name: $file, sql: include_str!(concat!("../sql/", $file)) }
+        migration!($v, $file, &[])
+    };
+    ($v:expr, $file:literal, $accepted:expr) => {
+        Migration { version: $v, name: $file, sql: include_str!(concat!("../sql/", $file)), also_accepted: $accepted }
     };
 }
 
@@ -47,9 +55,22 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_tables.sql"),
     migration!(2, "0002_backfill_seq.sql"),
     migration!(3, "0003_seq_trigger.sql"),
-    migration!(4, "0004_seq_not_null.sql"),
+    // Released as b3c9941bde534b4e; its first statement is now conditional.
+    migration!(4, "0004_seq_not_null.sql", &["b3c9941bde534b4e"]),
     migration!(5, "0005_functions.sql"),
+    migration!(6, "0006_seq_trigger_v2.sql"),
 ];
+
+/// Test hook: `CHAT_RELAY_TEST_FAIL_MIGRATION=<file>:<n>` makes `migrate`
+/// stop with an error right after statement `n` (1-based) of that file, as a
+/// crash or a failing statement would. Not for production use.
+const FAILPOINT_ENV: &str = "CHAT_RELAY_TEST_FAIL_MIGRATION";
+
+fn failpoint() -> Option<(String, usize)> {
+    let v = std::env::var(FAILPOINT_ENV).ok()?;
+    let (file, n) = v.rsplit_once(':')?;
+    Some((file.to_string(), n.parse().ok()?))
+}
 
 /// What went wrong while migrating.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +81,8 @@ pub enum MigrateError {
     Failed { name: &'static str, source: tokio_postgres::Error },
     #[error("migration {name} was applied with checksum {applied}, but the embedded file has {embedded}: applied migrations must not be edited; add a new one")]
     Edited { name: &'static str, applied: String, embedded: String },
+    #[error("migration {name} stopped after statement {statement} ({FAILPOINT_ENV})")]
+    Injected { name: &'static str, statement: usize },
     #[error("{0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -99,7 +122,7 @@ async fn apply(client: &Client, publication: &str) -> Result<Report, MigrateErro
             .await?;
         if let Some(row) = row {
             let applied: String = row.get(0);
-            if applied != m.checksum() {
+            if applied != m.checksum() && !m.also_accepted.contains(&applied.as_str()) {
                 return Err(MigrateError::Edited { name: m.name, applied, embedded: m.checksum() });
             }
             report.already += 1;
@@ -107,24 +130,31 @@ async fn apply(client: &Client, publication: &str) -> Result<Report, MigrateErro
         }
         tracing::info!(migration = m.name, "applying");
         let failed = |source| MigrateError::Failed { name: m.name, source };
+        let fail_after = failpoint().filter(|(file, _)| file == m.name).map(|(_, n)| n);
         let record = "INSERT INTO chat_relay_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)";
-        if m.transactional() {
+        let transactional = m.transactional();
+        if transactional {
             client.batch_execute("BEGIN").await.map_err(failed)?;
-            let done = async {
-                client.batch_execute(m.sql).await?;
-                client.execute(record, &[&m.version, &m.name, &m.checksum()]).await?;
-                client.batch_execute("COMMIT").await
-            }
-            .await;
-            if let Err(e) = done {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(failed(e));
-            }
-        } else {
-            for stmt in split_statements(m.sql) {
+        }
+        let done: Result<(), MigrateError> = async {
+            for (i, stmt) in split_statements(m.sql).into_iter().enumerate() {
                 client.batch_execute(stmt).await.map_err(failed)?;
+                if fail_after == Some(i + 1) {
+                    return Err(MigrateError::Injected { name: m.name, statement: i + 1 });
+                }
             }
             client.execute(record, &[&m.version, &m.name, &m.checksum()]).await.map_err(failed)?;
+            if transactional {
+                client.batch_execute("COMMIT").await.map_err(failed)?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = done {
+            if transactional {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            return Err(e);
         }
         report.applied.push(m.name);
     }

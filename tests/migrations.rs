@@ -1,5 +1,7 @@
 //! `chat-relay migrate` against real PostgreSQL 15: empty and legacy
-//! databases, idempotence, the seq trigger under concurrency, the functions.
+//! databases, idempotence and re-runs after failures, the seq trigger under
+//! concurrency and with the SQL apps send (bulk, ON CONFLICT, join-then-post,
+//! a shadowing temp table), the functions.
 
 mod support;
 
@@ -15,11 +17,11 @@ async fn migrates_an_empty_database_once() {
     assert!(first.contains("applied 0001_tables.sql"), "{first}");
     assert!(first.contains("created publication chat_relay"), "{first}");
     let second = db.migrate();
-    assert!(second.contains("schema up to date (5 migrations already applied)"), "{second}");
+    assert!(second.contains("schema up to date (6 migrations already applied)"), "{second}");
 
     let c = db.client().await;
     let applied: i64 = c.query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(applied, 5);
+    assert_eq!(applied, 6);
     // Publication covers both tables; replica identity is FULL.
     let tables: Vec<String> = c
         .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'chat_relay' ORDER BY 1", &[])
@@ -279,4 +281,280 @@ async fn statuses(c: &tokio_postgres::Client, chat: Uuid) -> Vec<String> {
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_that_failed_halfway_runs_again_once_the_cause_is_fixed() {
+    let db = Db::bare().await;
+    let c = db.client().await;
+    // A legacy app that already had client_generated_id, with one duplicate:
+    // 0004's unique index cannot be built.
+    c.batch_execute(
+        "CREATE TABLE chats (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
+         CREATE TABLE chat_participants (chat_id uuid REFERENCES chats ON DELETE CASCADE, user_id uuid, PRIMARY KEY (chat_id, user_id));
+         CREATE TABLE chat_messages (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), chat_id uuid NOT NULL REFERENCES chats,
+             sender_id uuid NOT NULL, content text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), client_generated_id uuid);
+         INSERT INTO chats (id) VALUES ('00000000-0000-0000-0000-00000000000c');
+         INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id)
+         SELECT '00000000-0000-0000-0000-00000000000c', gen_random_uuid(), 'm' || g, '00000000-0000-0000-0000-0000000000dd'
+         FROM generate_series(1, 2) g;",
+    )
+    .await
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_chat-relay")).arg("migrate").env("DATABASE_URL", &db.url).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the duplicate must stop migrate");
+    assert!(err.contains("0004") && err.contains("client_generated_id"), "{err}");
+    // The operator removes the duplicate and runs migrate again.
+    c.batch_execute("DELETE FROM chat_messages WHERE content = 'm2'").await.unwrap();
+    let again = db.migrate();
+    assert!(again.contains("0004"), "{again}");
+    let nullable: String = c
+        .query_one("SELECT is_nullable::text FROM information_schema.columns WHERE table_name='chat_messages' AND column_name='seq'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nullable, "NO");
+    assert_eq!(
+        insert(&c, Uuid::parse_str("00000000-0000-0000-0000-00000000000c").unwrap(), Uuid::new_v4(), "new").await,
+        3,
+        "numbers are never reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_migration_runs_again_after_failing_at_any_statement() {
+    use chat_relay::migrate::{split_statements, MIGRATIONS};
+    let db = Db::bare().await;
+    let admin = db.client().await;
+    // Every statement of a no-transaction file can leave the database half
+    // done; a transactional file is all or nothing, so failing its last
+    // statement covers it.
+    let mut cases = Vec::new();
+    for m in MIGRATIONS {
+        let n = split_statements(m.sql).len();
+        if m.transactional() {
+            cases.push((m.name, n));
+        } else {
+            cases.extend((1..=n).map(|k| (m.name, k)));
+        }
+    }
+    assert!(cases.len() > 10, "{cases:?}");
+    for (i, (name, k)) in cases.into_iter().enumerate() {
+        let dbname = format!("rerun_{i}");
+        admin.batch_execute(&format!("CREATE DATABASE {dbname}")).await.unwrap();
+        let url = db.pg.url(&dbname);
+        let c = support::connect(&url).await;
+        // A legacy database with rows to backfill, in two chats.
+        c.batch_execute(
+            "CREATE TABLE chats (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
+             CREATE TABLE chat_participants (chat_id uuid REFERENCES chats ON DELETE CASCADE, user_id uuid, PRIMARY KEY (chat_id, user_id));
+             CREATE TABLE chat_messages (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), chat_id uuid NOT NULL REFERENCES chats,
+                 sender_id uuid NOT NULL, content text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO chats (id) VALUES ('00000000-0000-0000-0000-00000000000a'), ('00000000-0000-0000-0000-00000000000b');
+             INSERT INTO chat_messages (chat_id, sender_id, content)
+             SELECT CASE WHEN g % 2 = 0 THEN '00000000-0000-0000-0000-00000000000a'::uuid ELSE '00000000-0000-0000-0000-00000000000b'::uuid END,
+                    gen_random_uuid(), 'm' || g FROM generate_series(1, 10) g;",
+        )
+        .await
+        .unwrap();
+        let failed = Command::new(env!("CARGO_BIN_EXE_chat-relay"))
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .env("CHAT_RELAY_TEST_FAIL_MIGRATION", format!("{name}:{k}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&failed.stderr);
+        assert!(!failed.status.success(), "{name}:{k} did not fail");
+        assert!(err.contains(&format!("stopped after statement {k}")), "{name}:{k}: {err}");
+        let again =
+            Command::new(env!("CARGO_BIN_EXE_chat-relay")).arg("migrate").env("DATABASE_URL", &url).output().unwrap();
+        assert!(
+            again.status.success(),
+            "{name} failed at statement {k}, and the re-run failed too: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        let applied: i64 = c.query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[]).await.unwrap().get(0);
+        assert_eq!(applied, MIGRATIONS.len() as i64, "{name}:{k}");
+        let seqs: Vec<i64> = c
+            .query(
+                "SELECT seq FROM chat_messages WHERE chat_id = '00000000-0000-0000-0000-00000000000a' ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5], "{name}:{k}");
+        let next =
+            insert(&c, Uuid::parse_str("00000000-0000-0000-0000-00000000000a").unwrap(), Uuid::new_v4(), "n").await;
+        assert_eq!(next, 6, "{name}:{k}");
+        drop(c);
+        admin.batch_execute(&format!("DROP DATABASE {dbname}")).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_insert_into_one_chat_writes_the_chat_row_once_per_statement() {
+    let db = Db::start().await;
+    let chat = db.chat(&[]).await;
+    let mut c = db.client().await;
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, gen_random_uuid(), 'bulk ' || g FROM generate_series(1, 5000) g",
+        &[&chat],
+    )
+    .await
+    .unwrap();
+    // Each update of the chat row inside one transaction leaves a version that
+    // every later update walks past: once per row is quadratic.
+    let updates: i64 = tx
+        .query_one("SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'chats'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(updates, 1, "chats.last_seq must be written once per statement, not once per row");
+    // A second statement and a rolled-back savepoint in the same transaction.
+    tx.batch_execute("SAVEPOINT s").await.unwrap();
+    tx.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, gen_random_uuid(), 'gone')",
+        &[&chat],
+    )
+    .await
+    .unwrap();
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    tx.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, gen_random_uuid(), 'more' FROM generate_series(1, 10)",
+        &[&chat],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (n, min, max, last): (i64, i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT count(*), min(seq), max(seq), get_latest_seq($1) FROM chat_messages WHERE chat_id = $1",
+                &[&chat],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!((n, min, max, last), (5010, 1, 5010, 5010), "consecutive seqs, no hole from the savepoint");
+    assert_eq!(insert(&c, chat, Uuid::new_v4(), "next").await, 5011);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_then_post_transactions_do_not_deadlock() {
+    let db = Db::start().await;
+    let chat = db.chat(&[]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = support::connect(&url).await;
+            let user = Uuid::new_v4();
+            let tx = c.transaction().await.unwrap();
+            // "X joined the chat": the participant row, then the message.
+            tx.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2)", &[&chat, &user]).await?;
+            tx.execute(
+                "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'joined the chat')",
+                &[&chat, &user],
+            )
+            .await?;
+            tx.commit().await
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(failures.is_empty(), "{} of 16 joins failed: {failures:?}", failures.len());
+    let c = db.client().await;
+    let seqs: Vec<i64> = c
+        .query("SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=16).collect::<Vec<i64>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_conflict_do_nothing_and_retried_inserts_burn_no_seq() {
+    let db = Db::start().await;
+    let chat = db.chat(&[]).await;
+    let c = db.client().await;
+    let cgid = Uuid::new_v4();
+    let upsert = "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id) \
+                  VALUES ($1, gen_random_uuid(), 'x', $2) ON CONFLICT (chat_id, client_generated_id) DO NOTHING RETURNING seq";
+    let first = c.query(upsert, &[&chat, &cgid]).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].get::<_, i64>(0), 1);
+    // What supabase-js upsert(..., { ignoreDuplicates: true }) sends: no row, no error.
+    let again = c.query(upsert, &[&chat, &cgid]).await.unwrap();
+    assert!(again.is_empty());
+    // Also without a conflict target.
+    let bare = c
+        .query(
+            "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id) VALUES ($1, gen_random_uuid(), 'x', $2) ON CONFLICT DO NOTHING RETURNING seq",
+            &[&chat, &cgid],
+        )
+        .await
+        .unwrap();
+    assert!(bare.is_empty());
+    // A plain retry still fails, naming the client_generated_id constraint.
+    let err = c
+        .execute(
+            "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id) VALUES ($1, gen_random_uuid(), 'x', $2)",
+            &[&chat, &cgid],
+        )
+        .await
+        .unwrap_err();
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code().code(), "23505");
+    assert_eq!(db_err.constraint(), Some("chat_messages_chat_id_client_generated_id_key"));
+    // None of the retries took a number.
+    assert_eq!(insert(&c, chat, Uuid::new_v4(), "next").await, 2);
+    // A multi-row upsert mixing old and new ids stores only the new ones, consecutively.
+    let fresh = Uuid::new_v4();
+    let rows = c
+        .query(
+            "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id)
+             VALUES ($1, gen_random_uuid(), 'a', $2), ($1, gen_random_uuid(), 'b', $3)
+             ON CONFLICT (chat_id, client_generated_id) DO NOTHING RETURNING seq",
+            &[&chat, &cgid, &fresh],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), [3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_temporary_table_cannot_choose_the_seq() {
+    let db = Db::start().await;
+    let chat = db.chat(&[]).await;
+    let c = db.client().await;
+    insert(&c, chat, Uuid::new_v4(), "one").await;
+    // Any role that may create temporary tables can put one named `chats`
+    // first on its search path.
+    c.batch_execute(&format!(
+        "CREATE TEMP TABLE chats (id uuid PRIMARY KEY, last_seq bigint NOT NULL DEFAULT 0);
+         INSERT INTO pg_temp.chats VALUES ('{chat}', 1000);"
+    ))
+    .await
+    .unwrap();
+    let seq = c
+        .query_one(
+            "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, gen_random_uuid(), 'two') RETURNING seq",
+            &[&chat],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0));
+    assert_eq!(seq.ok(), Some(2), "the shadowing table chose the seq");
 }
