@@ -163,33 +163,61 @@ impl ChatTxn {
     pub fn from_transaction(txn: Transaction) -> ChatTxn {
         let mut events = Vec::with_capacity(txn.changes.len());
         for change in txn.changes {
-            let table = change.relation().map(|r| r.name.clone());
-            let event = match (table.as_deref(), change) {
-                (Some("chat_messages"), Change::Insert { new }) => message(new).map(ChatEvent::Inserted),
-                (Some("chat_messages"), Change::Update { new, .. }) => message(new).map(ChatEvent::Updated),
-                (Some("chat_messages"), Change::Delete { old }) => {
-                    message(old).map(|m| ChatEvent::Deleted { chat_id: m.chat_id, id: m.id, seq: m.seq })
-                }
-                (Some("chat_participants"), Change::Insert { new }) => {
-                    Participant::from_row(&new).map(|now| ChatEvent::ParticipantChanged { now, previous: None })
-                }
-                (Some("chat_participants"), Change::Update { old, new }) => Participant::from_row(&new).map(|now| {
-                    ChatEvent::ParticipantChanged { now, previous: old.as_ref().and_then(Participant::from_row) }
-                }),
-                (Some("chat_participants"), Change::Delete { old }) => Participant::from_row(&old)
-                    .map(|p| ChatEvent::ParticipantRemoved { chat_id: p.chat_id, user_id: p.user_id }),
-                (_, Change::Truncate { .. }) => Some(ChatEvent::Truncated),
-                _ => continue,
-            };
-            match event {
-                Some(e) => events.push(e),
-                None => {
-                    tracing::warn!(table, lsn = %txn.commit_lsn, "skipping a change that lacks ids or seq")
-                }
+            if let Err(table) = push_events(change, &mut events) {
+                tracing::warn!(table, lsn = %txn.commit_lsn, "skipping a change that lacks ids or seq");
             }
         }
         ChatTxn { commit_lsn: txn.commit_lsn, end_lsn: txn.end_lsn, commit_time: txn.commit_time, events }
     }
+}
+
+/// Appends the chat events one row change stands for (none for other
+/// tables; two when a row moves between chats or users). Err names the
+/// table of a row that lacks the ids or seq the relay needs.
+pub fn push_events(change: Change, out: &mut Vec<ChatEvent>) -> Result<(), Option<String>> {
+    let table = change.relation().map(|r| r.name.clone());
+    let missing = || table.clone();
+    match (table.as_deref(), change) {
+        (Some("chat_messages"), Change::Insert { new }) => {
+            out.push(ChatEvent::Inserted(message(new).ok_or_else(missing)?))
+        }
+        (Some("chat_messages"), Change::Update { old, new }) => {
+            let new = message(new).ok_or_else(missing)?;
+            // A message moved to another chat is gone from the old one.
+            if let Some(old) = old.and_then(message).filter(|o| o.chat_id != new.chat_id) {
+                out.push(ChatEvent::Deleted { chat_id: old.chat_id, id: old.id, seq: old.seq });
+            }
+            out.push(ChatEvent::Updated(new));
+        }
+        (Some("chat_messages"), Change::Delete { old }) => {
+            let m = message(old).ok_or_else(missing)?;
+            out.push(ChatEvent::Deleted { chat_id: m.chat_id, id: m.id, seq: m.seq });
+        }
+        (Some("chat_participants"), Change::Insert { new }) => {
+            let now = Participant::from_row(&new).ok_or_else(missing)?;
+            out.push(ChatEvent::ParticipantChanged { now, previous: None });
+        }
+        (Some("chat_participants"), Change::Update { old, new }) => {
+            let now = Participant::from_row(&new).ok_or_else(missing)?;
+            let previous = old.as_ref().and_then(Participant::from_row);
+            match previous {
+                // The row now names another user or chat: the old pair is
+                // removed as surely as by a DELETE.
+                Some(p) if (p.chat_id, p.user_id) != (now.chat_id, now.user_id) => {
+                    out.push(ChatEvent::ParticipantRemoved { chat_id: p.chat_id, user_id: p.user_id });
+                    out.push(ChatEvent::ParticipantChanged { now, previous: None });
+                }
+                previous => out.push(ChatEvent::ParticipantChanged { now, previous }),
+            }
+        }
+        (Some("chat_participants"), Change::Delete { old }) => {
+            let p = Participant::from_row(&old).ok_or_else(missing)?;
+            out.push(ChatEvent::ParticipantRemoved { chat_id: p.chat_id, user_id: p.user_id });
+        }
+        (_, Change::Truncate { .. }) => out.push(ChatEvent::Truncated),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn message(row: Row) -> Option<MessageRow> {
@@ -240,5 +268,40 @@ mod tests {
         let json = serde_json::to_string(&RowBody::Json(row.to_json())).unwrap();
         assert_eq!(wal, json);
         assert!(wal.starts_with(r#"{"id":"0b7c"#), "columns in table order: {wal}");
+    }
+
+    fn participant_row(chat: &str, user: &str) -> Row {
+        let col = |name: &str| Column { name: name.into(), type_oid: 2950, type_modifier: -1, key: true };
+        let relation = Arc::new(Relation {
+            oid: 2,
+            namespace: "public".into(),
+            name: "chat_participants".into(),
+            replica_identity: b'f',
+            columns: vec![col("chat_id"), col("user_id")],
+        });
+        let t = |s: &str| Datum::Text(Bytes::copy_from_slice(s.as_bytes()));
+        Row { relation, values: vec![t(chat), t(user)] }
+    }
+
+    #[test]
+    fn a_participant_row_that_moves_removes_the_old_pair_first() {
+        let (c1, c2) = ("0b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11", "1b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11");
+        let (u1, u2) = ("2b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11", "3b7c1a52-5f0e-4a65-9d9c-6b1a2f0a9b11");
+        let id = |s: &str| Uuid::parse_str(s).unwrap();
+        for (old, new) in [((c1, u1), (c1, u2)), ((c1, u1), (c2, u1))] {
+            let change =
+                Change::Update { old: Some(participant_row(old.0, old.1)), new: participant_row(new.0, new.1) };
+            let mut out = Vec::new();
+            push_events(change, &mut out).unwrap();
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert_eq!(out[0], ChatEvent::ParticipantRemoved { chat_id: id(old.0), user_id: id(old.1) });
+            assert!(matches!(&out[1], ChatEvent::ParticipantChanged { now, previous: None }
+                if now.chat_id == id(new.0) && now.user_id == id(new.1)));
+        }
+        // Same pair (watermarks moved): one change, with its previous row.
+        let mut out = Vec::new();
+        push_events(Change::Update { old: Some(participant_row(c1, u1)), new: participant_row(c1, u1) }, &mut out)
+            .unwrap();
+        assert!(matches!(&out[..], [ChatEvent::ParticipantChanged { previous: Some(_), .. }]));
     }
 }

@@ -79,9 +79,11 @@ struct ChatState {
     fill_requested: bool,
 }
 
-/// A TTL+LRU set.
+/// A TTL+LRU map from a row key to the seq it was handed on with. A key seen
+/// again with the same seq is a replay; with another seq it is a new row
+/// (an app re-inserting a deleted message's id gets a new seq).
 struct Seen<K: Hash + Eq> {
-    cache: LruCache<K, Instant>,
+    cache: LruCache<K, (i64, Instant)>,
     ttl: Duration,
 }
 
@@ -89,9 +91,9 @@ impl<K: Hash + Eq> Seen<K> {
     fn new(capacity: usize, ttl: Duration) -> Self {
         Seen { cache: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)), ttl }
     }
-    fn contains(&mut self, k: &K, now: Instant) -> bool {
+    fn contains(&mut self, k: &K, seq: i64, now: Instant) -> bool {
         let hit = match self.cache.peek(k) {
-            Some(t) if now.duration_since(*t) < self.ttl => true,
+            Some((s, t)) if now.duration_since(*t) < self.ttl => *s == seq,
             Some(_) => {
                 self.cache.pop(k);
                 false
@@ -101,8 +103,8 @@ impl<K: Hash + Eq> Seen<K> {
         m::dedupe_cache(hit);
         hit
     }
-    fn insert(&mut self, k: K, now: Instant) {
-        self.cache.put(k, now);
+    fn insert(&mut self, k: K, seq: i64, now: Instant) {
+        self.cache.put(k, (seq, now));
     }
 }
 
@@ -191,12 +193,12 @@ impl Sequencer {
         let ChatEvent::Inserted(msg) = &item.event else {
             return;
         };
-        if self.ids.contains(&msg.id, now) {
+        if self.ids.contains(&msg.id, msg.seq, now) {
             m::duplicate(DupKey::Id);
             return;
         }
         if let Some(cgid) = msg.client_generated_id {
-            if self.client_ids.contains(&(msg.chat_id, cgid), now) {
+            if self.client_ids.contains(&(msg.chat_id, cgid), msg.seq, now) {
                 m::duplicate(DupKey::ClientGeneratedId);
                 return;
             }
@@ -212,7 +214,7 @@ impl Sequencer {
         if state.held.is_empty() && in_order {
             let (id, chat, cgid, seq) = (msg.id, msg.chat_id, msg.client_generated_id, msg.seq);
             state.high_water = Some(seq);
-            self.remember(id, chat, cgid, now);
+            self.remember(id, chat, cgid, seq, now);
             out.push(item);
             return;
         }
@@ -229,10 +231,10 @@ impl Sequencer {
         out.extend(self.release(chat, Vec::new(), None, now));
     }
 
-    fn remember(&mut self, id: Uuid, chat: Uuid, cgid: Option<Uuid>, now: Instant) {
-        self.ids.insert(id, now);
+    fn remember(&mut self, id: Uuid, chat: Uuid, cgid: Option<Uuid>, seq: i64, now: Instant) {
+        self.ids.insert(id, seq, now);
         if let Some(c) = cgid {
-            self.client_ids.insert((chat, c), now);
+            self.client_ids.insert((chat, c), seq, now);
         }
     }
 
@@ -318,7 +320,7 @@ impl Sequencer {
                 ChatEvent::Inserted(msg) => {
                     let hw = state.high_water;
                     let stale = hw.is_some_and(|hw| msg.seq <= hw);
-                    if stale || self.ids.contains(&msg.id, now) {
+                    if stale || self.ids.contains(&msg.id, msg.seq, now) {
                         m::duplicate(if stale { DupKey::Seq } else { DupKey::Id });
                     } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
                         if hw.is_some_and(|hw| msg.seq > hw + 1) {
@@ -329,9 +331,9 @@ impl Sequencer {
                             repaired += 1;
                         }
                         state.high_water = Some(msg.seq);
-                        self.ids.insert(msg.id, now);
+                        self.ids.insert(msg.id, msg.seq, now);
                         if let Some(c) = msg.client_generated_id {
-                            self.client_ids.insert((chat_id, c), now);
+                            self.client_ids.insert((chat_id, c), msg.seq, now);
                         }
                         out.push(h.item);
                     } else {

@@ -136,12 +136,28 @@ fn a_later_gap_gets_its_own_lookup() {
 fn dedupe_cache_is_bounded_and_expires() {
     let mut seen = Seen::new(2, Duration::from_secs(1));
     let t0 = Instant::now();
-    seen.insert(1, t0);
-    seen.insert(2, t0);
-    seen.insert(3, t0);
-    assert!(!seen.contains(&1, t0), "evicted by capacity");
-    assert!(seen.contains(&3, t0));
-    assert!(!seen.contains(&3, t0 + Duration::from_secs(2)), "expired");
+    seen.insert(1, 10, t0);
+    seen.insert(2, 20, t0);
+    seen.insert(3, 30, t0);
+    assert!(!seen.contains(&1, 10, t0), "evicted by capacity");
+    assert!(seen.contains(&3, 30, t0));
+    assert!(!seen.contains(&3, 31, t0), "the same key with another seq is another row");
+    assert!(!seen.contains(&3, 30, t0 + Duration::from_secs(2)), "expired");
+}
+
+#[test]
+fn an_id_inserted_again_after_its_delete_is_a_new_message() {
+    let mut s = Sequencer::new(cfg());
+    let now = Instant::now();
+    let first = msg(1, 1);
+    assert_eq!(inserted(&s.push(txn(1, vec![ChatEvent::Inserted(first.clone())]), now)), vec![(chat(1), 1)]);
+    s.push(txn(2, vec![ChatEvent::Deleted { chat_id: chat(1), id: first.id, seq: 1 }]), now);
+    // Same id and client_generated_id, next seq (the trigger gave it one).
+    let mut again = first.clone();
+    again.seq = 2;
+    assert_eq!(inserted(&s.push(txn(3, vec![ChatEvent::Inserted(again.clone())]), now)), vec![(chat(1), 2)]);
+    // Its replay is still a duplicate.
+    assert!(s.push(txn(3, vec![ChatEvent::Inserted(again)]), now).is_empty());
 }
 
 /// Drives a sequencer to quiescence: advances time past every window and
