@@ -74,13 +74,24 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
 
-    /// HS256 secret that client JWTs are signed with.
+    /// HS256 secret that client JWTs are signed with. Required unless
+    /// --jwt-jwks-url is set; both may be set (HS256 and asymmetric tokens side by side).
     #[arg(long, env = "CHAT_RELAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
+
+    /// JWKS URL whose keys (by `kid`) verify RS256, ES256 and EdDSA tokens, as Supabase Auth
+    /// publishes them (https://<project>.supabase.co/auth/v1/.well-known/jwks.json). Fetched at
+    /// start, every 10 minutes, and again (at most every 30 s) when a token names an unknown kid.
+    #[arg(long, env = "CHAT_RELAY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
 
     /// When set, tokens must carry this `aud`.
     #[arg(long, env = "CHAT_RELAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "CHAT_RELAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
 
     /// Logical replication slot (created when missing). Lowercase letters, digits, underscore.
     #[arg(long, env = "CHAT_RELAY_SLOT", default_value = "chat_relay", value_parser = parse_slot_name)]
@@ -152,6 +163,15 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn delivered_debounce(&self) -> Duration {
         Duration::from_millis(self.delivered_debounce_ms)
+    }
+
+    pub fn auth(&self) -> crate::gateway::AuthConfig {
+        crate::gateway::AuthConfig {
+            secret: self.jwt_secret.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        }
     }
 }
 

@@ -112,8 +112,10 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
     ServeArgs {
         db: DbArgs { database_url: url.to_string(), publication: "chat_relay".into() },
         listen: ([127, 0, 0, 1], port).into(),
-        jwt_secret: SECRET.into(),
+        jwt_secret: Some(SECRET.into()),
+        jwt_jwks_url: None,
         jwt_audience: None,
+        jwt_issuer: None,
         slot: "chat_relay".into(),
         delivered_debounce_ms: 50,
         max_frame_bytes: 65536,

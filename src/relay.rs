@@ -65,9 +65,7 @@ async fn wait_for_signal() {
 
 /// Runs the relay until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if args.jwt_secret.is_empty() {
-        anyhow::bail!("CHAT_RELAY_JWT_SECRET is empty");
-    }
+    let auth = Arc::new(Auth::new(&args.auth())?);
     let prometheus = m::install()?;
     let info = args.db.conn_info()?;
     let store = Store::new(&info, args.pool_size as usize)?;
@@ -102,6 +100,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
 
     // Side tasks: lag probe, membership cache sweep.
     let side_stop = CancellationToken::new();
+    tokio::spawn(auth.clone().refresh_jwks(side_stop.clone()));
     tokio::spawn(lag_probe(store.clone(), args.slot.clone(), health.clone(), side_stop.clone()));
     {
         let membership = membership.clone();
@@ -123,7 +122,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         hub,
         store.clone(),
         membership,
-        Auth::new(&args.jwt_secret, args.jwt_audience.as_deref()),
+        auth.clone(),
         delivery,
         GatewayConfig {
             max_frame_bytes: args.max_frame_bytes as usize,

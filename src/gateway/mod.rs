@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{issue, Auth, Identity};
+pub use auth::{issue, Auth, AuthConfig, AuthConfigError, Identity};
 pub use membership::Membership;
 pub use session::close;
 
@@ -48,7 +48,7 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     pub store: Store,
     pub membership: Arc<Membership>,
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
     pub delivery: Delivery,
     pub cfg: GatewayConfig,
     /// Cancelled on SIGTERM: sessions close with 1001.
@@ -63,7 +63,7 @@ impl Gateway {
         hub: Arc<Hub>,
         store: Store,
         membership: Arc<Membership>,
-        auth: Auth,
+        auth: Arc<Auth>,
         delivery: Delivery,
         cfg: GatewayConfig,
         shutdown: CancellationToken,
@@ -105,7 +105,7 @@ pub async fn ws_handler(
     let Some(token) = params.get("access_token").cloned().or(bearer) else {
         return unauthorized("missing token: pass access_token=<jwt> or Authorization: Bearer <jwt>");
     };
-    let identity = match gw.auth.verify(&token) {
+    let identity = match gw.auth.verify(&token).await {
         Ok(id) => id,
         Err(why) => return unauthorized(&why),
     };

@@ -106,7 +106,7 @@ impl Session {
         let shutdown = self.gw.shutdown.clone();
         let interval = self.gw.cfg.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        let mut expiry = Box::pin(tokio::time::sleep(until_exp(self.identity.exp)));
+        let mut expiry = Box::pin(tokio::time::sleep(self.identity.remaining()));
         loop {
             // Frames stashed during a backfill go first, in order.
             while let Some(out) = self.stash.pop_front() {
@@ -348,10 +348,10 @@ impl Session {
                 self.end_sub(chat_id);
                 self.answer(json!({"type": "unsubscribed", "chat_id": chat_id}), &reference).await?;
             }
-            Request::Auth { access_token } => match self.gw.auth.verify(&access_token) {
+            Request::Auth { access_token } => match self.gw.auth.verify(&access_token).await {
                 Ok(id) if id.user_id == self.identity.user_id => {
                     self.identity = id;
-                    expiry.as_mut().reset(tokio::time::Instant::now() + until_exp(id.exp));
+                    expiry.as_mut().reset(tokio::time::Instant::now() + id.remaining());
                     self.answer(json!({"type": "ok"}), &reference).await?;
                 }
                 Ok(_) => {
@@ -524,12 +524,6 @@ impl Session {
         })
         .await;
     }
-}
-
-fn until_exp(exp: u64) -> Duration {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    Duration::from_secs_f64((exp as f64 - now).max(0.0))
 }
 
 fn is_too_big(e: axum::Error) -> bool {

@@ -229,6 +229,11 @@ pub fn token(user: Uuid, ttl_secs: i64) -> String {
     token_with(user, ttl_secs, SECRET)
 }
 
+/// Any claims, HS256-signed with the relay's test secret.
+pub fn sign(claims: &Value) -> String {
+    encode(&Header::default(), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
 pub fn token_with(user: Uuid, ttl_secs: i64, secret: &str) -> String {
     let exp = chrono::Utc::now().timestamp() + ttl_secs;
     encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(secret.as_bytes())).unwrap()
