@@ -162,8 +162,21 @@ async fn apply(client: &Client, publication: &str) -> Result<Report, MigrateErro
     Ok(report)
 }
 
-/// Creates the publication, or adds the chat tables to an existing one.
+/// Creates the publication, or adds the chat tables to an existing one, and
+/// (again) gives both tables the REPLICA IDENTITY FULL the relay needs.
 async fn ensure_publication(client: &Client, publication: &str) -> Result<bool, MigrateError> {
+    client
+        .batch_execute(
+            "DO $$ BEGIN
+               IF (SELECT relreplident FROM pg_class WHERE oid = 'chat_messages'::regclass) <> 'f' THEN
+                 ALTER TABLE chat_messages REPLICA IDENTITY FULL;
+               END IF;
+               IF (SELECT relreplident FROM pg_class WHERE oid = 'chat_participants'::regclass) <> 'f' THEN
+                 ALTER TABLE chat_participants REPLICA IDENTITY FULL;
+               END IF;
+             END $$",
+        )
+        .await?;
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?.is_some();
     let name = quote_ident(publication);
     if !exists {

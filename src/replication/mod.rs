@@ -150,6 +150,8 @@ enum SessionError {
     SlotBusy { slot: String, detail: String },
     #[error("slot {0} exists but is not a pgoutput logical slot of this database; refusing to touch it")]
     ForeignSlot(String),
+    #[error("{0}")]
+    Publication(String),
     #[error("malformed replication message: {0}")]
     Malformed(&'static str),
     #[error("downstream pipeline stopped")]
@@ -199,6 +201,7 @@ impl Replicator {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut busy_logged = false;
+        let mut publication_logged = false;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             let result = self.session(&shutdown).await;
@@ -221,6 +224,21 @@ impl Replicator {
                     }
                     self.health.set(false, format!("waiting for slot {slot}, in use by another consumer"));
                     let wait = Duration::from_millis(1000 + fastrand::u64(0..1000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+                Err(SessionError::Publication(why)) => {
+                    // Not a fault of the connection: the schema needs an
+                    // operator. Say so loudly once, then check again quietly.
+                    if !publication_logged {
+                        tracing::error!(reason = %why, "not streaming until the publication is fixed");
+                        publication_logged = true;
+                    }
+                    self.health.set(false, why);
+                    let wait = Duration::from_millis(2000 + fastrand::u64(0..1000));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => break,
@@ -262,6 +280,7 @@ impl Replicator {
                 "replication connection established"
             );
         }
+        self.check_publication(&mut conn).await?;
         let slot_confirmed = self.ensure_slot(&mut conn).await?;
         self.confirmed = self.confirmed.max(slot_confirmed);
         // Everything at or before the slot position is done by definition.
@@ -394,6 +413,65 @@ impl Replicator {
             Ok(()) => tracing::info!(lsn = %self.confirmed, "final position confirmed"),
             Err(e) => tracing::warn!(error = %e, "could not confirm the final position"),
         }
+    }
+
+    /// Refuses to stream unless the publication carries inserts, updates and
+    /// deletes of both chat tables with REPLICA IDENTITY FULL: without
+    /// chat_participants, removals never reach the relay (revocation would
+    /// silently never happen); without FULL, updates and deletes lack the
+    /// chat and user they belong to.
+    async fn check_publication(&mut self, conn: &mut ReplConnection) -> Result<(), SessionError> {
+        let publication = &self.cfg.publication;
+        let pub_lit = quote_literal(publication);
+        let rows = conn
+            .simple_query(&format!(
+                "SELECT pubinsert AND pubupdate AND pubdelete FROM pg_publication WHERE pubname = {pub_lit}"
+            ))
+            .await?;
+        let fix = "run `chat-relay migrate`";
+        match rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() {
+            None => return Err(SessionError::Publication(format!(
+                "publication {publication} does not exist: {fix} (or set CHAT_RELAY_PUBLICATION to the one it created)"
+            ))),
+            Some("t") => {}
+            Some(_) => {
+                return Err(SessionError::Publication(format!(
+                    "publication {publication} does not publish inserts, updates and deletes: \
+                     ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                    quote_ident(publication)
+                )))
+            }
+        }
+        let rows = conn
+            .simple_query(&format!(
+                "SELECT c.relname, c.relreplident::text, EXISTS (SELECT 1 FROM pg_publication_tables p \
+                   WHERE p.pubname = {pub_lit} AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') \
+                   AND c.relname IN ('chat_messages', 'chat_participants') ORDER BY 1"
+            ))
+            .await?;
+        for table in ["chat_messages", "chat_participants"] {
+            let row = rows.iter().find(|r| r.first().cloned().flatten().as_deref() == Some(table));
+            let Some(row) = row else {
+                return Err(SessionError::Publication(format!("table {table} does not exist: {fix}")));
+            };
+            let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            if get(2) != "t" {
+                return Err(SessionError::Publication(format!(
+                    "publication {publication} does not publish {table}{}: {fix}, or ALTER PUBLICATION {} ADD TABLE {table}",
+                    if table == "chat_participants" { " (removals would never revoke anyone)" } else { "" },
+                    quote_ident(publication)
+                )));
+            }
+            if get(1) != "f" {
+                return Err(SessionError::Publication(format!(
+                    "{table} must have REPLICA IDENTITY FULL (updates and deletes must say which chat and user \
+                     they belong to): {fix}, or ALTER TABLE {table} REPLICA IDENTITY FULL"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the slot exists and is usable; returns its confirmed position.
