@@ -113,14 +113,29 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub pool_size: u32,
 
-    /// Event frames queued per connection before it counts as a slow consumer (closed with 4008).
+    /// Live event frames queued per connection. When a connection's queue is full, its
+    /// subscriptions fall behind and are caught up from the table once it reads again;
+    /// nobody else waits for it.
     #[arg(long, env = "CHAT_RELAY_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbound_queue: u32,
 
-    /// How long a connection whose queue is full may take to make room before it
-    /// is closed with 4008 (absorbs bursts such as one large transaction).
-    #[arg(long, env = "CHAT_RELAY_SLOW_CONSUMER_MS", default_value_t = 250)]
+    /// A connection that takes nothing from its socket this long while frames wait is
+    /// closed with 4008 (so is one whose unsent data passes 4 MiB). A client that keeps
+    /// reading, however slowly, is never closed for being behind.
+    #[arg(long, env = "CHAT_RELAY_SLOW_CONSUMER_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub slow_consumer_ms: u64,
+
+    /// Memory for decoded transactions waiting for their commit and for the pipeline, in
+    /// MiB. A transaction that does not fit spills to a temporary file (see --spill-dir)
+    /// and is relayed from there: any size passes in this much memory.
+    #[arg(long, env = "CHAT_RELAY_TXN_MEMORY_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub txn_memory_mb: u32,
+
+    /// Directory for spilled transactions (unnamed files, gone when closed, even on a
+    /// crash). Needs room for the largest transaction's changes. Default: the system
+    /// temporary directory.
+    #[arg(long, env = "CHAT_RELAY_SPILL_DIR")]
+    pub spill_dir: Option<std::path::PathBuf>,
 
     /// Entries kept in the duplicate-detection cache (ids and client_generated_ids).
     #[arg(long, env = "CHAT_RELAY_DEDUPE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]

@@ -160,14 +160,22 @@ pub struct ChatTxn {
 }
 
 impl ChatTxn {
+    /// All of a transaction's events in memory at once (tests and tools; the
+    /// relay's pipeline takes them one by one, see [`push_events`]).
     pub fn from_transaction(txn: Transaction) -> ChatTxn {
+        let (commit_lsn, end_lsn, commit_time) = (txn.commit_lsn, txn.end_lsn, txn.commit_time);
         let mut events = Vec::with_capacity(txn.changes.len());
-        for change in txn.changes {
-            if let Err(table) = push_events(change, &mut events) {
-                tracing::warn!(table, lsn = %txn.commit_lsn, "skipping a change that lacks ids or seq");
+        for change in txn.into_changes() {
+            match change {
+                Ok(change) => {
+                    if let Err(table) = push_events(change, &mut events) {
+                        tracing::warn!(table, lsn = %commit_lsn, "skipping a change that lacks ids or seq");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, lsn = %commit_lsn, "cannot read a spilled change"),
             }
         }
-        ChatTxn { commit_lsn: txn.commit_lsn, end_lsn: txn.end_lsn, commit_time: txn.commit_time, events }
+        ChatTxn { commit_lsn, end_lsn, commit_time, events }
     }
 }
 

@@ -1,34 +1,47 @@
-//! hub: who is subscribed to which chat, and fan-out.
+//! hub: who is subscribed to which chat, and fan-out that never waits.
 //!
 //! Every event is encoded to its JSON frame once ([`EventFrame`]) and the same
-//! `Arc` is queued to every subscriber of its chat: nothing is serialised per
-//! subscriber. Each connection has a bounded queue. When a queue is full,
-//! [`Fanout::publish`] reports it as [`Blocked`] and the pipeline gives all
-//! blocked connections, together, a short patience to make room ([`settle`]):
-//! a fast client absorbing a burst (one big transaction) catches up; one that
-//! does not is kicked (its session closes with 4008 and counts it) instead of
-//! buffering without bound or holding everyone else back for longer.
+//! `Arc` is offered to every subscriber of its chat: nothing is serialised per
+//! subscriber. Each connection ([`Conn`]) has a bounded queue of frames.
+//! Offering a frame never blocks: when a connection's queue is full, the
+//! subscription is *behind* ([`Behind`]): its live frames are dropped, and the
+//! few facts a later table read could not recover are noted (which deletes
+//! it missed, from which seq it missed updates, whose receipts). The session
+//! catches the subscription up from the table once its socket has room, then
+//! takes live frames again. So one slow reader costs the pipeline nothing,
+//! and no other connection or chat waits for it.
+//!
+//! Revocations and resynchronisation requests travel beside the queue (they
+//! are never dropped and never wait behind frames).
 //!
 //! The pipeline talks to the hub only through the [`Fanout`] trait (publish,
-//! revoke, resync). A deployment with several relay replicas can put a
-//! broker behind that trait and feed each replica's local hub from it, without
+//! revoke, resync). A deployment with several relay replicas puts a broker
+//! behind that trait and feeds each replica's local hub from it, without
 //! touching the sessions.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use crate::event::{MessageRow, Participant, RowBody};
 
 /// Connection identifier, unique per process.
 pub type ConnId = u64;
+
+/// Deletes remembered for one connection's behind subscriptions, at most:
+/// about 2.4 MB. Past it the connection is closed with 4008 (its unsent data
+/// passed the memory bound) and resumes with `after_seq`.
+pub const MAX_REMEMBERED_DELETES: usize = 100_000;
+/// Users whose dropped receipts are remembered per subscription; past it, the
+/// catch-up sends every participant's watermarks.
+pub const MAX_REMEMBERED_RECEIPTS: usize = 256;
 
 /// What kind of event a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +60,9 @@ pub struct EventFrame {
     pub kind: FrameKind,
     /// Commit time of the transaction (None for rows read from the table).
     pub commit_time: Option<DateTime<Utc>>,
-    /// For messages: the sender, so auto-delivered marking can skip them.
-    pub sender_id: Option<Uuid>,
+    /// Messages: the sender, so auto-delivered marking can skip them.
+    /// Deletes: the deleted row's id. Receipts: the participant.
+    pub subject: Option<Uuid>,
     pub text: Utf8Bytes,
 }
 
@@ -73,29 +87,15 @@ impl EventFrame {
         let frame = RowFrame { ty, chat_id: row.chat_id, seq: row.seq, message: &row.body };
         // Serialising plain data into a String cannot fail.
         let text = serde_json::to_string(&frame).unwrap_or_default();
-        EventFrame {
-            chat_id: row.chat_id,
-            seq: row.seq,
-            kind,
-            commit_time,
-            sender_id: row.sender_id,
-            text: text.into(),
-        }
+        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, subject: row.sender_id, text: text.into() }
     }
 
-    pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: DateTime<Utc>) -> EventFrame {
+    pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: Option<DateTime<Utc>>) -> EventFrame {
         let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
-        EventFrame {
-            chat_id,
-            seq,
-            kind: FrameKind::Delete,
-            commit_time: Some(commit_time),
-            sender_id: None,
-            text: text.into(),
-        }
+        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text: text.into() }
     }
 
-    pub fn receipt(p: &Participant, commit_time: DateTime<Utc>) -> EventFrame {
+    pub fn receipt(p: &Participant, commit_time: Option<DateTime<Utc>>) -> EventFrame {
         let text = json!({
             "type": "receipt", "chat_id": p.chat_id, "user_id": p.user_id,
             "delivered_seq": p.delivered_seq, "read_seq": p.read_seq,
@@ -105,105 +105,192 @@ impl EventFrame {
             chat_id: p.chat_id,
             seq: p.delivered_seq.max(p.read_seq),
             kind: FrameKind::Receipt,
-            commit_time: Some(commit_time),
-            sender_id: None,
+            commit_time,
+            subject: Some(p.user_id),
             text: text.into(),
         }
     }
 }
 
-/// What the hub queues to a connection.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    Event(Arc<EventFrame>),
-    /// The user was removed from the chat: say `unsubscribed` (forbidden), stop.
-    Revoked(Uuid),
-    /// The stream lost continuity (slot recreated, table truncated): re-check
-    /// membership and catch up every subscription from the table.
-    Resync,
+/// What a behind subscription missed that reading messages after its last
+/// seq from the table would not bring back.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Behind {
+    /// Frames of this connection queued before the first drop: they are
+    /// older than anything dropped, so the session handles them first.
+    pub after: u64,
+    /// Lowest seq of a dropped `update`.
+    pub updates_from: Option<i64>,
+    /// Dropped deletes: (seq, id).
+    pub deletes: Vec<(i64, Uuid)>,
+    /// Users whose dropped receipts must be sent again.
+    pub receipts: HashSet<Uuid>,
+    /// More receipts were dropped than remembered: send every participant's.
+    pub all_receipts: bool,
 }
 
-/// Why a connection was kicked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum KickReason {
-    None = 0,
-    SlowConsumer = 1,
-}
-
-/// The hub's handle on one connection.
-#[derive(Debug, Clone)]
-pub struct ConnHandle {
-    pub user_id: Uuid,
-    tx: mpsc::Sender<Outbound>,
-    kick: CancellationToken,
-    reason: Arc<AtomicU8>,
-}
-
-impl ConnHandle {
-    /// A handle plus the receiving side for the session.
-    pub fn new(user_id: Uuid, queue: usize) -> (ConnHandle, mpsc::Receiver<Outbound>, Kicked) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let kick = CancellationToken::new();
-        let reason = Arc::new(AtomicU8::new(KickReason::None as u8));
-        (ConnHandle { user_id, tx, kick: kick.clone(), reason: reason.clone() }, rx, Kicked { token: kick, reason })
-    }
-
-    /// Queues without waiting; a full queue kicks the connection.
-    fn offer(&self, out: Outbound) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick_slow();
-                false
+impl Behind {
+    fn note(&mut self, frame: &EventFrame, deletes_left: &mut usize) -> bool {
+        match frame.kind {
+            FrameKind::Message => {}
+            FrameKind::Update => self.updates_from = Some(self.updates_from.map_or(frame.seq, |s| s.min(frame.seq))),
+            FrameKind::Delete => {
+                if *deletes_left == 0 {
+                    return false;
+                }
+                *deletes_left -= 1;
+                self.deletes.push((frame.seq, frame.subject.unwrap_or_default()));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            FrameKind::Receipt => {
+                if let Some(user) = frame.subject {
+                    if self.receipts.len() < MAX_REMEMBERED_RECEIPTS {
+                        self.receipts.insert(user);
+                    } else {
+                        self.all_receipts = true;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Requests beside the frame queue, taken by the session.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// The user was removed from these chats: say `unsubscribed` (forbidden).
+    pub revoked: Vec<Uuid>,
+    /// The stream lost continuity (slot recreated, table truncated): check
+    /// membership again and catch every subscription up from the table.
+    pub resync: bool,
+    /// Behind subscriptions whose earlier frames the session has taken.
+    pub behind: HashMap<Uuid, Behind>,
+    /// Too much was remembered for this connection: close it (4008).
+    pub overflow: bool,
+}
+
+#[derive(Default)]
+struct ControlState {
+    revoked: Vec<Uuid>,
+    resync: bool,
+    behind: HashMap<Uuid, Behind>,
+    deletes_left: usize,
+    overflow: bool,
+}
+
+/// The hub's side of one connection: its queue, and what travels beside it.
+pub struct Conn {
+    pub id: ConnId,
+    pub user_id: Uuid,
+    queue: mpsc::Sender<Arc<EventFrame>>,
+    /// Frames queued so far (written by the pipeline only).
+    enqueued: AtomicU64,
+    /// Chats currently behind: the fast path of [`Conn::offer`] skips the lock at 0.
+    behind_chats: AtomicUsize,
+    control: Mutex<ControlState>,
+    /// Signalled when something was put into `control`.
+    pub wake: Notify,
+}
+
+impl Conn {
+    /// A connection's hub side plus the receiving end of its queue.
+    pub fn new(id: ConnId, user_id: Uuid, queue: usize) -> (Arc<Conn>, mpsc::Receiver<Arc<EventFrame>>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let conn = Conn {
+            id,
+            user_id,
+            queue: tx,
+            enqueued: AtomicU64::new(0),
+            behind_chats: AtomicUsize::new(0),
+            control: Mutex::new(ControlState { deletes_left: MAX_REMEMBERED_DELETES, ..Default::default() }),
+            wake: Notify::new(),
+        };
+        (Arc::new(conn), rx)
+    }
+
+    /// Queues a frame without ever waiting; when the queue is full the
+    /// frame's subscription falls behind.
+    pub fn offer(&self, frame: &Arc<EventFrame>) {
+        if self.behind_chats.load(Ordering::Acquire) > 0 {
+            if let Ok(mut ctl) = self.control.lock() {
+                let ControlState { behind, deletes_left, overflow, .. } = &mut *ctl;
+                if let Some(b) = behind.get_mut(&frame.chat_id) {
+                    if !b.note(frame, deletes_left) {
+                        *overflow = true;
+                        drop(ctl);
+                        self.wake.notify_one();
+                    }
+                    return;
+                }
+            }
+        }
+        match self.queue.try_send(frame.clone()) {
+            Ok(()) => {
+                self.enqueued.fetch_add(1, Ordering::Release);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.fall_behind(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
-    fn kick_slow(&self) {
-        let slow = KickReason::SlowConsumer as u8;
-        if self.reason.compare_exchange(0, slow, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.kick.cancel();
+    fn fall_behind(&self, frame: &EventFrame) {
+        let Ok(mut ctl) = self.control.lock() else { return };
+        let after = self.enqueued.load(Ordering::Acquire);
+        let ControlState { behind, deletes_left, overflow, .. } = &mut *ctl;
+        let b = behind.entry(frame.chat_id).or_insert_with(|| {
+            self.behind_chats.fetch_add(1, Ordering::AcqRel);
+            Behind { after, ..Default::default() }
+        });
+        if !b.note(frame, deletes_left) {
+            *overflow = true;
         }
+        drop(ctl);
+        self.wake.notify_one();
     }
-}
 
-/// A frame that did not fit into a connection's queue.
-pub struct Blocked {
-    handle: ConnHandle,
-    frame: Arc<EventFrame>,
-}
-
-/// Waits, for all blocked connections at once, up to `patience` for room;
-/// those still full are kicked as slow consumers.
-pub async fn settle(blocked: Vec<Blocked>, patience: std::time::Duration) {
-    if blocked.is_empty() {
-        return;
+    fn revoke(&self, chat_id: Uuid) {
+        if let Ok(mut ctl) = self.control.lock() {
+            if let Some(b) = ctl.behind.remove(&chat_id) {
+                self.behind_chats.fetch_sub(1, Ordering::AcqRel);
+                ctl.deletes_left += b.deletes.len();
+            }
+            ctl.revoked.push(chat_id);
+        }
+        self.wake.notify_one();
     }
-    let waits = blocked.into_iter().map(|b| async move {
-        if b.handle.kick.is_cancelled() {
-            return;
-        }
-        if b.handle.tx.send_timeout(Outbound::Event(b.frame), patience).await.is_err() {
-            b.handle.kick_slow();
-        }
-    });
-    futures_util::future::join_all(waits).await;
-}
 
-/// The session's side of a kick.
-#[derive(Debug, Clone)]
-pub struct Kicked {
-    pub token: CancellationToken,
-    reason: Arc<AtomicU8>,
-}
+    fn resync(&self) {
+        if let Ok(mut ctl) = self.control.lock() {
+            ctl.resync = true;
+        }
+        self.wake.notify_one();
+    }
 
-impl Kicked {
-    pub fn reason(&self) -> KickReason {
-        match self.reason.load(Ordering::Acquire) {
-            1 => KickReason::SlowConsumer,
-            _ => KickReason::None,
+    /// True when behind subscriptions are waiting to be taken.
+    pub fn has_behind(&self) -> bool {
+        self.behind_chats.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes what is pending beside the queue. Behind subscriptions are taken
+    /// only once the session has taken (`dequeued`) every frame queued before
+    /// they fell behind, so nothing older overtakes the catch-up; from the
+    /// moment one is taken, its live frames are queued again.
+    pub fn take(&self, dequeued: u64) -> Control {
+        let Ok(mut ctl) = self.control.lock() else { return Control::default() };
+        let ready: Vec<Uuid> = ctl.behind.iter().filter(|(_, b)| b.after <= dequeued).map(|(c, _)| *c).collect();
+        let mut behind = HashMap::with_capacity(ready.len());
+        for chat in ready {
+            if let Some(b) = ctl.behind.remove(&chat) {
+                self.behind_chats.fetch_sub(1, Ordering::AcqRel);
+                ctl.deletes_left += b.deletes.len();
+                behind.insert(chat, b);
+            }
+        }
+        Control {
+            revoked: std::mem::take(&mut ctl.revoked),
+            resync: std::mem::take(&mut ctl.resync),
+            behind,
+            overflow: ctl.overflow,
         }
     }
 }
@@ -213,10 +300,8 @@ pub trait Fanout: Send + Sync {
     /// Whether anyone may want events of this chat (a broker-backed fan-out
     /// answers true); lets the pipeline skip encoding frames nobody reads.
     fn wants(&self, chat_id: &Uuid) -> bool;
-
-    /// Queues a frame to every subscriber of its chat; returns the
-    /// subscribers whose queue was full (hand them to [`settle`]).
-    fn publish(&self, frame: Arc<EventFrame>) -> Vec<Blocked>;
+    /// Offers a frame to every subscriber of its chat. Never waits.
+    fn publish(&self, frame: Arc<EventFrame>);
     /// `user_id` left `chat_id`: cut their subscriptions to it.
     fn revoke(&self, chat_id: Uuid, user_id: Uuid);
     /// Tell every connection to resynchronise from the tables.
@@ -226,7 +311,7 @@ pub trait Fanout: Send + Sync {
 /// In-process subscriptions.
 #[derive(Default)]
 pub struct Hub {
-    chats: DashMap<Uuid, Vec<(ConnId, ConnHandle)>>,
+    chats: DashMap<Uuid, Vec<Arc<Conn>>>,
 }
 
 impl Hub {
@@ -234,16 +319,16 @@ impl Hub {
         Hub::default()
     }
 
-    pub fn subscribe(&self, chat_id: Uuid, conn: ConnId, handle: ConnHandle) {
+    pub fn subscribe(&self, chat_id: Uuid, conn: &Arc<Conn>) {
         let mut subs = self.chats.entry(chat_id).or_default();
-        if !subs.iter().any(|(c, _)| *c == conn) {
-            subs.push((conn, handle));
+        if !subs.iter().any(|c| c.id == conn.id) {
+            subs.push(conn.clone());
         }
     }
 
     pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
-            e.get_mut().retain(|(c, _)| *c != conn);
+            e.get_mut().retain(|c| c.id != conn);
             if e.get().is_empty() {
                 e.remove();
             }
@@ -261,27 +346,19 @@ impl Fanout for Hub {
         self.chats.contains_key(chat_id)
     }
 
-    fn publish(&self, frame: Arc<EventFrame>) -> Vec<Blocked> {
-        let mut blocked = Vec::new();
+    fn publish(&self, frame: Arc<EventFrame>) {
         if let Some(subs) = self.chats.get(&frame.chat_id) {
-            for (_, h) in subs.iter() {
-                match h.tx.try_send(Outbound::Event(frame.clone())) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        blocked.push(Blocked { handle: h.clone(), frame: frame.clone() })
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+            for conn in subs.iter() {
+                conn.offer(&frame);
             }
         }
-        blocked
     }
 
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
-            e.get_mut().retain(|(_, h)| {
-                if h.user_id == user_id {
-                    h.offer(Outbound::Revoked(chat_id));
+            e.get_mut().retain(|c| {
+                if c.user_id == user_id {
+                    c.revoke(chat_id);
                     false
                 } else {
                     true
@@ -294,11 +371,11 @@ impl Fanout for Hub {
     }
 
     fn resync_all(&self) {
-        let mut told = std::collections::HashSet::new();
+        let mut told = HashSet::new();
         for subs in self.chats.iter() {
-            for (conn, h) in subs.iter() {
-                if told.insert(*conn) {
-                    h.offer(Outbound::Resync);
+            for conn in subs.iter() {
+                if told.insert(conn.id) {
+                    conn.resync();
                 }
             }
         }
@@ -324,68 +401,104 @@ mod tests {
         }
     }
 
+    fn msg(chat: Uuid, seq: i64) -> Arc<EventFrame> {
+        Arc::new(EventFrame::message(&row(chat, seq), None))
+    }
+
     #[tokio::test]
-    async fn fan_out_shares_one_encoding_and_kicks_the_slow() {
+    async fn fan_out_shares_one_encoding_and_a_full_queue_falls_behind_without_waiting() {
         let hub = Hub::new();
-        let chat = Uuid::new_v4();
-        let (fast, mut fast_rx, fast_kick) = ConnHandle::new(Uuid::new_v4(), 4);
-        let (slow, _slow_rx, slow_kick) = ConnHandle::new(Uuid::new_v4(), 2);
-        hub.subscribe(chat, 1, fast);
-        hub.subscribe(chat, 2, slow);
-        for seq in 1..=3 {
-            let blocked = hub.publish(Arc::new(EventFrame::message(&row(chat, seq), None)));
-            assert_eq!(blocked.len(), if seq <= 2 { 0 } else { 1 }, "only the slow one is full, at the third");
-            settle(blocked, std::time::Duration::from_millis(10)).await;
-            if let Some(Outbound::Event(f)) = fast_rx.recv().await {
-                assert_eq!(f.seq, seq);
-                // Same allocation as every other subscriber got.
-                assert_eq!(Arc::strong_count(&f), if seq <= 2 { 2 } else { 1 });
-            } else {
-                panic!("fast subscriber got nothing");
-            }
+        let (chat, quiet) = (Uuid::new_v4(), Uuid::new_v4());
+        let (fast, mut fast_rx) = Conn::new(1, Uuid::new_v4(), 8);
+        let (slow, mut slow_rx) = Conn::new(2, Uuid::new_v4(), 2);
+        hub.subscribe(chat, &fast);
+        hub.subscribe(chat, &slow);
+        hub.subscribe(quiet, &slow);
+        for seq in 1..=5 {
+            hub.publish(msg(chat, seq)); // returns at once, whatever the queues
+            let f = fast_rx.recv().await.unwrap();
+            assert_eq!(f.seq, seq);
         }
-        assert!(slow_kick.token.is_cancelled());
-        assert_eq!(slow_kick.reason(), KickReason::SlowConsumer);
-        assert!(!fast_kick.token.is_cancelled());
+        // The slow connection took 2; chat fell behind at seq 3.
+        assert!(slow.has_behind());
+        // Nothing is taken before the two queued frames are.
+        assert!(slow.take(0).behind.is_empty());
+        // Its other chat is behind too now (the queue is full for everyone)...
+        hub.publish(msg(quiet, 1));
+        assert_eq!(slow_rx.recv().await.unwrap().seq, 1);
+        assert_eq!(slow_rx.recv().await.unwrap().seq, 2);
+        let ctl = slow.take(2);
+        assert_eq!(ctl.behind.keys().copied().collect::<HashSet<_>>(), HashSet::from([chat, quiet]));
+        // ... and once taken, live frames are queued again.
+        hub.publish(msg(chat, 6));
+        assert_eq!(slow_rx.recv().await.unwrap().seq, 6);
+        assert!(!slow.has_behind());
     }
 
     #[tokio::test]
-    async fn a_full_queue_that_drains_within_patience_is_not_kicked() {
+    async fn behind_notes_what_a_table_read_cannot_recover() {
         let hub = Hub::new();
         let chat = Uuid::new_v4();
-        let (h, mut rx, kicked) = ConnHandle::new(Uuid::new_v4(), 1);
-        hub.subscribe(chat, 1, h);
-        assert!(hub.publish(Arc::new(EventFrame::message(&row(chat, 1), None))).is_empty());
-        let blocked = hub.publish(Arc::new(EventFrame::message(&row(chat, 2), None)));
-        assert_eq!(blocked.len(), 1);
-        let reader = tokio::spawn(async move {
-            let mut seqs = Vec::new();
-            while let Some(Outbound::Event(f)) = rx.recv().await {
-                seqs.push(f.seq);
-                if seqs.len() == 2 {
-                    break;
-                }
-            }
-            seqs
-        });
-        settle(blocked, std::time::Duration::from_secs(30)).await;
-        assert_eq!(reader.await.unwrap(), [1, 2]);
-        assert!(!kicked.token.is_cancelled());
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 1);
+        hub.subscribe(chat, &c);
+        hub.publish(msg(chat, 1)); // fills the queue
+        hub.publish(msg(chat, 2));
+        hub.publish(Arc::new(EventFrame::update(&row(chat, 1), None)));
+        let gone = Uuid::new_v4();
+        hub.publish(Arc::new(EventFrame::delete(chat, gone, 1, None)));
+        let who = Uuid::new_v4();
+        let p = Participant { chat_id: chat, user_id: who, delivered_seq: 2, read_seq: 1 };
+        hub.publish(Arc::new(EventFrame::receipt(&p, None)));
+        let b = c.take(1).behind.remove(&chat).unwrap();
+        assert_eq!(b.after, 1);
+        assert_eq!(b.updates_from, Some(1));
+        assert_eq!(b.deletes, vec![(1, gone)]);
+        assert_eq!(b.receipts, HashSet::from([who]));
+        assert!(!b.all_receipts);
     }
 
     #[tokio::test]
-    async fn revoke_cuts_only_that_user() {
+    async fn too_many_remembered_deletes_overflow_the_connection() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 1);
+        hub.subscribe(chat, &c);
+        hub.publish(msg(chat, 1));
+        for seq in 0..=MAX_REMEMBERED_DELETES as i64 {
+            hub.publish(Arc::new(EventFrame::delete(chat, Uuid::new_v4(), seq, None)));
+        }
+        assert!(c.take(0).overflow);
+    }
+
+    #[tokio::test]
+    async fn revoke_cuts_only_that_user_and_forgets_their_backlog() {
         let hub = Hub::new();
         let chat = Uuid::new_v4();
         let alice = Uuid::new_v4();
-        let (a, mut a_rx, _) = ConnHandle::new(alice, 8);
-        let (b, _b_rx, _) = ConnHandle::new(Uuid::new_v4(), 8);
-        hub.subscribe(chat, 1, a);
-        hub.subscribe(chat, 2, b);
+        let (a, mut a_rx) = Conn::new(1, alice, 1);
+        let (b, _b_rx) = Conn::new(2, Uuid::new_v4(), 8);
+        hub.subscribe(chat, &a);
+        hub.subscribe(chat, &b);
+        hub.publish(msg(chat, 1));
+        hub.publish(msg(chat, 2)); // alice falls behind
         hub.revoke(chat, alice);
-        assert!(matches!(a_rx.recv().await, Some(Outbound::Revoked(c)) if c == chat));
         assert_eq!(hub.subscribers(&chat), 1);
-        assert!(hub.publish(Arc::new(EventFrame::message(&row(chat, 1), None))).is_empty());
+        hub.publish(msg(chat, 3));
+        assert_eq!(a_rx.recv().await.unwrap().seq, 1);
         assert!(a_rx.try_recv().is_err(), "nothing after revocation");
+        let ctl = a.take(1);
+        assert_eq!(ctl.revoked, vec![chat]);
+        assert!(ctl.behind.is_empty(), "no catch-up for a revoked chat");
+    }
+
+    #[tokio::test]
+    async fn resync_reaches_each_connection_once() {
+        let hub = Hub::new();
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 4);
+        hub.subscribe(Uuid::new_v4(), &c);
+        hub.subscribe(Uuid::new_v4(), &c);
+        hub.resync_all();
+        assert!(c.take(0).resync);
+        assert!(!c.take(0).resync);
     }
 }

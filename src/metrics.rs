@@ -10,8 +10,6 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pgoutput::{Change, Transaction};
-
 pub const EVENTS: &str = "chat_relay_events_total";
 pub const DUPLICATES: &str = "chat_relay_duplicates_total";
 pub const SEQ_GAPS: &str = "chat_relay_seq_gaps_total";
@@ -21,6 +19,7 @@ pub const MESSAGES_SENT: &str = "chat_relay_messages_sent_total";
 pub const SLOW_CONSUMERS: &str = "chat_relay_slow_consumer_disconnects_total";
 pub const DELIVERED_FLUSHES: &str = "chat_relay_delivered_flushes_total";
 pub const COMMIT_TO_SEND: &str = "chat_relay_commit_to_send_seconds";
+pub const CATCHUPS: &str = "chat_relay_catchups_total";
 // Beyond the contract: operational detail.
 pub const SLOT_RECREATED: &str = "chat_relay_slot_recreated_total";
 pub const REPLICATION_ERRORS: &str = "chat_relay_replication_errors_total";
@@ -30,7 +29,7 @@ pub const STREAMING: &str = "chat_relay_replication_streaming";
 pub const READY: &str = "chat_relay_ready";
 
 /// The contract's metric names, for tests and the dashboard check.
-pub const CONTRACT: [&str; 9] = [
+pub const CONTRACT: [&str; 10] = [
     EVENTS,
     DUPLICATES,
     SEQ_GAPS,
@@ -40,6 +39,7 @@ pub const CONTRACT: [&str; 9] = [
     SLOW_CONSUMERS,
     DELIVERED_FLUSHES,
     COMMIT_TO_SEND,
+    CATCHUPS,
 ];
 
 /// Installs the global Prometheus recorder and registers every series at zero.
@@ -67,6 +67,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     counter!(MESSAGES_SENT).absolute(0);
     counter!(SLOW_CONSUMERS).absolute(0);
     counter!(DELIVERED_FLUSHES).absolute(0);
+    counter!(CATCHUPS).absolute(0);
     counter!(SLOT_RECREATED).absolute(0);
     counter!(REPLICATION_ERRORS).absolute(0);
     gauge!(STREAMING).set(0.0);
@@ -113,7 +114,11 @@ fn describe() {
     describe_gauge!(LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed position");
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     describe_counter!(MESSAGES_SENT, "Event frames written to clients");
-    describe_counter!(SLOW_CONSUMERS, "Connections closed with 4008 because they fell behind");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed with 4008: their socket took nothing for the slow-consumer time, or too much waited"
+    );
+    describe_counter!(CATCHUPS, "Subscriptions that fell behind and were caught up from the table");
     describe_counter!(DELIVERED_FLUSHES, "Batched delivered/read-marking writes");
     describe_histogram!(COMMIT_TO_SEND, Unit::Seconds, "Transaction commit time to event frame written");
     describe_counter!(SLOT_RECREATED, "Replication slot lost (dropped or invalidated) and recreated");
@@ -123,17 +128,8 @@ fn describe() {
 }
 
 /// Counts the row changes of a committed transaction.
-pub fn events_decoded(txn: &Transaction) {
-    let (mut ins, mut upd, mut del) = (0u64, 0u64, 0u64);
-    for c in &txn.changes {
-        match c {
-            Change::Insert { .. } => ins += 1,
-            Change::Update { .. } => upd += 1,
-            Change::Delete { .. } => del += 1,
-            _ => {}
-        }
-    }
-    for (i, n) in [ins, upd, del].into_iter().enumerate() {
+pub fn events_decoded(inserts: u64, updates: u64, deletes: u64) {
+    for (i, n) in [inserts, updates, deletes].into_iter().enumerate() {
         if n > 0 {
             hot().events[i].increment(n);
         }
@@ -186,6 +182,10 @@ pub fn messages_sent(n: u64) {
 
 pub fn slow_consumer() {
     counter!(SLOW_CONSUMERS).increment(1);
+}
+
+pub fn catchup() {
+    counter!(CATCHUPS).increment(1);
 }
 
 pub fn delivered_flush() {

@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
 use crate::delivery::Delivery;
-use crate::event::{ChatEvent, ChatTxn};
+use crate::event::{push_events, ChatEvent};
 use crate::gateway::{self, Auth, Gateway, GatewayConfig, Membership};
-use crate::hub::{settle, Blocked, EventFrame, Fanout, Hub};
+use crate::hub::{EventFrame, Fanout, Hub};
 use crate::metrics as m;
+use crate::pgoutput::TxnMemory;
 use crate::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
 use crate::sequencer::{Sequenced, Sequencer, SequencerConfig};
 use crate::server::{self, AppState};
@@ -83,6 +84,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             slot: args.slot.clone(),
             publication: args.db.publication.clone(),
             status_interval: Duration::from_secs(10),
+            memory: Some(TxnMemory::new(args.txn_memory_mb, args.spill_dir.clone())),
         },
         tx,
         progress.clone(),
@@ -94,9 +96,25 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         dedupe_ttl: Duration::from_secs(args.dedupe_ttl_secs),
         gap_window: Duration::from_millis(args.gap_window_ms),
     });
-    let patience = Duration::from_millis(args.slow_consumer_ms);
-    let pipeline =
-        tokio::spawn(pipeline(rx, sequencer, hub.clone(), store.clone(), membership.clone(), progress, patience));
+    let pipeline = tokio::spawn(pipeline(rx, sequencer, hub.clone(), store.clone(), membership.clone(), progress));
+    // A pipeline that fails stops the relay (a restart replays from the slot).
+    let failed: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
+    let pipeline = {
+        let (failed, shutdown) = (failed.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let result = match pipeline.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("pipeline task: {e}")),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "pipeline failed; stopping");
+                if let Ok(mut f) = failed.lock() {
+                    *f = Some(e);
+                }
+                shutdown.cancel();
+            }
+        })
+    };
 
     // Side tasks: lag probe, membership cache sweep.
     let side_stop = CancellationToken::new();
@@ -128,6 +146,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             max_frame_bytes: args.max_frame_bytes as usize,
             max_content_bytes: args.max_content_bytes,
             outbound_queue: args.outbound_queue as usize,
+            slow_consumer: Duration::from_millis(args.slow_consumer_ms),
             backfill_page: args.backfill_page,
             ping_interval: Duration::from_secs(args.ping_interval_secs),
             auto_delivered: args.auto_delivered,
@@ -158,12 +177,21 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let _ = pipeline.await;
     side_stop.cancel();
     http_result?;
+    if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Chat state the sequencer keeps is dropped after this long without events.
+const SEQUENCER_IDLE: Duration = Duration::from_secs(300);
+
 /// The pipeline stage: committed transactions → sequencer → fan-out, and the
-/// handed-on LSN back to the replicator.
+/// handed-on LSN back to the replicator. A transaction is taken one change
+/// at a time, so its size never matters here. Ends with an error only when a
+/// spilled transaction cannot be read back: then nothing past it may be
+/// confirmed, and the relay stops so that a restart replays it.
 async fn pipeline(
     mut rx: mpsc::Receiver<StreamEvent>,
     mut seq: Sequencer,
@@ -171,18 +199,35 @@ async fn pipeline(
     store: Store,
     membership: Arc<Membership>,
     progress: Progress,
-    patience: Duration,
-) {
+) -> anyhow::Result<()> {
+    let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut events = Vec::new();
+    let mut out = Vec::new();
     loop {
         let deadline = seq.next_deadline();
         tokio::select! {
             ev = rx.recv() => match ev {
                 None => break,
                 Some(StreamEvent::Transaction(txn)) => {
-                    let chat_txn = ChatTxn::from_transaction(txn);
-                    for item in seq.push(chat_txn, Instant::now()) {
-                        settle(dispatch(item, &*hub, &membership), patience).await;
+                    let commit_lsn = txn.commit_lsn;
+                    seq.begin(commit_lsn, txn.end_lsn, txn.commit_time);
+                    for change in txn.into_changes() {
+                        let change = change.map_err(|e| {
+                            anyhow::anyhow!("transaction at {commit_lsn} cannot be read back: {e}")
+                        })?;
+                        if let Err(table) = push_events(change, &mut events) {
+                            tracing::warn!(table, lsn = %commit_lsn, "skipping a change that lacks ids or seq");
+                        }
+                        let now = Instant::now();
+                        for event in events.drain(..) {
+                            seq.event(event, now, &mut out);
+                        }
+                        for item in out.drain(..) {
+                            dispatch(item, &*hub, &membership);
+                        }
                     }
+                    seq.commit();
                 }
                 Some(StreamEvent::SlotReset { reason }) => {
                     tracing::warn!(reason, "telling every connection to resynchronise");
@@ -195,7 +240,7 @@ async fn pipeline(
                     match store.messages_between(gap.chat_id, gap.after, gap.before).await {
                         Ok(found) => {
                             for item in seq.fill(gap, found, Instant::now()) {
-                                settle(dispatch(item, &*hub, &membership), patience).await;
+                                dispatch(item, &*hub, &membership);
                             }
                         }
                         Err(e) => {
@@ -206,9 +251,16 @@ async fn pipeline(
                     }
                 }
             }
+            _ = sweep.tick() => {
+                let dropped = seq.evict_idle(Instant::now(), SEQUENCER_IDLE);
+                if dropped > 0 {
+                    tracing::debug!(dropped, kept = seq.chats(), "forgot quiet chats");
+                }
+            }
         }
         progress.handed_on(seq.safe_lsn());
     }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -218,36 +270,33 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Turns one sequenced event into frames and membership updates; returns
-/// the connections whose queue was full (to be given time by [`settle`]).
-pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) -> Vec<Blocked> {
+/// Turns one sequenced event into frames and membership updates. Never
+/// waits: a subscriber that cannot take a frame falls behind (see [`crate::hub`]).
+pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) {
     let t = item.commit_time;
     // Frames for chats nobody is subscribed to are never encoded.
     let wanted = item.event.chat_id().is_none_or(|c| fanout.wants(&c));
     match item.event {
-        ChatEvent::Inserted(_) | ChatEvent::Updated(_) | ChatEvent::Deleted { .. } if !wanted => Vec::new(),
+        ChatEvent::Inserted(_) | ChatEvent::Updated(_) | ChatEvent::Deleted { .. } if !wanted => {}
         ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
         ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
-        ChatEvent::Deleted { chat_id, id, seq } => fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, t))),
+        ChatEvent::Deleted { chat_id, id, seq } => {
+            fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, Some(t))))
+        }
         ChatEvent::ParticipantChanged { now, previous } => {
             membership.learn(now.chat_id, now.user_id, true);
             let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
             if moved && wanted {
-                fanout.publish(Arc::new(EventFrame::receipt(&now, t)))
-            } else {
-                Vec::new()
+                fanout.publish(Arc::new(EventFrame::receipt(&now, Some(t))))
             }
         }
         ChatEvent::ParticipantRemoved { chat_id, user_id } => {
-            // Cache first, then revoke: a subscribe racing this sees one or the other.
             membership.learn(chat_id, user_id, false);
             fanout.revoke(chat_id, user_id);
-            Vec::new()
         }
         ChatEvent::Truncated => {
             membership.clear();
             fanout.resync_all();
-            Vec::new()
         }
     }
 }

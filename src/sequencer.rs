@@ -14,6 +14,13 @@
 //! relative to the inserts of their chat; replays of them (a transaction at or
 //! below the last seen LSN) are dropped.
 //!
+//! Transactions are fed one event at a time ([`Sequencer::begin`],
+//! [`Sequencer::event`], [`Sequencer::commit`]), so a transaction of any size
+//! passes without being held in memory. State per chat is small and is
+//! dropped when the chat has been quiet for a while ([`Sequencer::evict_idle`]):
+//! it is only an optimisation over the table, since each session also checks
+//! seqs against what it wrote and reads the table when something is missing.
+//!
 //! The state machine is synchronous and takes `now` as an argument, so it can
 //! be driven by property tests; [`crate::relay`] drives it for real.
 
@@ -70,13 +77,29 @@ struct Held {
     item: Sequenced,
 }
 
-#[derive(Default)]
 struct ChatState {
     /// Highest seq handed on; None until the first insert is seen.
     high_water: Option<i64>,
     held: Vec<Held>,
     deadline: Option<Instant>,
     fill_requested: bool,
+    /// Last event seen, for eviction.
+    active: Instant,
+}
+
+impl ChatState {
+    fn new(now: Instant) -> ChatState {
+        ChatState { high_water: None, held: Vec::new(), deadline: None, fill_requested: false, active: now }
+    }
+}
+
+/// The transaction whose events are being fed.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_time: DateTime<Utc>,
+    replay: bool,
 }
 
 /// A TTL+LRU map from a row key to the seq it was handed on with. A key seen
@@ -120,6 +143,7 @@ pub struct Sequencer {
     /// Chats with held events: deadlines are looked up among these only, so
     /// the per-transaction cost does not grow with the number of chats.
     holding: HashSet<Uuid>,
+    current: Option<Current>,
 }
 
 impl Sequencer {
@@ -132,12 +156,27 @@ impl Sequencer {
             last_end: Lsn(0),
             held_lsns: BTreeMap::new(),
             holding: HashSet::new(),
+            current: None,
         }
     }
 
     /// Declares a chat's high-water mark (everything up to `seq` is handed on).
     pub fn set_high_water(&mut self, chat_id: Uuid, seq: i64) {
-        self.chats.entry(chat_id).or_default().high_water = Some(seq);
+        let now = Instant::now();
+        self.chats.entry(chat_id).or_insert_with(|| ChatState::new(now)).high_water = Some(seq);
+    }
+
+    /// Chats with state.
+    pub fn chats(&self) -> usize {
+        self.chats.len()
+    }
+
+    /// Forgets chats that have held nothing and seen nothing for `idle`.
+    /// Returns how many were dropped.
+    pub fn evict_idle(&mut self, now: Instant, idle: Duration) -> usize {
+        let before = self.chats.len();
+        self.chats.retain(|_, c| !c.held.is_empty() || now.saturating_duration_since(c.active) < idle);
+        before - self.chats.len()
     }
 
     /// The chat's high-water mark, if known.
@@ -164,29 +203,54 @@ impl Sequencer {
 
     /// Takes one committed transaction; returns what may be handed on now.
     pub fn push(&mut self, txn: ChatTxn, now: Instant) -> Vec<Sequenced> {
-        let replay = txn.end_lsn <= self.last_end;
+        self.begin(txn.commit_lsn, txn.end_lsn, txn.commit_time);
         let mut out = Vec::with_capacity(txn.events.len());
         for event in txn.events {
-            let item = Sequenced { commit_time: txn.commit_time, event };
-            match &item.event {
-                ChatEvent::Inserted(_) => self.on_insert(item, txn.commit_lsn, now, &mut out),
-                _ if replay => tracing::debug!(lsn = %txn.commit_lsn, "dropping replayed change"),
-                _ => {
-                    let chat = item.event.chat_id();
-                    match chat.and_then(|c| self.chats.get_mut(&c)).filter(|s| !s.held.is_empty()) {
-                        Some(state) => {
-                            let key = state.held.last().map(|h| h.key).unwrap_or(0);
-                            state.held.push(Held { key, commit_lsn: txn.commit_lsn, item });
-                            *self.held_lsns.entry(txn.commit_lsn).or_default() += 1;
-                            self.holding.extend(chat);
-                        }
-                        None => out.push(item),
+            self.event(event, now, &mut out);
+        }
+        self.commit();
+        out
+    }
+
+    /// Starts feeding a committed transaction's events.
+    pub fn begin(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time: DateTime<Utc>) {
+        let replay = end_lsn <= self.last_end;
+        self.current = Some(Current { commit_lsn, end_lsn, commit_time, replay });
+    }
+
+    /// One event of the transaction begun last; what may be handed on now is
+    /// appended to `out`.
+    pub fn event(&mut self, event: ChatEvent, now: Instant, out: &mut Vec<Sequenced>) {
+        let Some(cur) = self.current else {
+            tracing::error!("sequencer event outside a transaction; dropped");
+            return;
+        };
+        let item = Sequenced { commit_time: cur.commit_time, event };
+        match &item.event {
+            ChatEvent::Inserted(_) => self.on_insert(item, cur.commit_lsn, now, out),
+            _ if cur.replay => tracing::debug!(lsn = %cur.commit_lsn, "dropping replayed change"),
+            _ => {
+                let chat = item.event.chat_id();
+                if let Some(state) = chat.and_then(|c| self.chats.get_mut(&c)) {
+                    state.active = now;
+                    if !state.held.is_empty() {
+                        let key = state.held.last().map(|h| h.key).unwrap_or(0);
+                        state.held.push(Held { key, commit_lsn: cur.commit_lsn, item });
+                        *self.held_lsns.entry(cur.commit_lsn).or_default() += 1;
+                        self.holding.extend(chat);
+                        return;
                     }
                 }
+                out.push(item);
             }
         }
-        self.last_end = self.last_end.max(txn.end_lsn);
-        out
+    }
+
+    /// The transaction begun last is complete.
+    pub fn commit(&mut self) {
+        if let Some(cur) = self.current.take() {
+            self.last_end = self.last_end.max(cur.end_lsn);
+        }
     }
 
     fn on_insert(&mut self, item: Sequenced, commit_lsn: Lsn, now: Instant, out: &mut Vec<Sequenced>) {
@@ -203,7 +267,8 @@ impl Sequencer {
                 return;
             }
         }
-        let state = self.chats.entry(msg.chat_id).or_default();
+        let state = self.chats.entry(msg.chat_id).or_insert_with(|| ChatState::new(now));
+        state.active = now;
         if state.high_water.is_some_and(|hw| msg.seq <= hw)
             || state.held.iter().any(|h| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == msg.seq))
         {

@@ -1,8 +1,11 @@
 //! store: every SQL query the relay makes on ordinary connections.
 //!
 //! Backfill pages and gap lookups, membership, latest seq, idempotent send,
-//! batched delivered/read marking, and the lag probe, on a deadpool pool of
-//! tokio-postgres connections. Waiting for a connection and creating one are
+//! history, batched delivered/read marking, and the lag probe, on a deadpool
+//! pool of tokio-postgres connections. Everything a user asks for (subscribe,
+//! catch-up, history, send) checks participation in the same statement that
+//! reads or writes, so a stale cache can only ever refuse too much, never
+//! allow ([`StoreError::NotParticipant`]). Waiting for a connection and creating one are
 //! bounded by short timeouts, so a database that is down answers
 //! [`StoreError::Unavailable`] quickly instead of hanging a client.
 //!
@@ -18,7 +21,7 @@ use serde_json::Map;
 use tokio_postgres::SimpleQueryMessage;
 use uuid::Uuid;
 
-use crate::event::MessageRow;
+use crate::event::{MessageRow, Participant};
 use crate::pgconn::{self, ConnInfo};
 use crate::pgoutput::text_to_json;
 use crate::replication::quote_ident;
@@ -26,12 +29,22 @@ use crate::replication::quote_ident;
 /// What a query can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("not a participant of this chat")]
+    NotParticipant,
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("unexpected result: {0}")]
     Unexpected(&'static str),
+}
+
+/// The server's own words when there are some (tokio-postgres says "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -55,6 +68,14 @@ pub struct Mark {
     pub chat_id: Uuid,
     pub user_id: Uuid,
     pub seq: i64,
+}
+
+/// Which seqs to read, and in which order.
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    after: i64,
+    until: i64,
+    newest_first: bool,
 }
 
 /// `chat_messages` columns with their type OIDs, in table order.
@@ -133,42 +154,100 @@ impl Store {
         Ok(Arc::new(cols))
     }
 
-    /// Up to `limit` messages of a chat with `seq > after`, oldest first.
-    pub async fn messages_after(&self, chat_id: Uuid, after: i64, limit: i64) -> Result<Vec<MessageRow>, StoreError> {
-        self.messages(chat_id, after, i64::MAX, limit).await
-    }
-
-    /// The messages of a chat with `after < seq < before`, oldest first.
+    /// The messages of a chat with `after < seq < before`, oldest first (gap
+    /// lookups of the pipeline: no user involved).
     pub async fn messages_between(
         &self,
         chat_id: Uuid,
         after: i64,
         before: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        self.messages(chat_id, after, before, before.saturating_sub(after).clamp(0, 100_000)).await
+        let range = Range { after, until: before.saturating_sub(1), newest_first: false };
+        let limit = before.saturating_sub(after).clamp(0, 100_000);
+        self.rows(chat_id, None, range, limit, i64::MAX).await.map(|(rows, _)| rows)
     }
 
-    async fn messages(
+    /// For `user_id`, who must be a participant: up to `limit` messages with
+    /// `after < seq <= until`, oldest first, cut after about `max_bytes` of
+    /// row text (always at least one row); and whether more may follow.
+    pub async fn page(
         &self,
         chat_id: Uuid,
+        user_id: Uuid,
         after: i64,
-        before: i64,
+        until: i64,
         limit: i64,
-    ) -> Result<Vec<MessageRow>, StoreError> {
+        max_bytes: i64,
+    ) -> Result<(Vec<MessageRow>, bool), StoreError> {
+        let range = Range { after, until, newest_first: false };
+        let (rows, cut) = self.rows(chat_id, Some(user_id), range, limit, max_bytes).await?;
+        let more = cut || rows.len() as i64 >= limit;
+        Ok((rows, more))
+    }
+
+    /// For `user_id`, who must be a participant: the `limit` newest messages
+    /// with `seq < before` (all when None), returned oldest first, cut after
+    /// about `max_bytes` of row text; and whether older ones exist.
+    pub async fn history(
+        &self,
+        chat_id: Uuid,
+        user_id: Uuid,
+        before: Option<i64>,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<(Vec<MessageRow>, bool), StoreError> {
+        let range = Range { after: i64::MIN, until: before.unwrap_or(i64::MAX).saturating_sub(1), newest_first: true };
+        let (mut rows, cut) = self.rows(chat_id, Some(user_id), range, limit + 1, max_bytes).await?;
+        let more = cut || rows.len() as i64 > limit;
+        rows.truncate(limit.max(0) as usize);
+        rows.reverse();
+        Ok((rows, more))
+    }
+
+    /// Reads message rows in text form, so they render exactly as in the WAL.
+    /// With `user`, the same statement checks participation. Returns the rows
+    /// in the range's order and whether the byte cap cut the page.
+    async fn rows(
+        &self,
+        chat_id: Uuid,
+        user: Option<Uuid>,
+        range: Range,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<(Vec<MessageRow>, bool), StoreError> {
         let c = self.client().await?;
         let mut retried = false;
         loop {
             let cols = self.message_columns(&c).await?;
-            let list: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
-            // Simple (text) protocol so values render exactly as in the WAL; the
-            // inlined values are a Uuid and integers, never user text.
-            let sql = format!(
-                "SELECT {} FROM chat_messages WHERE chat_id = '{chat_id}' AND seq > {after} AND seq < {before} \
-                 ORDER BY seq LIMIT {limit}",
-                list.join(", ")
+            let list: Vec<String> = cols.iter().map(|(n, _)| format!("x.{}", quote_ident(n))).collect();
+            let order = if range.newest_first { "DESC" } else { "ASC" };
+            // Simple (text) protocol: the inlined values are uuids and
+            // integers, never user text. The window runs over the LIMITed
+            // rows only; each row's text length is what it costs to send.
+            let rows_sql = format!(
+                "SELECT {list}, x.chat_relay_n FROM ( \
+                   SELECT w.*, sum(octet_length(w::text)) OVER (ORDER BY w.seq {order}) - octet_length(w::text) AS chat_relay_before, \
+                          count(*) OVER () AS chat_relay_n \
+                   FROM (SELECT m.* FROM chat_messages m WHERE m.chat_id = '{chat_id}' AND m.seq > {after} AND m.seq <= {until} \
+                         ORDER BY m.seq {order} LIMIT {limit}) w \
+                 ) x WHERE x.chat_relay_before < {max_bytes} ORDER BY x.seq {order}",
+                list = list.join(", "),
+                after = range.after,
+                until = range.until,
+                limit = limit.max(0),
+                max_bytes = max_bytes.max(1),
             );
-            let result = c.simple_query(&sql).await;
-            let msgs = match result {
+            let sql = match user {
+                None => format!("SELECT true, page.* FROM ({rows_sql}) page"),
+                // One row with ok = false and no columns for a stranger; for a
+                // participant without rows, one row of NULLs.
+                Some(u) => format!(
+                    "SELECT p.ok, page.* FROM (SELECT EXISTS (SELECT 1 FROM chat_participants \
+                       WHERE chat_id = '{chat_id}' AND user_id = '{u}') AS ok) p \
+                     LEFT JOIN LATERAL ({rows_sql}) page ON p.ok"
+                ),
+            };
+            let msgs = match c.simple_query(&sql).await {
                 Ok(m) => m,
                 // A column dropped between the two queries: look again once.
                 Err(e) if !retried && e.code().is_some_and(|c| c.code() == "42703") => {
@@ -178,24 +257,74 @@ impl Store {
                 Err(e) => return Err(e.into()),
             };
             let mut out = Vec::new();
+            let mut member = user.is_none();
+            let mut fetched = 0i64;
             for m in msgs {
-                if let SimpleQueryMessage::Row(row) = m {
-                    let mut json = Map::new();
-                    for (i, (name, oid)) in cols.iter().enumerate() {
-                        let v = row.get(i).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
-                        json.insert(name.clone(), v);
-                    }
-                    out.push(
-                        MessageRow::from_json(json).ok_or(StoreError::Unexpected("message row without id or seq"))?,
-                    );
+                let SimpleQueryMessage::Row(row) = m else { continue };
+                member |= row.get(0) == Some("t");
+                // The id column is never NULL in a real row.
+                if row.get(1).is_none() {
+                    continue;
                 }
+                let mut json = Map::new();
+                for (i, (name, oid)) in cols.iter().enumerate() {
+                    let v = row.get(i + 1).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
+                    json.insert(name.clone(), v);
+                }
+                fetched = row.get(cols.len() + 1).and_then(|n| n.parse().ok()).unwrap_or(fetched);
+                out.push(MessageRow::from_json(json).ok_or(StoreError::Unexpected("message row without id or seq"))?);
             }
-            return Ok(out);
+            if !member {
+                return Err(StoreError::NotParticipant);
+            }
+            // Cut by bytes: the LIMIT found more rows than the cap let through.
+            let cut = (out.len() as i64) < fetched;
+            return Ok((out, cut));
         }
     }
 
-    /// Inserts a message once per (chat, client_generated_id); a retry gets
-    /// the original row back with `duplicate: true`.
+    /// For a subscribe by `user_id`: the chat's latest seq, if they are a
+    /// participant (checked in the same statement, never from a cache).
+    pub async fn subscribe_check(&self, chat_id: Uuid, user_id: Uuid) -> Result<i64, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2), get_latest_seq($1)",
+            )
+            .await?;
+        let row = c.query_one(&st, &[&chat_id, &user_id]).await?;
+        if !row.try_get::<_, bool>(0)? {
+            return Err(StoreError::NotParticipant);
+        }
+        Ok(row.try_get::<_, Option<i64>>(1)?.unwrap_or(0))
+    }
+
+    /// Current watermarks of a chat's participants (of `users` when given).
+    pub async fn watermarks(&self, chat_id: Uuid, users: Option<&[Uuid]>) -> Result<Vec<Participant>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT user_id, last_delivered_seq, last_read_seq FROM chat_participants \
+                 WHERE chat_id = $1 AND ($2::uuid[] IS NULL OR user_id = ANY($2)) ORDER BY user_id",
+            )
+            .await?;
+        let users: Option<Vec<Uuid>> = users.map(<[Uuid]>::to_vec);
+        let rows = c.query(&st, &[&chat_id, &users]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Participant {
+                    chat_id,
+                    user_id: r.try_get(0)?,
+                    delivered_seq: r.try_get(1)?,
+                    read_seq: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Inserts a message once per (chat, client_generated_id), if the sender
+    /// is a participant (checked in the same statement); a retry gets the
+    /// original row back with `duplicate: true`. No retry takes a seq.
     pub async fn send(
         &self,
         chat_id: Uuid,
@@ -204,31 +333,31 @@ impl Store {
         content: &str,
     ) -> Result<SendOutcome, StoreError> {
         let c = self.client().await?;
+        let insert = c
+            .prepare_cached(
+                "WITH member AS (SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2), \
+                 ins AS (INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id) \
+                         SELECT $1, $2, $3, $4 FROM member \
+                         ON CONFLICT (chat_id, client_generated_id) DO NOTHING RETURNING id, seq) \
+                 SELECT EXISTS (SELECT 1 FROM member), (SELECT id FROM ins), (SELECT seq FROM ins)",
+            )
+            .await?;
+        let row = c.query_one(&insert, &[&chat_id, &sender_id, &content, &client_generated_id]).await?;
+        if !row.try_get::<_, bool>(0)? {
+            return Err(StoreError::NotParticipant);
+        }
+        if let (Some(id), Some(seq)) = (row.try_get::<_, Option<Uuid>>(1)?, row.try_get::<_, Option<i64>>(2)?) {
+            return Ok(SendOutcome { id, seq, duplicate: false });
+        }
+        // Stored before (ON CONFLICT waited for a concurrent twin to commit).
         let existing = c
             .prepare_cached("SELECT id, seq FROM chat_messages WHERE chat_id = $1 AND client_generated_id = $2")
             .await?;
-        if let Some(row) = c.query_opt(&existing, &[&chat_id, &client_generated_id]).await? {
-            return Ok(SendOutcome { id: row.get(0), seq: row.get(1), duplicate: true });
-        }
-        let insert = c
-            .prepare_cached(
-                "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id) \
-                 VALUES ($1, $2, $3, $4) RETURNING id, seq",
-            )
-            .await?;
-        match c.query_one(&insert, &[&chat_id, &sender_id, &content, &client_generated_id]).await {
-            Ok(row) => Ok(SendOutcome { id: row.get(0), seq: row.get(1), duplicate: false }),
-            // A concurrent send of the same id won (the trigger or the unique
-            // index said so): return the row it stored.
-            Err(e) if e.code().is_some_and(|c| c.code() == "23505") => {
-                let row = c
-                    .query_opt(&existing, &[&chat_id, &client_generated_id])
-                    .await?
-                    .ok_or(StoreError::Unexpected("duplicate reported but no row found"))?;
-                Ok(SendOutcome { id: row.get(0), seq: row.get(1), duplicate: true })
-            }
-            Err(e) => Err(e.into()),
-        }
+        let row = c
+            .query_opt(&existing, &[&chat_id, &client_generated_id])
+            .await?
+            .ok_or(StoreError::Unexpected("duplicate reported but no row found"))?;
+        Ok(SendOutcome { id: row.try_get(0)?, seq: row.try_get(1)?, duplicate: true })
     }
 
     /// Applies many delivered and read marks in ONE statement. Watermarks only

@@ -42,6 +42,7 @@ impl Stream {
             slot: "chat_relay".into(),
             publication: "chat_relay".into(),
             status_interval: Duration::from_secs(10),
+            memory: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(Replicator::new(cfg, tx, progress.clone(), health.clone()).run(stop.clone()));

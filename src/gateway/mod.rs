@@ -7,6 +7,7 @@
 
 mod auth;
 mod membership;
+mod outbox;
 pub mod protocol;
 mod session;
 
@@ -38,6 +39,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     pub max_content_bytes: usize,
     pub outbound_queue: usize,
+    /// A connection whose socket takes nothing this long while frames wait is closed (4008).
+    pub slow_consumer: Duration,
     pub backfill_page: i64,
     pub ping_interval: Duration,
     pub auto_delivered: bool,
@@ -120,10 +123,13 @@ pub async fn ws_handler(
     let max = gw.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        // Defaults are 128 KiB each per connection; an idle chat client needs little.
+        // Defaults are 128 KiB each per connection; an idle chat client needs
+        // little. Frames handed over together are written together up to
+        // this, so a burst costs one write per 16 KiB, not one per frame.
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max.max(64 * 1024) * 4)
+        .write_buffer_size(16 * 1024)
+        // The session bounds what waits (MAX_UNSENT); one frame may be big.
+        .max_write_buffer_size(usize::MAX)
         .on_upgrade(move |socket| {
             let tracker = gw.sessions.clone();
             tracker.track_future(session::Session::run(gw, socket, identity))

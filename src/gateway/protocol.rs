@@ -1,4 +1,4 @@
-//! Client frames in, answer frames out (protocol version 1).
+//! Client frames in, answer frames out (protocol version 1.1).
 
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -12,8 +12,14 @@ pub enum Request {
     Ack { chat_id: Uuid, seq: i64 },
     Read { chat_id: Uuid, seq: i64 },
     Auth { access_token: String },
+    History { chat_id: Uuid, before_seq: Option<i64>, limit: i64 },
+    Typing { chat_id: Uuid },
     Ping,
 }
+
+/// `history` page size when the client names none, and the most it may ask.
+pub const HISTORY_DEFAULT: i64 = 50;
+pub const HISTORY_MAX: i64 = 200;
 
 /// A frame that could not be understood: answered with `bad_request`.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,10 +45,7 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
     let request = match ty {
         "subscribe" => Request::Subscribe {
             chat_id: uuid(&obj, "chat_id").map_err(fail)?,
-            after_seq: match obj.get("after_seq") {
-                None | Some(Value::Null) => None,
-                Some(_) => Some(seq(&obj, "after_seq").map_err(fail)?),
-            },
+            after_seq: optional(&obj, "after_seq", seq).map_err(fail)?,
         },
         "unsubscribe" => Request::Unsubscribe { chat_id: uuid(&obj, "chat_id").map_err(fail)? },
         "send" => Request::Send {
@@ -53,10 +56,32 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
         "ack" => Request::Ack { chat_id: uuid(&obj, "chat_id").map_err(fail)?, seq: seq(&obj, "seq").map_err(fail)? },
         "read" => Request::Read { chat_id: uuid(&obj, "chat_id").map_err(fail)?, seq: seq(&obj, "seq").map_err(fail)? },
         "auth" => Request::Auth { access_token: string(&obj, "access_token").map_err(fail)? },
+        "history" => Request::History {
+            chat_id: uuid(&obj, "chat_id").map_err(fail)?,
+            before_seq: optional(&obj, "before_seq", seq).map_err(fail)?,
+            limit: match optional(&obj, "limit", seq).map_err(fail)? {
+                None => HISTORY_DEFAULT,
+                Some(0) => return Err(fail("field limit must be at least 1".into())),
+                Some(n) => n.min(HISTORY_MAX),
+            },
+        },
+        "typing" => Request::Typing { chat_id: uuid(&obj, "chat_id").map_err(fail)? },
         "ping" => Request::Ping,
         other => return Err(fail(format!("unknown type {other:?}"))),
     };
     Ok((request, reference))
+}
+
+/// A field that may be absent or null.
+fn optional<T>(
+    obj: &Map<String, Value>,
+    field: &str,
+    read: fn(&Map<String, Value>, &str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => read(obj, field).map(Some),
+    }
 }
 
 fn uuid(obj: &Map<String, Value>, field: &str) -> Result<Uuid, String> {
@@ -146,6 +171,19 @@ mod tests {
             parse(&format!(r#"{{"type":"ack","chat_id":"{c}","seq":3}}"#)).unwrap().0,
             Request::Ack { seq: 3, .. }
         ));
+        assert_eq!(
+            parse(&format!(r#"{{"type":"history","chat_id":"{c}"}}"#)).unwrap().0,
+            Request::History { chat_id: c, before_seq: None, limit: HISTORY_DEFAULT }
+        );
+        assert_eq!(
+            parse(&format!(r#"{{"type":"history","chat_id":"{c}","before_seq":9,"limit":500}}"#)).unwrap().0,
+            Request::History { chat_id: c, before_seq: Some(9), limit: HISTORY_MAX }
+        );
+        assert!(parse(&format!(r#"{{"type":"history","chat_id":"{c}","limit":0}}"#)).is_err());
+        assert_eq!(
+            parse(&format!(r#"{{"type":"typing","chat_id":"{c}"}}"#)).unwrap().0,
+            Request::Typing { chat_id: c }
+        );
     }
 
     #[test]

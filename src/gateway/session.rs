@@ -1,29 +1,44 @@
 //! One WebSocket connection.
 //!
 //! Per subscribed chat the session remembers the last message seq it wrote
-//! (`last`). Live message frames at or below it are dropped (the seam between
-//! backfill and live, or a replay); a frame that skips ahead first makes the
-//! session fetch the missing seqs from the table. So what a client sees per
-//! chat is contiguous, increasing and never repeated, whatever happened
-//! upstream. While a backfill runs, frames arriving from the hub are stashed
-//! and handled right after, in order.
+//! (`last`). A live message frame at or below it is dropped (the seam between
+//! history and live, or a replay); the next one (`last + 1`) is written; one
+//! further ahead means something is missing, and the chat is read from the
+//! table from `last` on instead. An `update` or `delete` for a seq above
+//! `last` is dropped too: its message has not been written yet, and when it
+//! is read from the table it already shows the change (or is gone). So what
+//! a client sees per chat is contiguous, increasing, never repeated, and no
+//! change ever arrives before its message.
+//!
+//! Table work ([`Work`]) is what a subscription owes its client beyond the
+//! live stream: history after `after_seq`, a gap, a catch-up after it fell
+//! behind in the hub (including the updates, deletes and receipts it missed),
+//! a resynchronisation. It runs a page at a time, only while the socket has
+//! room, and every read checks participation in the same statement: a
+//! removed user, or a check that cannot be made, ends the subscription.
+//!
+//! The session never awaits its socket ([`Outbox`]). It stops taking live
+//! frames and requests while too much waits to be written, and closes with
+//! 4008 only when the socket took nothing for `CHAT_RELAY_SLOW_CONSUMER_MS`
+//! while frames waited, or when the unsent data passes [`MAX_UNSENT`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use chrono::{DateTime, Utc};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::auth::Identity;
+use super::outbox::{Closed, Outbox};
 use super::protocol::{self, ErrorCode, Request};
 use super::Gateway;
-use crate::hub::{ConnHandle, ConnId, EventFrame, FrameKind, KickReason, Kicked, Outbound};
+use crate::event::MessageRow;
+use crate::hub::{Behind, Conn, EventFrame, FrameKind};
 use crate::metrics as m;
 use crate::store::StoreError;
 
@@ -35,283 +50,434 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
-/// Frames written between two flushes at most.
+/// Above this many unsent bytes the session takes no more live frames and
+/// no more requests until the socket drains.
+pub const HIGH_WATER: usize = 256 * 1024;
+/// Table work (catch-up pages) runs only below this.
+pub const LOW_WATER: usize = 64 * 1024;
+/// A connection whose unsent data passes this is closed with 4008.
+pub const MAX_UNSENT: usize = 4 * 1024 * 1024;
+/// Row text read per catch-up page, at most (and at least one row).
+pub const PAGE_BYTES: i64 = 256 * 1024;
+/// Row text in one `history` answer, at most (`has_more` says if cut).
+pub const HISTORY_BYTES: i64 = 1024 * 1024;
+/// Live frames taken from the queue per wake-up before looking around.
 const BATCH: usize = 64;
 
-/// The connection is over; stop processing.
-struct Closed;
+/// What a subscription owes its client beyond the live stream.
+#[derive(Debug, Default)]
+struct Work {
+    /// Messages after `last`, from the table.
+    messages: bool,
+    /// Rows `from..=to` to send again as `update` (updates it missed).
+    updates: Option<(i64, i64)>,
+    /// Deletes it missed, of messages it had.
+    deletes: Vec<(i64, Uuid)>,
+    /// Receipts it missed: of these users, or of everyone (None).
+    receipts: Option<Option<HashSet<Uuid>>>,
+    /// It fell behind in the hub (counted as a catch-up when done).
+    behind: bool,
+    /// Order of creation, for ping barriers.
+    generation: u64,
+}
 
 struct Sub {
     /// Highest message seq written for this chat.
     last: i64,
+    work: Option<Work>,
+}
+
+/// A `pong` waiting until what was owed before its `ping` is written.
+struct Barrier {
+    reference: Option<Value>,
+    /// Live frames queued before the ping.
+    dequeued: u64,
+    /// Table work created before the ping.
+    generation: u64,
 }
 
 pub(super) struct Session {
     gw: Arc<Gateway>,
-    id: ConnId,
     identity: Identity,
-    handle: ConnHandle,
-    rx: mpsc::Receiver<Outbound>,
-    stash: VecDeque<Outbound>,
-    sink: SplitSink<WebSocket, Message>,
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Arc<EventFrame>>,
+    /// Live frames taken from the queue so far.
+    dequeued: u64,
+    out: Outbox,
     subs: HashMap<Uuid, Sub>,
     /// Highest seq written per chat, kept after unsubscribe: a resubscribe on
     /// this connection never repeats a message.
     written: HashMap<Uuid, i64>,
-    /// Commit times of event frames fed since the last flush.
-    unflushed: Vec<Option<DateTime<Utc>>>,
-    unflushed_any: bool,
+    /// Chats with table work, in the order it arose.
+    pending: VecDeque<Uuid>,
+    next_generation: u64,
+    barriers: VecDeque<Barrier>,
     last_heard: Instant,
 }
 
 enum Wake {
     Shutdown,
-    Kicked,
     Expired,
-    Out(Option<Outbound>),
-    In(Option<Result<Message, axum::Error>>),
+    Control,
+    Wrote(Result<(), Closed>),
+    Stalled,
     Tick,
+    In(Option<Result<Message, axum::Error>>),
+    Work,
+    Frame(Option<Arc<EventFrame>>),
+}
+
+/// How the connection should end.
+enum End {
+    /// Peer gone or socket failed: nothing more to say.
+    Quietly,
+    /// Close with this code and reason, after writing what waits (or not).
+    Close { code: u16, reason: &'static str, flush: bool },
+}
+
+impl From<Closed> for End {
+    fn from(_: Closed) -> End {
+        End::Quietly
+    }
 }
 
 impl Session {
     pub(super) async fn run(gw: Arc<Gateway>, socket: WebSocket, identity: Identity) {
         let id = gw.next_conn_id();
-        let (handle, rx, kicked) = ConnHandle::new(identity.user_id, gw.cfg.outbound_queue);
+        let (conn, rx) = Conn::new(id, identity.user_id, gw.cfg.outbound_queue);
         let (sink, stream) = socket.split();
         let mut session = Session {
             gw,
-            id,
             identity,
-            handle,
+            conn,
             rx,
-            stash: VecDeque::new(),
-            sink,
+            dequeued: 0,
+            out: Outbox::new(sink),
             subs: HashMap::new(),
             written: HashMap::new(),
-            unflushed: Vec::new(),
-            unflushed_any: false,
+            pending: VecDeque::new(),
+            next_generation: 0,
+            barriers: VecDeque::new(),
             last_heard: Instant::now(),
         };
         m::ws_connected();
         tracing::debug!(conn = id, user = %identity.user_id, "connected");
-        session.serve(stream, kicked).await;
+        let end = session.serve(stream).await;
         for chat in session.subs.keys() {
             session.gw.hub.unsubscribe(*chat, id);
+        }
+        if let End::Close { code, reason, flush } = end {
+            if code == close::SLOW_CONSUMER {
+                m::slow_consumer();
+                tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
+            }
+            session.out.close(code, reason, flush, Duration::from_secs(2)).await;
         }
         m::ws_disconnected();
         tracing::debug!(conn = id, "disconnected");
     }
 
-    async fn serve(&mut self, mut stream: SplitStream<WebSocket>, kicked: Kicked) {
+    async fn serve(&mut self, mut stream: SplitStream<WebSocket>) -> End {
         let shutdown = self.gw.shutdown.clone();
         let interval = self.gw.cfg.ping_interval;
+        let patience = self.gw.cfg.slow_consumer;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut expiry = Box::pin(tokio::time::sleep(self.identity.remaining()));
         loop {
-            // Frames stashed during a backfill go first, in order.
-            while let Some(out) = self.stash.pop_front() {
-                if self.on_outbound(out).await.is_err() {
-                    return;
-                }
+            self.release_barriers();
+            if self.out.bytes() > MAX_UNSENT {
+                return End::Close {
+                    code: close::SLOW_CONSUMER,
+                    reason: "slow consumer: unsent data over the limit; resubscribe with after_seq",
+                    flush: false,
+                };
             }
+            let room = self.out.bytes() < HIGH_WATER;
+            let table_room = !self.pending.is_empty() && self.out.bytes() < LOW_WATER;
+            let busy = self.out.busy();
+            let stall_at = self.out.last_progress() + patience;
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = kicked.token.cancelled() => Wake::Kicked,
                 _ = &mut expiry => Wake::Expired,
-                msg = stream.next() => Wake::In(msg),
-                out = self.rx.recv() => Wake::Out(out),
+                _ = self.conn.wake.notified() => Wake::Control,
+                r = futures_util::future::poll_fn(|cx| self.out.poll_write(cx)), if busy => Wake::Wrote(r),
+                _ = tokio::time::sleep_until(stall_at.into()), if busy => Wake::Stalled,
                 _ = ping.tick() => Wake::Tick,
+                msg = stream.next(), if room => Wake::In(msg),
+                _ = std::future::ready(()), if table_room => Wake::Work,
+                f = self.rx.recv(), if room => Wake::Frame(f),
             };
-            let step = match wake {
+            let step: Result<(), End> = match wake {
                 Wake::Shutdown => {
-                    let _ = self.flush().await;
-                    self.close(close::GOING_AWAY, "server shutting down").await;
-                    return;
+                    return End::Close { code: close::GOING_AWAY, reason: "server shutting down", flush: true }
                 }
-                Wake::Kicked => {
-                    if kicked.reason() == KickReason::SlowConsumer {
-                        m::slow_consumer();
-                        tracing::info!(conn = self.id, user = %self.identity.user_id, "slow consumer disconnected");
+                Wake::Expired => return End::Close { code: close::UNAUTHORIZED, reason: "token expired", flush: true },
+                Wake::Control => self.control(),
+                Wake::Wrote(r) => r.map_err(End::from),
+                Wake::Stalled => {
+                    if self.out.busy() && self.out.last_progress().elapsed() >= patience {
+                        return End::Close {
+                            code: close::SLOW_CONSUMER,
+                            reason: "slow consumer: took nothing from its socket; resubscribe with after_seq",
+                            flush: false,
+                        };
                     }
-                    self.close(close::SLOW_CONSUMER, "slow consumer: reconnect and resubscribe with after_seq").await;
-                    return;
-                }
-                Wake::Expired => {
-                    let _ = self.flush().await;
-                    self.close(close::UNAUTHORIZED, "token expired").await;
-                    return;
-                }
-                Wake::Out(None) => return,
-                Wake::Out(Some(out)) => self.on_outbound_batch(out).await,
-                Wake::In(None) => return,
-                Wake::In(Some(Ok(msg))) => {
-                    self.last_heard = Instant::now();
-                    // Events queued before this frame arrived are written before
-                    // its answer: a `pong` is a barrier for what the hub had sent.
-                    if self.drain_queue().await.is_err() {
-                        return;
-                    }
-                    match self.on_incoming(msg, &mut expiry).await {
-                        Ok(true) => Ok(()),
-                        Ok(false) => return,
-                        Err(Closed) => Err(Closed),
-                    }
-                }
-                Wake::In(Some(Err(e))) => {
-                    if is_too_big(e) {
-                        self.close(close::TOO_BIG, "frame larger than the limit").await;
-                    }
-                    return;
+                    Ok(())
                 }
                 Wake::Tick => {
-                    if self.last_heard.elapsed() > interval * 2 {
-                        tracing::debug!(conn = self.id, "peer silent for two ping intervals; dropping");
-                        return;
+                    // Silent: no frame heard and nothing taken from the socket.
+                    let quiet = |t: Instant| t.elapsed() > interval * 2;
+                    if quiet(self.last_heard) && (!self.out.busy() || quiet(self.out.last_progress())) {
+                        tracing::debug!(conn = self.conn.id, "peer silent for two ping intervals; dropping");
+                        return End::Quietly;
                     }
-                    self.sink.feed(Message::Ping(Default::default())).await.map_err(|_| Closed)
+                    self.out.ping();
+                    Ok(())
+                }
+                Wake::In(None) => return End::Quietly,
+                Wake::In(Some(Err(e))) => {
+                    return match is_too_big(e) {
+                        true => {
+                            End::Close { code: close::TOO_BIG, reason: "frame larger than the limit", flush: false }
+                        }
+                        false => End::Quietly,
+                    }
+                }
+                Wake::In(Some(Ok(msg))) => {
+                    self.last_heard = Instant::now();
+                    match self.on_incoming(msg, &mut expiry).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => return End::Quietly,
+                        Err(end) => Err(end),
+                    }
+                }
+                Wake::Work => self.work_step().await,
+                Wake::Frame(None) => return End::Quietly,
+                Wake::Frame(Some(frame)) => {
+                    self.on_frame(frame);
+                    for _ in 1..BATCH {
+                        if self.out.bytes() >= HIGH_WATER {
+                            break;
+                        }
+                        match self.rx.try_recv() {
+                            Ok(frame) => self.on_frame(frame),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.conn.has_behind() {
+                        self.control()
+                    } else {
+                        Ok(())
+                    }
                 }
             };
-            if step.is_err() || self.flush().await.is_err() {
-                return;
+            if let Err(end) = step {
+                return end;
             }
         }
     }
 
-    /// Handles one outbound item and then whatever else is already queued (up
-    /// to a batch), so a burst costs one flush.
-    async fn on_outbound_batch(&mut self, first: Outbound) -> Result<(), Closed> {
-        self.on_outbound(first).await?;
-        for _ in 1..BATCH {
-            match self.rx.try_recv() {
-                Ok(out) => self.on_outbound(out).await?,
-                Err(_) => break,
+    /// Revocations, resynchronisation, subscriptions that fell behind.
+    fn control(&mut self) -> Result<(), End> {
+        let ctl = self.conn.take(self.dequeued);
+        if ctl.overflow {
+            return Err(End::Close {
+                code: close::SLOW_CONSUMER,
+                reason: "slow consumer: too far behind; resubscribe with after_seq",
+                flush: false,
+            });
+        }
+        for chat in ctl.revoked {
+            if self.end_sub(chat) {
+                self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None);
             }
+        }
+        if ctl.resync {
+            let chats: Vec<Uuid> = self.subs.keys().copied().collect();
+            for chat in chats {
+                self.owe(chat, |w, _| w.messages = true);
+            }
+        }
+        for (chat, behind) in ctl.behind {
+            self.owe(chat, |w, last| merge_behind(w, behind, last));
         }
         Ok(())
     }
 
-    async fn drain_queue(&mut self) -> Result<(), Closed> {
-        while let Some(out) = self.stash.pop_front() {
-            self.on_outbound(out).await?;
-        }
-        while let Ok(out) = self.rx.try_recv() {
-            self.on_outbound(out).await?;
-        }
-        Ok(())
+    /// Adds table work to a subscription (and queues it).
+    fn owe(&mut self, chat: Uuid, add: impl FnOnce(&mut Work, i64)) {
+        let Some(sub) = self.subs.get_mut(&chat) else { return };
+        let work = sub.work.get_or_insert_with(|| {
+            self.pending.push_back(chat);
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            Work { generation, ..Default::default() }
+        });
+        add(work, sub.last);
     }
 
-    async fn on_outbound(&mut self, out: Outbound) -> Result<(), Closed> {
-        match out {
-            Outbound::Event(frame) => self.on_event(frame).await,
-            Outbound::Revoked(chat_id) => {
-                if self.end_sub(chat_id) {
-                    self.answer(json!({"type": "unsubscribed", "chat_id": chat_id, "reason": "forbidden"}), &None)
-                        .await?;
+    /// A live frame from the hub.
+    fn on_frame(&mut self, frame: Arc<EventFrame>) {
+        self.dequeued += 1;
+        let Some(sub) = self.subs.get_mut(&frame.chat_id) else { return };
+        match frame.kind {
+            FrameKind::Message => {
+                if frame.seq <= sub.last {
+                    return; // written already (history seam, replay)
                 }
-                Ok(())
-            }
-            Outbound::Resync => {
-                let chats: Vec<Uuid> = self.subs.keys().copied().collect();
-                for chat in chats {
-                    match self.gw.membership.check(chat, self.identity.user_id).await {
-                        Ok(false) => {
-                            self.end_sub(chat);
-                            self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None)
-                                .await?;
-                        }
-                        _ => self.catch_up(chat, None).await?,
-                    }
+                if frame.seq > sub.last + 1 {
+                    // Something before it is missing: read the chat in order.
+                    let chat = frame.chat_id;
+                    self.owe(chat, |w, _| w.messages = true);
+                    return;
                 }
-                Ok(())
-            }
-        }
-    }
-
-    async fn on_event(&mut self, frame: Arc<EventFrame>) -> Result<(), Closed> {
-        let Some(last) = self.subs.get(&frame.chat_id).map(|s| s.last) else {
-            return Ok(());
-        };
-        if frame.kind == FrameKind::Message {
-            if frame.seq <= last {
-                return Ok(()); // already written (backfill seam or replay)
-            }
-            if frame.seq > last + 1 {
-                // Something is missing before it: take it from the table first.
-                self.catch_up(frame.chat_id, Some(frame.seq)).await?;
-                if self.subs.get(&frame.chat_id).is_none_or(|s| frame.seq <= s.last) {
-                    return Ok(());
-                }
-            }
-            if let Some(sub) = self.subs.get_mut(&frame.chat_id) {
                 sub.last = frame.seq;
+                self.auto_deliver(&frame);
             }
-            self.auto_deliver(&frame);
+            // Its message is not written yet: when it is read from the table
+            // it shows this change already (or is gone).
+            FrameKind::Update | FrameKind::Delete if frame.seq > sub.last => return,
+            FrameKind::Update | FrameKind::Delete | FrameKind::Receipt => {}
         }
-        self.feed_event(frame.text.clone(), frame.commit_time).await
+        self.out.event(frame.text.clone(), frame.commit_time);
     }
 
     fn auto_deliver(&self, frame: &EventFrame) {
-        if self.gw.cfg.auto_delivered && frame.sender_id != Some(self.identity.user_id) {
+        if self.gw.cfg.auto_delivered && frame.subject != Some(self.identity.user_id) {
             self.gw.delivery.delivered(frame.chat_id, self.identity.user_id, frame.seq);
         }
     }
 
-    /// Writes the chat's stored messages after its `last`, up to (not
-    /// including) `before` when given, page by page. Hub frames arriving
-    /// meanwhile are stashed.
-    async fn catch_up(&mut self, chat: Uuid, before: Option<i64>) -> Result<(), Closed> {
-        let page = self.gw.cfg.backfill_page;
-        loop {
-            let Some(last) = self.subs.get(&chat).map(|s| s.last) else {
-                return Ok(());
-            };
-            let rows = match before {
-                Some(b) => self.gw.store.messages_between(chat, last, b).await,
-                None => self.gw.store.messages_after(chat, last, page).await,
-            };
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(conn = self.id, chat_id = %chat, error = %e, "backfill failed");
-                    // Without the history we cannot keep the promise: end this
-                    // subscription and say why; the client resubscribes.
-                    self.end_sub(chat);
-                    let frame = protocol::error(
-                        ErrorCode::Unavailable,
-                        "could not read the chat's history; subscribe again",
-                        Some(chat),
-                        &None,
-                    );
-                    return self.write(frame.into()).await;
+    /// One step of the oldest table work: a page of messages or updates, the
+    /// missed deletes, the missed receipts.
+    async fn work_step(&mut self) -> Result<(), End> {
+        enum Step {
+            Messages(i64),
+            Updates(i64, i64),
+            Deletes(Vec<(i64, Uuid)>),
+            Receipts(Option<Vec<Uuid>>),
+            Done(bool),
+        }
+        let Some(&chat) = self.pending.front() else { return Ok(()) };
+        let step = match self.subs.get_mut(&chat) {
+            Some(Sub { last, work: Some(w) }) => {
+                if w.messages {
+                    Step::Messages(*last)
+                } else if let Some((from, to)) = w.updates {
+                    Step::Updates(from, to)
+                } else if !w.deletes.is_empty() {
+                    Step::Deletes(std::mem::take(&mut w.deletes))
+                } else if let Some(users) = w.receipts.take() {
+                    Step::Receipts(users.map(|u| u.into_iter().collect()))
+                } else {
+                    Step::Done(w.behind)
                 }
-            };
-            let full = before.is_none() && rows.len() as i64 >= page;
-            for row in rows {
-                if let Some(sub) = self.subs.get_mut(&chat) {
-                    if row.seq <= sub.last {
-                        continue;
+            }
+            _ => {
+                self.pending.pop_front();
+                return Ok(());
+            }
+        };
+        let user = self.identity.user_id;
+        let (page, store) = (self.gw.cfg.backfill_page, self.gw.store.clone());
+        match step {
+            Step::Messages(last) => {
+                let (rows, more) = match store.page(chat, user, last, i64::MAX, page, PAGE_BYTES).await {
+                    Ok(r) => r,
+                    Err(e) => return self.work_failed(chat, e),
+                };
+                for row in rows {
+                    let Some(sub) = self.subs.get_mut(&chat) else { break };
+                    if row.seq > sub.last {
+                        sub.last = row.seq;
+                        let frame = EventFrame::message(&row, None);
+                        self.auto_deliver(&frame);
+                        self.out.event(frame.text, None);
                     }
-                    sub.last = row.seq;
                 }
-                let frame = EventFrame::message(&row, None);
-                self.auto_deliver(&frame);
-                self.feed_event(frame.text, None).await?;
+                if let Some(w) = self.work(chat) {
+                    w.messages = more;
+                }
             }
-            // Don't let the hub queue overflow while we read pages; but the
-            // stash obeys the same bound as the queue: a client that needs
-            // more than that is a slow consumer, not a reason to grow memory.
-            while let Ok(out) = self.rx.try_recv() {
-                self.stash.push_back(out);
+            Step::Updates(from, to) => {
+                let (rows, more) = match store.page(chat, user, from - 1, to, page, PAGE_BYTES).await {
+                    Ok(r) => r,
+                    Err(e) => return self.work_failed(chat, e),
+                };
+                let next = rows.last().filter(|_| more).map(|r| (r.seq + 1, to));
+                for row in rows {
+                    self.out.event(EventFrame::update(&row, None).text, None);
+                }
+                if let Some(w) = self.work(chat) {
+                    w.updates = next;
+                }
             }
-            if self.stash.len() > self.gw.cfg.outbound_queue.saturating_mul(4) {
-                m::slow_consumer();
-                self.close(close::SLOW_CONSUMER, "slow consumer: reconnect and resubscribe with after_seq").await;
-                return Err(Closed);
+            Step::Deletes(mut deletes) => {
+                deletes.sort_unstable();
+                deletes.dedup();
+                for (seq, id) in deletes {
+                    self.out.event(EventFrame::delete(chat, id, seq, None).text, None);
+                }
             }
-            self.flush().await?;
-            if !full {
-                return Ok(());
+            Step::Receipts(users) => match store.watermarks(chat, users.as_deref()).await {
+                Ok(list) => {
+                    for p in list {
+                        self.out.event(EventFrame::receipt(&p, None).text, None);
+                    }
+                }
+                Err(e) => return self.work_failed(chat, e),
+            },
+            Step::Done(behind) => {
+                if behind {
+                    m::catchup();
+                }
+                if let Some(sub) = self.subs.get_mut(&chat) {
+                    sub.work = None;
+                }
+                self.pending.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    fn work(&mut self, chat: Uuid) -> Option<&mut Work> {
+        self.subs.get_mut(&chat).and_then(|s| s.work.as_mut())
+    }
+
+    /// Table work for `chat` could not be done: the subscription ends, and
+    /// the client is told why. It never stays on unchecked.
+    fn work_failed(&mut self, chat: Uuid, e: StoreError) -> Result<(), End> {
+        self.end_sub(chat);
+        match e {
+            StoreError::NotParticipant => {
+                self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None)
+            }
+            e => {
+                tracing::warn!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; subscription ended");
+                self.error(
+                    ErrorCode::Unavailable,
+                    "could not read the chat's history; subscribe again",
+                    Some(chat),
+                    &None,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pongs whose barriers have passed.
+    fn release_barriers(&mut self) {
+        let oldest_work =
+            self.pending.iter().filter_map(|c| self.subs.get(c)?.work.as_ref().map(|w| w.generation)).min();
+        while let Some(b) = self.barriers.front() {
+            let frames_done = self.dequeued >= b.dequeued;
+            let work_done = oldest_work.is_none_or(|g| g >= b.generation);
+            if !(frames_done && work_done) {
+                break;
+            }
+            if let Some(b) = self.barriers.pop_front() {
+                self.answer(json!({"type": "pong"}), &b.reference);
             }
         }
     }
@@ -321,14 +487,11 @@ impl Session {
         &mut self,
         msg: Message,
         expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
-    ) -> Result<bool, Closed> {
+    ) -> Result<bool, End> {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                self.write(
-                    protocol::error(ErrorCode::BadRequest, "frames must be UTF-8 JSON text", None, &None).into(),
-                )
-                .await?;
+                self.error(ErrorCode::BadRequest, "frames must be UTF-8 JSON text", None, &None);
                 return Ok(true);
             }
             Message::Close(_) => return Ok(false),
@@ -337,192 +500,204 @@ impl Session {
         let (request, reference) = match protocol::parse(&text) {
             Ok(r) => r,
             Err(bad) => {
-                self.write(protocol::error(ErrorCode::BadRequest, &bad.message, None, &bad.reference).into()).await?;
+                self.error(ErrorCode::BadRequest, &bad.message, None, &bad.reference);
                 return Ok(true);
             }
         };
         match request {
-            Request::Ping => self.answer(json!({"type": "pong"}), &reference).await?,
-            Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await?,
+            Request::Ping => {
+                // Answered once everything owed before it is written: the
+                // live frames queued so far and the table work asked for.
+                self.barriers.push_back(Barrier {
+                    reference,
+                    dequeued: self.dequeued + self.rx.len() as u64,
+                    generation: self.next_generation,
+                });
+            }
+            Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await,
             Request::Unsubscribe { chat_id } => {
                 self.end_sub(chat_id);
-                self.answer(json!({"type": "unsubscribed", "chat_id": chat_id}), &reference).await?;
+                self.answer(json!({"type": "unsubscribed", "chat_id": chat_id}), &reference);
             }
             Request::Auth { access_token } => match self.gw.auth.verify(&access_token).await {
                 Ok(id) if id.user_id == self.identity.user_id => {
                     self.identity = id;
                     expiry.as_mut().reset(tokio::time::Instant::now() + id.remaining());
-                    self.answer(json!({"type": "ok"}), &reference).await?;
+                    self.answer(json!({"type": "ok"}), &reference);
                 }
                 Ok(_) => {
-                    self.write(
-                        protocol::error(ErrorCode::Unauthorized, "token is for another user", None, &reference).into(),
-                    )
-                    .await?;
-                    let _ = self.flush().await;
-                    self.close(close::UNAUTHORIZED, "token is for another user").await;
-                    return Ok(false);
+                    self.error(ErrorCode::Unauthorized, "token is for another user", None, &reference);
+                    return Err(End::Close {
+                        code: close::UNAUTHORIZED,
+                        reason: "token is for another user",
+                        flush: true,
+                    });
                 }
                 Err(why) => {
-                    self.write(protocol::error(ErrorCode::Unauthorized, &why, None, &reference).into()).await?;
-                    let _ = self.flush().await;
-                    self.close(close::UNAUTHORIZED, &why).await;
-                    return Ok(false);
+                    self.error(ErrorCode::Unauthorized, &why, None, &reference);
+                    return Err(End::Close { code: close::UNAUTHORIZED, reason: "invalid token", flush: true });
                 }
             },
             Request::Send { chat_id, client_generated_id, content } => {
-                self.send(chat_id, client_generated_id, content, &reference).await?
+                self.send(chat_id, client_generated_id, content, &reference).await
+            }
+            Request::History { chat_id, before_seq, limit } => {
+                self.history(chat_id, before_seq, limit, &reference).await
+            }
+            Request::Typing { .. } => {
+                self.error(ErrorCode::BadRequest, "typing is not supported by this relay", None, &reference);
             }
             Request::Ack { chat_id, seq } | Request::Read { chat_id, seq } => {
                 let read = matches!(request, Request::Read { .. });
                 match self.gw.membership.check(chat_id, self.identity.user_id).await {
                     Ok(true) if read => self.gw.delivery.read(chat_id, self.identity.user_id, seq),
                     Ok(true) => self.gw.delivery.delivered(chat_id, self.identity.user_id, seq),
-                    Ok(false) => self.forbidden(chat_id, &reference).await?,
-                    Err(e) => self.store_error(e, Some(chat_id), &reference).await?,
+                    Ok(false) => self.forbidden(chat_id, &reference),
+                    Err(e) => self.store_error(e, Some(chat_id), &reference),
                 }
             }
         }
         Ok(true)
     }
 
-    async fn subscribe(&mut self, chat: Uuid, after_seq: Option<i64>, reference: &Option<Value>) -> Result<(), Closed> {
+    async fn subscribe(&mut self, chat: Uuid, after_seq: Option<i64>, reference: &Option<Value>) {
         let user = self.identity.user_id;
-        match self.gw.membership.check(chat, user).await {
-            Ok(true) => {}
-            Ok(false) => return self.forbidden(chat, reference).await,
-            Err(e) => return self.store_error(e, Some(chat), reference).await,
-        }
         let already = self.subs.contains_key(&chat);
         if !already {
-            // Register first, then read: whatever commits after the read is
-            // certain to arrive through the hub.
-            self.gw.hub.subscribe(chat, self.id, self.handle.clone());
-            // Removed while we were checking? The WAL told the cache.
-            if self.gw.membership.cached(chat, user) == Some(false) {
-                self.gw.hub.unsubscribe(chat, self.id);
-                return self.forbidden(chat, reference).await;
-            }
+            // Register first, then check and read: whatever commits after the
+            // read is certain to arrive through the hub.
+            self.gw.hub.subscribe(chat, &self.conn);
         }
-        let latest = match self.gw.store.latest_seq(chat).await {
-            Ok(l) => l,
+        // Always asked of the database itself, never of a cache.
+        let latest = match self.gw.store.subscribe_check(chat, user).await {
+            Ok(latest) => latest,
             Err(e) => {
                 if !already {
-                    self.gw.hub.unsubscribe(chat, self.id);
+                    self.gw.hub.unsubscribe(chat, self.conn.id);
                 }
-                return self.store_error(e, Some(chat), reference).await;
+                return self.store_error(e, Some(chat), reference);
             }
         };
-        self.answer(json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest}), reference).await?;
+        self.answer(json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest}), reference);
         if already {
-            return Ok(());
+            return;
         }
         let floor = self.written.get(&chat).copied().unwrap_or(i64::MIN);
         let start = after_seq.unwrap_or(latest).max(floor);
-        self.subs.insert(chat, Sub { last: start });
-        if after_seq.is_some() {
-            self.catch_up(chat, None).await?;
+        self.subs.insert(chat, Sub { last: start, work: None });
+        if after_seq.is_some_and(|a| a < latest) {
+            self.owe(chat, |w, _| w.messages = true);
         }
-        Ok(())
     }
 
-    async fn send(&mut self, chat: Uuid, cgid: Uuid, content: String, reference: &Option<Value>) -> Result<(), Closed> {
+    async fn send(&mut self, chat: Uuid, cgid: Uuid, content: String, reference: &Option<Value>) {
         if content.is_empty() {
-            return self
-                .write(protocol::error(ErrorCode::BadRequest, "content is empty", Some(chat), reference).into())
-                .await;
+            return self.error(ErrorCode::BadRequest, "content is empty", Some(chat), reference);
         }
         if content.len() > self.gw.cfg.max_content_bytes {
             let why = format!("content is longer than {} bytes", self.gw.cfg.max_content_bytes);
-            return self.write(protocol::error(ErrorCode::BadRequest, &why, Some(chat), reference).into()).await;
-        }
-        match self.gw.membership.check(chat, self.identity.user_id).await {
-            Ok(true) => {}
-            Ok(false) => return self.forbidden(chat, reference).await,
-            Err(e) => return self.store_error(e, Some(chat), reference).await,
+            return self.error(ErrorCode::BadRequest, &why, Some(chat), reference);
         }
         match self.gw.store.send(chat, self.identity.user_id, cgid, &content).await {
-            Ok(o) => {
-                let frame = json!({
+            Ok(o) => self.answer(
+                json!({
                     "type": "sent", "chat_id": chat, "client_generated_id": cgid,
                     "id": o.id, "seq": o.seq, "duplicate": o.duplicate,
-                });
-                self.answer(frame, reference).await
-            }
-            Err(e) => self.store_error(e, Some(chat), reference).await,
+                }),
+                reference,
+            ),
+            Err(e) => self.store_error(e, Some(chat), reference),
         }
     }
 
-    async fn forbidden(&mut self, chat: Uuid, reference: &Option<Value>) -> Result<(), Closed> {
-        self.write(
-            protocol::error(ErrorCode::Forbidden, "not a participant of this chat", Some(chat), reference).into(),
-        )
-        .await
+    async fn history(&mut self, chat: Uuid, before: Option<i64>, limit: i64, reference: &Option<Value>) {
+        match self.gw.store.history(chat, self.identity.user_id, before, limit, HISTORY_BYTES).await {
+            Ok((rows, has_more)) => {
+                #[derive(serde::Serialize)]
+                struct Page<'a> {
+                    #[serde(rename = "type")]
+                    ty: &'static str,
+                    chat_id: Uuid,
+                    messages: Vec<&'a crate::event::RowBody>,
+                    has_more: bool,
+                    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+                    reference: Option<&'a Value>,
+                }
+                let page = Page {
+                    ty: "history",
+                    chat_id: chat,
+                    messages: rows.iter().map(|r: &MessageRow| &r.body).collect(),
+                    has_more,
+                    reference: reference.as_ref(),
+                };
+                // Serialising plain data into a String cannot fail.
+                self.out.text(serde_json::to_string(&page).unwrap_or_default().into());
+            }
+            Err(e) => self.store_error(e, Some(chat), reference),
+        }
     }
 
-    async fn store_error(
-        &mut self,
-        e: StoreError,
-        chat: Option<Uuid>,
-        reference: &Option<Value>,
-    ) -> Result<(), Closed> {
+    fn forbidden(&mut self, chat: Uuid, reference: &Option<Value>) {
+        self.error(ErrorCode::Forbidden, "not a participant of this chat", Some(chat), reference)
+    }
+
+    fn store_error(&mut self, e: StoreError, chat: Option<Uuid>, reference: &Option<Value>) {
         let (code, msg) = match &e {
+            StoreError::NotParticipant => (ErrorCode::Forbidden, "not a participant of this chat"),
             StoreError::Unavailable(_) => (ErrorCode::Unavailable, "database unavailable, try again"),
             _ => (ErrorCode::Internal, "internal error"),
         };
-        tracing::warn!(conn = self.id, error = %e, "request failed");
-        self.write(protocol::error(code, msg, chat, reference).into()).await
+        if !matches!(e, StoreError::NotParticipant) {
+            tracing::warn!(conn = self.conn.id, error = %e, "request failed");
+        }
+        self.error(code, msg, chat, reference)
+    }
+
+    fn error(&mut self, code: ErrorCode, message: &str, chat: Option<Uuid>, reference: &Option<Value>) {
+        self.out.text(protocol::error(code, message, chat, reference).into());
     }
 
     /// Ends a subscription, however it ends: leaves the hub (a no-op when
-    /// the hub already dropped it) and remembers the last seq written, so a
-    /// later subscribe on this connection never repeats a message. Returns
-    /// whether the chat was subscribed.
+    /// the hub already dropped it), drops its table work, and remembers the
+    /// last seq written, so a later subscribe on this connection never
+    /// repeats a message. Returns whether the chat was subscribed.
     fn end_sub(&mut self, chat: Uuid) -> bool {
-        self.gw.hub.unsubscribe(chat, self.id);
+        self.gw.hub.unsubscribe(chat, self.conn.id);
         let Some(sub) = self.subs.remove(&chat) else { return false };
+        if sub.work.is_some() {
+            self.pending.retain(|c| *c != chat);
+        }
         let e = self.written.entry(chat).or_insert(sub.last);
         *e = (*e).max(sub.last);
         true
     }
 
-    async fn answer(&mut self, frame: Value, reference: &Option<Value>) -> Result<(), Closed> {
-        self.write(protocol::with_ref(frame, reference).into()).await
+    fn answer(&mut self, frame: Value, reference: &Option<Value>) {
+        self.out.text(Utf8Bytes::from(protocol::with_ref(frame, reference)));
     }
+}
 
-    async fn write(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
-        self.unflushed_any = true;
-        self.sink.feed(Message::Text(text)).await.map_err(|_| Closed)
+/// Adds what a subscription missed while behind to its table work.
+fn merge_behind(w: &mut Work, b: Behind, last: i64) {
+    w.behind = true;
+    w.messages = true;
+    // Messages after `last` are read from the table as they are now; rows up
+    // to it the client has, and may have missed updates of.
+    if let Some(from) = b.updates_from.filter(|f| *f <= last) {
+        w.updates = Some(match w.updates {
+            Some((f, t)) => (f.min(from), t.max(last)),
+            None => (from, last),
+        });
     }
-
-    async fn feed_event(&mut self, text: Utf8Bytes, commit_time: Option<DateTime<Utc>>) -> Result<(), Closed> {
-        self.unflushed.push(commit_time);
-        self.write(text).await
-    }
-
-    async fn flush(&mut self) -> Result<(), Closed> {
-        if !self.unflushed_any {
-            return Ok(());
+    w.deletes.extend(b.deletes.into_iter().filter(|(seq, _)| *seq <= last));
+    if b.all_receipts {
+        w.receipts = Some(None);
+    } else if !b.receipts.is_empty() {
+        match &mut w.receipts {
+            Some(None) => {}
+            Some(Some(users)) => users.extend(b.receipts),
+            None => w.receipts = Some(Some(b.receipts)),
         }
-        self.sink.flush().await.map_err(|_| Closed)?;
-        self.unflushed_any = false;
-        if !self.unflushed.is_empty() {
-            m::messages_sent(self.unflushed.len() as u64);
-            let now = Utc::now();
-            for t in self.unflushed.drain(..).flatten() {
-                m::commit_to_send((now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-            }
-        }
-        Ok(())
-    }
-
-    async fn close(&mut self, code: u16, reason: &str) {
-        let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.sink.send(frame).await;
-            let _ = self.sink.close().await;
-        })
-        .await;
     }
 }
 

@@ -8,7 +8,12 @@
 //!
 //! Message layouts: PostgreSQL docs, "Logical Replication Message Formats"
 //! (protocol version 1; we never ask for streaming of in-progress transactions).
+//!
+//! Memory: changes are charged against a [`TxnMemory`] budget until the
+//! pipeline drops their transaction; a transaction that does not fit spills
+//! the rest of its changes to a temporary file ([`spill`]).
 
+pub mod spill;
 mod value;
 
 use std::collections::HashMap;
@@ -18,6 +23,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::replication::Lsn;
+pub use spill::{Changes, Spilled, TxnMemory};
+use spill::{Charge, SpillReader, SpillWriter};
 pub use value::{datum_to_json, pg_timestamp, text_to_json};
 
 /// Why a payload could not be decoded.
@@ -41,6 +48,8 @@ pub enum DecodeError {
     NestedBegin,
     #[error("tuple has {found} columns, relation {relation} has {expected}")]
     ColumnCount { relation: String, expected: usize, found: usize },
+    #[error("spilling a large transaction: {0}")]
+    Spill(String),
 }
 
 /// One column of a relation, as announced by its Relation message.
@@ -336,8 +345,24 @@ impl Change {
     }
 }
 
-/// A committed transaction, complete.
-#[derive(Debug, Clone, PartialEq)]
+/// How many row changes of each kind a transaction holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+}
+
+impl ChangeCounts {
+    pub fn total(&self) -> u64 {
+        self.inserts + self.updates + self.deletes
+    }
+}
+
+/// A committed transaction, complete. Its changes are in `changes` and,
+/// when it did not fit the memory budget, in `spilled` after them: take them
+/// all, in order, with [`Transaction::into_changes`].
+#[derive(Debug, Clone)]
 pub struct Transaction {
     pub xid: u32,
     /// LSN of the commit record: the transaction is replayed by the server as
@@ -346,19 +371,73 @@ pub struct Transaction {
     /// End of the commit record: confirm this once the transaction is handled.
     pub end_lsn: Lsn,
     pub commit_time: DateTime<Utc>,
+    /// The changes held in memory (all of them unless spilled).
     pub changes: Vec<Change>,
+    /// The rest, on disk.
+    pub spilled: Option<Arc<Spilled>>,
+    pub counts: ChangeCounts,
+    /// Its share of the memory budget, released when the last clone drops.
+    charge: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl PartialEq for Transaction {
+    fn eq(&self, o: &Transaction) -> bool {
+        let same_spill = match (&self.spilled, &o.spilled) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        (self.xid, self.commit_lsn, self.end_lsn, self.commit_time, &self.changes, self.counts)
+            == (o.xid, o.commit_lsn, o.end_lsn, o.commit_time, &o.changes, o.counts)
+            && same_spill
+    }
+}
+
+impl Transaction {
+    fn begin(xid: u32, final_lsn: Lsn, commit_time: i64) -> Transaction {
+        Transaction {
+            xid,
+            commit_lsn: final_lsn,
+            end_lsn: final_lsn,
+            commit_time: pg_timestamp(commit_time),
+            changes: Vec::new(),
+            spilled: None,
+            counts: ChangeCounts::default(),
+            charge: None,
+        }
+    }
+
+    /// Every change, in order (reading spilled ones back from disk), holding
+    /// the transaction's memory charge until the iterator is dropped.
+    pub fn into_changes(self) -> Changes {
+        Changes { memory: self.changes.into_iter(), spill: self.spilled.map(SpillReader::new), _charge: self.charge }
+    }
+}
+
+/// The transaction being assembled.
+struct Open {
+    txn: Transaction,
+    charge: Charge,
+    spill: Option<SpillWriter>,
 }
 
 /// Stateful decoder: relation cache plus the transaction being assembled.
 #[derive(Default)]
 pub struct Decoder {
     relations: HashMap<u32, Arc<Relation>>,
-    open: Option<Transaction>,
+    open: Option<Open>,
+    /// None: unbounded (tests and tools).
+    memory: Option<TxnMemory>,
 }
 
 impl Decoder {
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder whose transactions stay within `memory` (spilling beyond).
+    pub fn with_memory(memory: TxnMemory) -> Decoder {
+        Decoder { memory: Some(memory), ..Decoder::default() }
     }
 
     /// True while a Begin has been seen without its Commit.
@@ -367,93 +446,157 @@ impl Decoder {
     }
 
     /// Forgets the transaction being assembled (after a disconnect: the server
-    /// will send it again from its Begin).
+    /// will send it again from its Begin). Its charge and spill file go with it.
     pub fn reset(&mut self) {
         self.open = None;
     }
 
-    fn relation(&self, oid: u32) -> Result<Arc<Relation>, DecodeError> {
-        self.relations.get(&oid).cloned().ok_or(DecodeError::UnknownRelation(oid))
-    }
-
-    fn row(&self, oid: u32, values: Vec<Datum>) -> Result<Row, DecodeError> {
-        let relation = self.relation(oid)?;
-        if values.len() != relation.columns.len() {
-            return Err(DecodeError::ColumnCount {
-                relation: relation.name.clone(),
-                expected: relation.columns.len(),
-                found: values.len(),
-            });
-        }
-        Ok(Row { relation, values })
-    }
-
-    fn push(&mut self, change: Change, what: &'static str) -> Result<(), DecodeError> {
-        self.open.as_mut().ok_or(DecodeError::OutsideTransaction(what))?.changes.push(change);
-        Ok(())
-    }
-
     /// Feeds one XLogData payload. Returns a transaction when this was its Commit.
     pub fn feed(&mut self, payload: &Bytes) -> Result<Option<Transaction>, DecodeError> {
-        match parse(payload)? {
+        let msg = parse(payload)?;
+        match msg {
             Message::Begin { final_lsn, commit_time, xid } => {
                 if self.open.is_some() {
                     return Err(DecodeError::NestedBegin);
                 }
-                self.open = Some(Transaction {
-                    xid,
-                    commit_lsn: final_lsn,
-                    end_lsn: final_lsn,
-                    commit_time: pg_timestamp(commit_time),
-                    changes: Vec::new(),
-                });
+                let txn = Transaction::begin(xid, final_lsn, commit_time);
+                self.open = Some(Open { txn, charge: Charge::default(), spill: None });
             }
             Message::Commit { commit_lsn, end_lsn, commit_time, .. } => {
-                let mut txn = self.open.take().ok_or(DecodeError::OutsideTransaction("Commit"))?;
+                let open = self.open.take().ok_or(DecodeError::OutsideTransaction("Commit"))?;
+                let mut txn = open.txn;
                 txn.commit_lsn = commit_lsn;
                 txn.end_lsn = end_lsn;
                 txn.commit_time = pg_timestamp(commit_time);
+                txn.charge = open.charge.into_permit().map(Arc::new);
+                if let Some(spill) = open.spill {
+                    let spilled = spill.finish()?;
+                    tracing::info!(
+                        xid = txn.xid,
+                        changes = txn.counts.total(),
+                        spilled_bytes = spilled.bytes(),
+                        "large transaction committed; relaying its spilled changes"
+                    );
+                    txn.spilled = Some(Arc::new(spilled));
+                }
                 return Ok(Some(txn));
             }
             Message::Origin { .. } | Message::Type { .. } => {}
             Message::Relation(rel) => {
+                // A spilling transaction replays its relations from the file.
+                if let Some(spill) = self.open.as_mut().and_then(|o| o.spill.as_mut()) {
+                    spill.append(payload)?;
+                }
                 self.relations.insert(rel.oid, Arc::new(rel));
             }
-            Message::Insert { relation, new } => {
-                let new = self.row(relation, new)?;
-                self.push(Change::Insert { new }, "Insert")?;
+            Message::Message { transactional: false, .. } => {
+                // Non-transactional messages arrive on their own; we have no
+                // use for them beyond not failing on them.
             }
-            Message::Update { relation, old, key_only, new } => {
-                let old = old.map(|o| self.row(relation, o)).transpose()?;
-                let mut new = self.row(relation, new)?;
-                // Unchanged TOASTed columns: take them from the full old row.
-                if let Some(o) = old.as_ref().filter(|_| !key_only) {
-                    for (n, o) in new.values.iter_mut().zip(&o.values) {
-                        if *n == Datum::Unchanged {
-                            *n = o.clone();
-                        }
-                    }
+            change => {
+                let open = self.open.as_mut().ok_or(DecodeError::OutsideTransaction(change_name(&change)))?;
+                match &change {
+                    Message::Insert { .. } => open.txn.counts.inserts += 1,
+                    Message::Update { .. } => open.txn.counts.updates += 1,
+                    Message::Delete { .. } => open.txn.counts.deletes += 1,
+                    _ => {}
                 }
-                self.push(Change::Update { old, new }, "Update")?;
-            }
-            Message::Delete { relation, old, .. } => {
-                let old = self.row(relation, old)?;
-                self.push(Change::Delete { old }, "Delete")?;
-            }
-            Message::Truncate { relations, options } => {
-                let relations = relations.into_iter().map(|oid| self.relation(oid)).collect::<Result<_, _>>()?;
-                self.push(Change::Truncate { relations, options }, "Truncate")?;
-            }
-            Message::Message { transactional, prefix, content, .. } => {
-                // Non-transactional messages arrive on their own; we have no use
-                // for them beyond not failing on them.
-                if transactional {
-                    self.push(Change::Message { prefix, content }, "Message")?;
+                if let Some(spill) = &mut open.spill {
+                    return spill.append(payload).map(|()| None);
+                }
+                let Some(change) = to_change(&self.relations, change)? else { return Ok(None) };
+                let cost = payload.len() + 96 + 40 * change_width(&change);
+                let fits = match &self.memory {
+                    Some(memory) => open.charge.reserve(cost, memory),
+                    None => true,
+                };
+                if fits {
+                    open.txn.changes.push(change);
+                } else if let Some(memory) = &self.memory {
+                    // Over the budget: the rest of this transaction goes to disk.
+                    let mut spill = SpillWriter::create(memory, self.relations.clone())?;
+                    spill.append(payload)?;
+                    tracing::info!(
+                        xid = open.txn.xid,
+                        in_memory = open.txn.changes.len(),
+                        budget_kib = memory.total_kib(),
+                        "transaction exceeds the memory budget; spilling the rest to disk"
+                    );
+                    open.spill = Some(spill);
                 }
             }
         }
         Ok(None)
     }
+
+    /// Bytes the open transaction has spilled so far (0 when none).
+    pub fn spilled_bytes(&self) -> u64 {
+        self.open.as_ref().and_then(|o| o.spill.as_ref()).map_or(0, |s| s.bytes())
+    }
+}
+
+fn change_name(m: &Message) -> &'static str {
+    match m {
+        Message::Insert { .. } => "Insert",
+        Message::Update { .. } => "Update",
+        Message::Delete { .. } => "Delete",
+        Message::Truncate { .. } => "Truncate",
+        _ => "Message",
+    }
+}
+
+fn change_width(c: &Change) -> usize {
+    match c {
+        Change::Insert { new } => new.values.len(),
+        Change::Update { old, new } => new.values.len() + old.as_ref().map_or(0, |o| o.values.len()),
+        Change::Delete { old } => old.values.len(),
+        Change::Truncate { relations, .. } => relations.len(),
+        Change::Message { .. } => 1,
+    }
+}
+
+fn relation(relations: &HashMap<u32, Arc<Relation>>, oid: u32) -> Result<Arc<Relation>, DecodeError> {
+    relations.get(&oid).cloned().ok_or(DecodeError::UnknownRelation(oid))
+}
+
+fn row(relations: &HashMap<u32, Arc<Relation>>, oid: u32, values: Vec<Datum>) -> Result<Row, DecodeError> {
+    let relation = relation(relations, oid)?;
+    if values.len() != relation.columns.len() {
+        return Err(DecodeError::ColumnCount {
+            relation: relation.name.clone(),
+            expected: relation.columns.len(),
+            found: values.len(),
+        });
+    }
+    Ok(Row { relation, values })
+}
+
+/// A change message as a [`Change`], with the relations as they stand
+/// (None for messages that are not changes).
+fn to_change(relations: &HashMap<u32, Arc<Relation>>, msg: Message) -> Result<Option<Change>, DecodeError> {
+    Ok(Some(match msg {
+        Message::Insert { relation, new } => Change::Insert { new: row(relations, relation, new)? },
+        Message::Update { relation, old, key_only, new } => {
+            let old = old.map(|o| row(relations, relation, o)).transpose()?;
+            let mut new = row(relations, relation, new)?;
+            // Unchanged TOASTed columns: take them from the full old row.
+            if let Some(o) = old.as_ref().filter(|_| !key_only) {
+                for (n, o) in new.values.iter_mut().zip(&o.values) {
+                    if *n == Datum::Unchanged {
+                        *n = o.clone();
+                    }
+                }
+            }
+            Change::Update { old, new }
+        }
+        Message::Delete { relation, old, .. } => Change::Delete { old: row(relations, relation, old)? },
+        Message::Truncate { relations: oids, options } => {
+            let rels = oids.into_iter().map(|oid| relation(relations, oid)).collect::<Result<_, _>>()?;
+            Change::Truncate { relations: rels, options }
+        }
+        Message::Message { transactional: true, prefix, content, .. } => Change::Message { prefix, content },
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]

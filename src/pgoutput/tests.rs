@@ -126,7 +126,9 @@ fn decoder_state_errors() {
     let mut d = Decoder::new();
     // An Insert before its Relation message.
     let insert = msgs.iter().find(|(_, b)| b[0] == b'I').unwrap().1.clone();
+    d.feed(&msgs[0].1).unwrap();
     assert!(matches!(d.feed(&insert), Err(DecodeError::UnknownRelation(_))));
+    d.reset();
     // Relation, then Insert outside a transaction.
     let relation = msgs.iter().find(|(_, b)| b[0] == b'R').unwrap().1.clone();
     d.feed(&relation).unwrap();
@@ -209,4 +211,120 @@ proptest! {
         let mut d = Decoder::new();
         let _ = d.feed(&Bytes::from(bytes));
     }
+}
+
+/// Builds pgoutput messages by hand, for shapes the captured stream lacks.
+mod build {
+    pub fn begin(xid: u32) -> Vec<u8> {
+        let mut b = vec![b'B'];
+        b.extend_from_slice(&0x100u64.to_be_bytes());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&xid.to_be_bytes());
+        b
+    }
+    pub fn commit(lsn: u64) -> Vec<u8> {
+        let mut b = vec![b'C', 0];
+        b.extend_from_slice(&lsn.to_be_bytes());
+        b.extend_from_slice(&(lsn + 8).to_be_bytes());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b
+    }
+    pub fn relation(oid: u32, columns: &[&str]) -> Vec<u8> {
+        let mut b = vec![b'R'];
+        b.extend_from_slice(&oid.to_be_bytes());
+        b.extend_from_slice(b"public\0t\0f");
+        b.extend_from_slice(&(columns.len() as u16).to_be_bytes());
+        for c in columns {
+            b.push(0);
+            b.extend_from_slice(c.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&25u32.to_be_bytes());
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+        }
+        b
+    }
+    pub fn insert(oid: u32, values: &[&str]) -> Vec<u8> {
+        let mut b = vec![b'I'];
+        b.extend_from_slice(&oid.to_be_bytes());
+        b.push(b'N');
+        b.extend_from_slice(&(values.len() as u16).to_be_bytes());
+        for v in values {
+            b.push(b't');
+            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            b.extend_from_slice(v.as_bytes());
+        }
+        b
+    }
+}
+
+fn all_changes(t: Transaction) -> Vec<Change> {
+    t.into_changes().collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+#[test]
+fn spilled_transactions_yield_the_same_changes_and_release_their_memory() {
+    let plain: Vec<Vec<Change>> = decode_all().into_iter().map(all_changes).collect();
+    // The smallest budget (64 KiB): while the first transaction holds its
+    // charge, every later one spills from its first change.
+    let memory = TxnMemory::new(0, None);
+    let mut d = Decoder::with_memory(memory.clone());
+    let txns: Vec<Transaction> = captured().iter().filter_map(|(_, b)| d.feed(b).unwrap()).collect();
+    assert!(txns[0].spilled.is_none());
+    assert!(txns[1..].iter().all(|t| t.spilled.is_some() && t.changes.is_empty()), "{txns:?}");
+    assert_eq!(txns.iter().map(|t| t.counts.total()).sum::<u64>(), 7);
+    assert!(memory.available_kib() < memory.total_kib());
+    let spilled: Vec<Vec<Change>> = txns.into_iter().map(all_changes).collect();
+    assert_eq!(spilled, plain);
+    assert_eq!(memory.available_kib(), memory.total_kib(), "every charge released");
+}
+
+#[test]
+fn a_relation_that_changes_while_spilling_applies_to_the_changes_after_it() {
+    let memory = TxnMemory::new(0, None);
+    let mut d = Decoder::with_memory(memory.clone());
+    let feed = |d: &mut Decoder, b: Vec<u8>| d.feed(&Bytes::from(b)).unwrap();
+    feed(&mut d, build::relation(7, &["a", "b"]));
+    // Exhaust the budget with a transaction that is kept alive.
+    feed(&mut d, build::begin(1));
+    let big = "x".repeat(60 * 1024);
+    feed(&mut d, build::insert(7, &[&big, "1"]));
+    let first = feed(&mut d, build::commit(0x200)).unwrap();
+    assert!(first.spilled.is_none());
+    // The next one spills; its relation gains a column half-way.
+    feed(&mut d, build::begin(2));
+    feed(&mut d, build::insert(7, &["p", "q"]));
+    feed(&mut d, build::relation(7, &["a", "b", "c"]));
+    feed(&mut d, build::insert(7, &["r", "s", "t"]));
+    let second = feed(&mut d, build::commit(0x300)).unwrap();
+    assert!(second.spilled.is_some());
+    let shapes: Vec<Vec<String>> = all_changes(second)
+        .into_iter()
+        .map(|c| match c {
+            Change::Insert { new } => new.relation.columns.iter().map(|c| c.name.clone()).collect(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(shapes, [vec!["a", "b"], vec!["a", "b", "c"]]);
+    // The decoder itself knows the new shape for what follows.
+    feed(&mut d, build::begin(3));
+    drop(first);
+    feed(&mut d, build::insert(7, &["u", "v", "w"]));
+    let third = feed(&mut d, build::commit(0x400)).unwrap();
+    assert!(third.spilled.is_none(), "memory was released by the first");
+    assert_eq!(all_changes(third).len(), 1);
+}
+
+#[test]
+fn a_disconnect_drops_the_half_spilled_transaction_and_its_charge() {
+    let memory = TxnMemory::new(0, None);
+    let mut d = Decoder::with_memory(memory.clone());
+    let feed = |d: &mut Decoder, b: Vec<u8>| d.feed(&Bytes::from(b)).unwrap();
+    feed(&mut d, build::relation(7, &["a"]));
+    feed(&mut d, build::begin(1));
+    for _ in 0..100 {
+        feed(&mut d, build::insert(7, &[&"y".repeat(4096)]));
+    }
+    assert!(d.spilled_bytes() > 0);
+    d.reset();
+    assert_eq!(memory.available_kib(), memory.total_kib());
 }

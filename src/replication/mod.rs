@@ -33,7 +33,7 @@ use wire::{CopyMessage, ReplConnection, WireError};
 
 use crate::metrics as m;
 use crate::pgconn::ConnInfo;
-use crate::pgoutput::{DecodeError, Decoder, Transaction};
+use crate::pgoutput::{DecodeError, Decoder, Transaction, TxnMemory};
 
 /// Microseconds between 1970-01-01 and Postgres's epoch 2000-01-01.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -46,6 +46,8 @@ pub struct ReplicationConfig {
     pub publication: String,
     /// Longest time between two standby status updates.
     pub status_interval: Duration,
+    /// Budget for decoded transactions (None: unbounded, for tests and tools).
+    pub memory: Option<TxnMemory>,
 }
 
 /// What the stream hands downstream, in order.
@@ -182,12 +184,16 @@ impl Replicator {
         progress: Progress,
         health: Arc<Health>,
     ) -> Self {
+        let decoder = match cfg.memory.clone() {
+            Some(m) => Decoder::with_memory(m),
+            None => Decoder::new(),
+        };
         Replicator {
             cfg,
             out,
             progress,
             health,
-            decoder: Decoder::new(),
+            decoder,
             slot_seen: false,
             confirmed: Lsn(0),
             forwarded: Lsn(0),
@@ -349,12 +355,13 @@ impl Replicator {
                 let _wal_end = data.get_u64();
                 let _send_time = data.get_i64();
                 if let Some(txn) = self.decoder.feed(&data)? {
-                    m::events_decoded(&txn);
+                    let n = txn.counts;
+                    m::events_decoded(n.inserts, n.updates, n.deletes);
                     tracing::debug!(
                         xid = txn.xid,
                         commit_lsn = %txn.commit_lsn,
                         end_lsn = %txn.end_lsn,
-                        changes = txn.changes.len(),
+                        changes = n.total(),
                         "committed transaction"
                     );
                     let end = txn.end_lsn;
@@ -430,9 +437,11 @@ impl Replicator {
             .await?;
         let fix = "run `chat-relay migrate`";
         match rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() {
-            None => return Err(SessionError::Publication(format!(
+            None => {
+                return Err(SessionError::Publication(format!(
                 "publication {publication} does not exist: {fix} (or set CHAT_RELAY_PUBLICATION to the one it created)"
-            ))),
+            )))
+            }
             Some("t") => {}
             Some(_) => {
                 return Err(SessionError::Publication(format!(

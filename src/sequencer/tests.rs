@@ -294,3 +294,31 @@ proptest! {
         prop_assert!(s.next_deadline().is_none());
     }
 }
+
+#[test]
+fn quiet_chats_are_forgotten_and_come_back_without_harm() {
+    let mut s = Sequencer::new(cfg());
+    let t0 = Instant::now();
+    for c in 0..100u8 {
+        s.push(txn(c as u64 + 1, vec![ChatEvent::Inserted(msg(c, 1))]), t0);
+    }
+    assert_eq!(s.chats(), 100);
+    // Chat 0 is active later; the rest stay quiet.
+    let t1 = t0 + Duration::from_secs(200);
+    s.push(txn(200, vec![ChatEvent::Inserted(msg(0, 2))]), t1);
+    assert_eq!(s.evict_idle(t0 + Duration::from_secs(301), Duration::from_secs(300)), 99);
+    assert_eq!(s.chats(), 1);
+    // A forgotten chat's next message passes; a replay of its old one is
+    // still caught by the id cache.
+    assert_eq!(inserted(&s.push(txn(201, vec![ChatEvent::Inserted(msg(5, 2))]), t1)), vec![(chat(5), 2)]);
+    assert!(s.push(txn(202, vec![ChatEvent::Inserted(msg(5, 1))]), t1).is_empty());
+}
+
+#[test]
+fn a_holding_chat_is_never_forgotten() {
+    let mut s = Sequencer::new(cfg());
+    let t0 = Instant::now();
+    s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
+    s.push(txn(2, vec![ChatEvent::Inserted(msg(1, 3))]), t0); // 2 missing: held
+    assert_eq!(s.evict_idle(t0 + Duration::from_secs(3600), Duration::from_secs(1)), 0);
+}
