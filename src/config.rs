@@ -157,6 +157,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_BACKFILL_PAGE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub backfill_page: i64,
 
+    /// Open WebSocket connections one user may hold (tabs, devices); further upgrades by
+    /// that user get HTTP 429. Per relay process.
+    #[arg(long, env = "CHAT_RELAY_MAX_CONNECTIONS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+
+    /// `send` frames per user per second, with bursts of as many; beyond it a send is
+    /// refused with `rate_limited` and `retry_after_ms`, and nothing is stored. Per relay process.
+    #[arg(long, env = "CHAT_RELAY_SEND_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_rate: u32,
+
     /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
     #[arg(long, env = "CHAT_RELAY_PING_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_secs: u64,
@@ -178,6 +188,13 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn delivered_debounce(&self) -> Duration {
         Duration::from_millis(self.delivered_debounce_ms)
+    }
+
+    pub fn limits(&self) -> crate::limits::LimitsConfig {
+        crate::limits::LimitsConfig {
+            max_connections_per_user: self.max_connections_per_user,
+            send_per_second: self.send_rate,
+        }
     }
 
     pub fn auth(&self) -> crate::gateway::AuthConfig {

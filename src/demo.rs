@@ -130,6 +130,8 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
         gap_window_ms: 50,
         membership_ttl_ms: 30_000,
         backfill_page: 500,
+        max_connections_per_user: 50,
+        send_rate: 20,
         ping_interval_secs: 30,
         auto_delivered: false,
         log: "warn".into(),

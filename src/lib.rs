@@ -15,7 +15,8 @@
 //! | [`gateway`] | `/v1/ws`: JWT auth, sessions, the protocol, backfill + live seam |
 //!
 //! Side paths: [`store`] (all SQL: backfill, membership, send, marking, lag),
-//! [`delivery`] (debounced delivered/read marking), [`metrics`] (every
+//! [`delivery`] (debounced delivered/read marking), [`limits`] (per-user
+//! connection cap and send rate, beside the gateway), [`metrics`] (every
 //! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
 //! [`migrate`] (the `sql/` migrations), [`server`] (healthz, readyz, metrics),
 //! [`relay`] (wiring for `serve`), [`scratch`] (throwaway Postgres for demo,
@@ -43,6 +44,7 @@ pub mod demo;
 pub mod event;
 pub mod gateway;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod migrate;
 pub mod pgconn;

@@ -20,6 +20,7 @@ pub const SLOW_CONSUMERS: &str = "chat_relay_slow_consumer_disconnects_total";
 pub const DELIVERED_FLUSHES: &str = "chat_relay_delivered_flushes_total";
 pub const COMMIT_TO_SEND: &str = "chat_relay_commit_to_send_seconds";
 pub const CATCHUPS: &str = "chat_relay_catchups_total";
+pub const RATE_LIMITED: &str = "chat_relay_rate_limited_total";
 // Beyond the contract: operational detail.
 pub const SLOT_RECREATED: &str = "chat_relay_slot_recreated_total";
 pub const REPLICATION_ERRORS: &str = "chat_relay_replication_errors_total";
@@ -29,7 +30,7 @@ pub const STREAMING: &str = "chat_relay_replication_streaming";
 pub const READY: &str = "chat_relay_ready";
 
 /// The contract's metric names, for tests and the dashboard check.
-pub const CONTRACT: [&str; 10] = [
+pub const CONTRACT: [&str; 11] = [
     EVENTS,
     DUPLICATES,
     SEQ_GAPS,
@@ -40,6 +41,7 @@ pub const CONTRACT: [&str; 10] = [
     DELIVERED_FLUSHES,
     COMMIT_TO_SEND,
     CATCHUPS,
+    RATE_LIMITED,
 ];
 
 /// Installs the global Prometheus recorder and registers every series at zero.
@@ -68,6 +70,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     counter!(SLOW_CONSUMERS).absolute(0);
     counter!(DELIVERED_FLUSHES).absolute(0);
     counter!(CATCHUPS).absolute(0);
+    counter!(RATE_LIMITED).absolute(0);
     counter!(SLOT_RECREATED).absolute(0);
     counter!(REPLICATION_ERRORS).absolute(0);
     gauge!(STREAMING).set(0.0);
@@ -119,6 +122,7 @@ fn describe() {
         "Connections closed with 4008: their socket took nothing for the slow-consumer time, or too much waited"
     );
     describe_counter!(CATCHUPS, "Subscriptions that fell behind and were caught up from the table");
+    describe_counter!(RATE_LIMITED, "Frames refused with rate_limited and upgrades refused with 429");
     describe_counter!(DELIVERED_FLUSHES, "Batched delivered/read-marking writes");
     describe_histogram!(COMMIT_TO_SEND, Unit::Seconds, "Transaction commit time to event frame written");
     describe_counter!(SLOT_RECREATED, "Replication slot lost (dropped or invalidated) and recreated");
@@ -182,6 +186,10 @@ pub fn messages_sent(n: u64) {
 
 pub fn slow_consumer() {
     counter!(SLOW_CONSUMERS).increment(1);
+}
+
+pub fn rate_limited() {
+    counter!(RATE_LIMITED).increment(1);
 }
 
 pub fn catchup() {

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServeArgs;
 use crate::delivery::Delivery;
 use crate::event::{push_events, ChatEvent};
-use crate::gateway::{self, Auth, Gateway, GatewayConfig, Membership};
+use crate::gateway::{self, Auth, Gateway, GatewayConfig, GatewayParts, Membership};
 use crate::hub::{EventFrame, Fanout, Hub};
+use crate::limits::Limits;
 use crate::metrics as m;
 use crate::pgoutput::TxnMemory;
 use crate::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
@@ -67,6 +68,7 @@ async fn wait_for_signal() {
 /// Runs the relay until `shutdown` is cancelled.
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let auth = Arc::new(Auth::new(&args.auth())?);
+    let limits = Arc::new(Limits::new(args.limits()));
     let prometheus = m::install()?;
     let info = args.db.conn_info()?;
     let store = Store::new(&info, args.pool_size as usize)?;
@@ -121,13 +123,16 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     tokio::spawn(auth.clone().refresh_jwks(side_stop.clone()));
     tokio::spawn(lag_probe(store.clone(), args.slot.clone(), health.clone(), side_stop.clone()));
     {
-        let membership = membership.clone();
+        let (membership, limits) = (membership.clone(), limits.clone());
         let stop = side_stop.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = every.tick() => membership.sweep(),
+                    _ = every.tick() => {
+                        membership.sweep();
+                        limits.sweep();
+                    }
                     _ = stop.cancelled() => break,
                 }
             }
@@ -137,11 +142,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let delivery_stop = CancellationToken::new();
     let (delivery, delivery_task) = Delivery::start(store.clone(), args.delivered_debounce(), delivery_stop.clone());
     let gw = Arc::new(Gateway::new(
-        hub,
-        store.clone(),
-        membership,
-        auth.clone(),
-        delivery,
+        GatewayParts { hub, store: store.clone(), membership, auth: auth.clone(), delivery, limits: limits.clone() },
         GatewayConfig {
             max_frame_bytes: args.max_frame_bytes as usize,
             max_content_bytes: args.max_content_bytes,
@@ -150,6 +151,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             backfill_page: args.backfill_page,
             ping_interval: Duration::from_secs(args.ping_interval_secs),
             auto_delivered: args.auto_delivered,
+            max_connections_per_user: args.max_connections_per_user,
         },
         shutdown.clone(),
     ));

@@ -46,6 +46,8 @@ async fn endpoints_and_every_contract_metric_from_startup() {
         "chat_relay_messages_sent_total 0",
         "chat_relay_slow_consumer_disconnects_total 0",
         "chat_relay_delivered_flushes_total 0",
+        "chat_relay_catchups_total 0",
+        "chat_relay_rate_limited_total 0",
         "chat_relay_commit_to_send_seconds_bucket",
         "# TYPE chat_relay_commit_to_send_seconds histogram",
     ] {

@@ -447,3 +447,85 @@ async fn asymmetric_tokens_verify_against_a_jwks_with_rotation_beside_hs256() {
     }
     assert_eq!(jwks.hits(), before, "unknown kids caused fetches");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_cannot_hold_more_than_the_connection_cap() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_MAX_CONNECTIONS_PER_USER", "3")]).await;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(relay.ws(user).await);
+    }
+    let url = format!("ws://127.0.0.1:{}/v1/ws?access_token={}", relay.port, token(user, 600));
+    match tokio_tungstenite::connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"], "too_many_connections");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    assert_eq!(relay.metric("chat_relay_rate_limited_total").await, 1.0);
+    // Others are not affected; closing one frees a slot.
+    let mut o = relay.ws(other).await;
+    assert!(o.barrier().await.is_empty());
+    let mut first = held.remove(0);
+    first.stream.close(None).await.unwrap();
+    assert!(matches!(first.close_code().await, support::End::Closed(_) | support::End::Eof));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio_tungstenite::connect_async(url.clone()).await {
+            Ok((ws, _)) => {
+                let mut ws = Ws { stream: ws };
+                assert!(ws.barrier().await.is_empty());
+                break;
+            }
+            // The relay frees the slot once the session has ended.
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("slot never freed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_beyond_the_rate_are_refused_with_retry_after_and_not_stored() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_SEND_RATE", "5")]).await;
+    let user = Uuid::new_v4();
+    let chat = db.chat(&[user]).await;
+    let mut ws = relay.ws(user).await;
+    let send = |i: usize| json!({"type": "send", "chat_id": chat, "client_generated_id": Uuid::new_v4(), "content": format!("m{i}"), "ref": i});
+    for i in 0..5 {
+        ws.send(send(i)).await;
+    }
+    ws.send(send(5)).await;
+    let mut refused = None;
+    let mut sent = 0;
+    while sent + usize::from(refused.is_some()) < 6 {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("sent") => sent += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                assert_eq!(v["ref"], 5);
+                assert_eq!(v["chat_id"], chat.to_string());
+                refused = Some(v["retry_after_ms"].as_u64().expect("retry_after_ms"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(sent, 5, "a burst of the rate passes");
+    let wait = refused.expect("the sixth send was refused");
+    assert!(wait > 0 && wait <= 1000, "{wait}");
+    let c = db.client().await;
+    let stored: i64 =
+        c.query_one("SELECT count(*) FROM chat_messages WHERE chat_id = $1", &[&chat]).await.unwrap().get(0);
+    assert_eq!(stored, 5, "nothing stored for the refused send");
+    assert!(relay.metric("chat_relay_rate_limited_total").await >= 1.0);
+    // The client waits as told, and the send goes through.
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    ws.send(send(6)).await;
+    assert_eq!(ws.expect("sent").await["ref"], 6);
+}

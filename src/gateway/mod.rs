@@ -31,6 +31,7 @@ pub use session::close;
 
 use crate::delivery::Delivery;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::store::Store;
 
 /// Gateway tunables.
@@ -44,6 +45,7 @@ pub struct GatewayConfig {
     pub backfill_page: i64,
     pub ping_interval: Duration,
     pub auto_delivered: bool,
+    pub max_connections_per_user: u32,
 }
 
 /// Shared state of all sessions.
@@ -53,6 +55,7 @@ pub struct Gateway {
     pub membership: Arc<Membership>,
     pub auth: Arc<Auth>,
     pub delivery: Delivery,
+    pub limits: Arc<Limits>,
     pub cfg: GatewayConfig,
     /// Cancelled on SIGTERM: sessions close with 1001.
     pub shutdown: CancellationToken,
@@ -61,22 +64,26 @@ pub struct Gateway {
     next_id: AtomicU64,
 }
 
+/// What the gateway works with, built by the relay's wiring.
+pub struct GatewayParts {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub membership: Arc<Membership>,
+    pub auth: Arc<Auth>,
+    pub delivery: Delivery,
+    pub limits: Arc<Limits>,
+}
+
 impl Gateway {
-    pub fn new(
-        hub: Arc<Hub>,
-        store: Store,
-        membership: Arc<Membership>,
-        auth: Arc<Auth>,
-        delivery: Delivery,
-        cfg: GatewayConfig,
-        shutdown: CancellationToken,
-    ) -> Gateway {
+    pub fn new(parts: GatewayParts, cfg: GatewayConfig, shutdown: CancellationToken) -> Gateway {
+        let GatewayParts { hub, store, membership, auth, delivery, limits } = parts;
         Gateway {
             hub,
             store,
             membership,
             auth,
             delivery,
+            limits,
             cfg,
             shutdown,
             sessions: TaskTracker::new(),
@@ -120,6 +127,15 @@ pub async fn ws_handler(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    // Held by the session; given back when it ends, or here if the upgrade fails.
+    let Some(slot) = gw.limits.connect(identity.user_id) else {
+        let message = format!(
+            "this user already holds {} connections to this relay; close one first",
+            gw.cfg.max_connections_per_user
+        );
+        return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "too_many_connections", "message": message})))
+            .into_response();
+    };
     let max = gw.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -132,6 +148,9 @@ pub async fn ws_handler(
         .max_write_buffer_size(usize::MAX)
         .on_upgrade(move |socket| {
             let tracker = gw.sessions.clone();
-            tracker.track_future(session::Session::run(gw, socket, identity))
+            tracker.track_future(async move {
+                session::Session::run(gw, socket, identity).await;
+                drop(slot);
+            })
         })
 }

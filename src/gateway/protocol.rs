@@ -143,6 +143,23 @@ pub fn with_ref(mut frame: Value, reference: &Option<Value>) -> String {
     frame.to_string()
 }
 
+/// `rate_limited`, saying when to try again.
+pub fn rate_limited(
+    message: &str,
+    chat_id: Option<Uuid>,
+    retry_after: std::time::Duration,
+    reference: &Option<Value>,
+) -> String {
+    let mut frame = json!({
+        "type": "error", "code": ErrorCode::RateLimited.as_str(), "message": message,
+        "retry_after_ms": retry_after.as_millis().max(1) as u64,
+    });
+    if let (Some(c), Value::Object(map)) = (chat_id, &mut frame) {
+        map.insert("chat_id".into(), json!(c));
+    }
+    with_ref(frame, reference)
+}
+
 pub fn error(code: ErrorCode, message: &str, chat_id: Option<Uuid>, reference: &Option<Value>) -> String {
     let mut frame = json!({"type": "error", "code": code.as_str(), "message": message});
     if let (Some(c), Value::Object(map)) = (chat_id, &mut frame) {

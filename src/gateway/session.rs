@@ -598,6 +598,10 @@ impl Session {
             let why = format!("content is longer than {} bytes", self.gw.cfg.max_content_bytes);
             return self.error(ErrorCode::BadRequest, &why, Some(chat), reference);
         }
+        if let Err(wait) = self.gw.limits.send(self.identity.user_id) {
+            let text = protocol::rate_limited("too many sends; nothing was stored", Some(chat), wait, reference);
+            return self.out.text(text.into());
+        }
         match self.gw.store.send(chat, self.identity.user_id, cgid, &content).await {
             Ok(o) => self.answer(
                 json!({
