@@ -6,6 +6,7 @@
 //! target. Everything runs on one machine, so the load generator competes with
 //! the relay and Postgres for the same cores: figures are conservative.
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +56,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.scenario == "writepath" {
         rows.extend(writepath(&args).await.context("write path")?);
+    }
+    if all || args.scenario == "slowreaders" {
+        rows.push(slowreaders(&args).await.context("slow readers")?);
+    }
+    if all || args.scenario == "bulkinsert" {
+        rows.push(bulkinsert(&args).await.context("bulk insert")?);
     }
     println!("\n| scenario | result | target | met |\n|---|---|---|---|");
     for r in rows {
@@ -116,7 +123,12 @@ struct RelayProcess {
 impl RelayProcess {
     async fn start(url: &str, slot: &str, extra: &[(&str, &str)]) -> anyhow::Result<RelayProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = Command::new(std::env::current_exe()?);
+        // A/B comparisons: the same load against another build's relay.
+        let program = match std::env::var_os("CHAT_RELAY_BENCH_RELAY") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::env::current_exe()?,
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("serve")
             .env("DATABASE_URL", url)
             .env("CHAT_RELAY_LISTEN", format!("127.0.0.1:{port}"))
@@ -306,73 +318,188 @@ async fn chats_with_users(
     Ok(out)
 }
 
+/// What one subscriber received: (seq, latency in µs) of every message frame.
+type Received = Vec<(i64, u32)>;
+
 struct Readers {
+    /// Message frames received so far, all readers together.
     frames: Arc<AtomicU64>,
-    recording: Arc<std::sync::atomic::AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+    /// One per subscriber: its chat and the task reading it.
+    tasks: Vec<(Uuid, bool, tokio::task::JoinHandle<Received>)>,
 }
 
-impl Readers {
-    /// Stops every reader and merges their latency histograms (microseconds).
-    async fn finish(self) -> anyhow::Result<Histogram<u64>> {
-        self.stop.cancel();
-        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        for t in self.tasks {
-            all.add(t.await?)?;
-        }
-        Ok(all)
+/// How one run went, per subscriber, against what each was owed.
+struct Delivery {
+    /// Frames of owed seqs received (duplicates included).
+    frames: u64,
+    owed: u64,
+    duplicates: u64,
+    gaps: u64,
+    out_of_order: u64,
+    /// Latency of owed frames, fast readers only (µs).
+    fast: Histogram<u64>,
+    /// Same, slow readers only.
+    slow: Histogram<u64>,
+}
+
+impl Delivery {
+    fn exact(&self) -> bool {
+        self.duplicates == 0 && self.gaps == 0 && self.out_of_order == 0
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} of {} owed frames, {} duplicates, {} gaps, {} out of order",
+            self.frames, self.owed, self.duplicates, self.gaps, self.out_of_order
+        )
     }
 }
 
+impl Readers {
+    /// Stops every reader and checks each against the seqs it was owed:
+    /// `(after, upto]` of its chat, each exactly once and in order.
+    async fn finish(self, owed: &HashMap<Uuid, (i64, i64)>) -> anyhow::Result<Delivery> {
+        self.stop.cancel();
+        let mut d = Delivery {
+            frames: 0,
+            owed: 0,
+            duplicates: 0,
+            gaps: 0,
+            out_of_order: 0,
+            fast: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            slow: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        };
+        for (chat, slow, task) in self.tasks {
+            let got = task.await?;
+            let Some(&(after, upto)) = owed.get(&chat) else { continue };
+            d.owed += (upto - after).max(0) as u64;
+            let mut seen = std::collections::HashSet::new();
+            let mut last = after;
+            for (seq, us) in got.into_iter().filter(|(s, _)| *s > after && *s <= upto) {
+                d.frames += 1;
+                if !seen.insert(seq) {
+                    d.duplicates += 1;
+                    continue;
+                }
+                if seq < last {
+                    d.out_of_order += 1;
+                }
+                last = last.max(seq);
+                let h = if slow { &mut d.slow } else { &mut d.fast };
+                h.record(u64::from(us).max(1))?;
+            }
+            d.gaps += (upto - after).max(0) as u64 - seen.len() as u64;
+        }
+        Ok(d)
+    }
+}
+
+/// Each chat's latest seq now (the start or end of what subscribers are owed).
+async fn latest_seqs(url: &str, chats: &[Uuid]) -> anyhow::Result<HashMap<Uuid, i64>> {
+    let c = client(url).await?;
+    let mut out = HashMap::new();
+    for chat in chats {
+        out.insert(*chat, c.query_one("SELECT get_latest_seq($1)", &[chat]).await?.try_get(0)?);
+    }
+    Ok(out)
+}
+
+fn owed(before: &HashMap<Uuid, i64>, after: &HashMap<Uuid, i64>) -> HashMap<Uuid, (i64, i64)> {
+    before.iter().map(|(c, b)| (*c, (*b, after.get(c).copied().unwrap_or(*b)))).collect()
+}
+
 /// Opens one subscriber per (chat, user), spread over source addresses, each
-/// read by its own task that records latency while `recording` is set.
-async fn open_readers(port: u16, plan: &[(Uuid, Vec<Uuid>)]) -> anyhow::Result<Readers> {
+/// read by its own task. The first `slow` subscribers read at most
+/// `slow_bytes_per_sec`; the others as fast as they can.
+async fn open_readers(
+    port: u16,
+    plan: &[(Uuid, Vec<Uuid>)],
+    slow: usize,
+    slow_bytes_per_sec: f64,
+) -> anyhow::Result<Readers> {
     let frames = Arc::new(AtomicU64::new(0));
-    let recording = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     let mut n = 0usize;
     for (chat, users) in plan {
         for user in users {
             let src = 1 + (n / 10_000) as u8;
+            let is_slow = n < slow;
             n += 1;
             let mut ws = subscriber(port, src, *user, *chat).await?;
-            let (frames, recording, stop) = (frames.clone(), recording.clone(), stop.clone());
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let msg = tokio::select! {
-                        m = ws.next() => m,
-                        _ = stop.cancelled() => break,
-                    };
-                    let Some(Ok(Message::Text(t))) = msg else { break };
-                    if !recording.load(Ordering::Relaxed) || !t.starts_with("{\"type\":\"message\"") {
-                        continue;
+            let (frames, stop) = (frames.clone(), stop.clone());
+            tasks.push((
+                *chat,
+                is_slow,
+                tokio::spawn(async move {
+                    let mut got = Received::new();
+                    let started = Instant::now();
+                    let mut bytes = 0usize;
+                    loop {
+                        let msg = tokio::select! {
+                            m = ws.next() => m,
+                            _ = stop.cancelled() => break,
+                        };
+                        let Some(Ok(Message::Text(t))) = msg else { break };
+                        if !t.starts_with("{\"type\":\"message\"") {
+                            continue;
+                        }
+                        frames.fetch_add(1, Ordering::Relaxed);
+                        let us = latency_us(&t).unwrap_or(0).min(u32::MAX as u64) as u32;
+                        if let Some(seq) = seq_of(&t) {
+                            got.push((seq, us));
+                        }
+                        if is_slow {
+                            // Never ahead of the allowed byte rate.
+                            bytes += t.len();
+                            let due = Duration::from_secs_f64(bytes as f64 / slow_bytes_per_sec);
+                            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                                tokio::time::sleep(ahead).await;
+                            }
+                        }
                     }
-                    frames.fetch_add(1, Ordering::Relaxed);
-                    if let Some(us) = latency_us(&t) {
-                        let _ = hist.record(us.max(1));
-                    }
-                }
-                hist
-            }));
+                    got
+                }),
+            ));
         }
     }
-    Ok(Readers { frames, recording, stop, tasks })
+    Ok(Readers { frames, stop, tasks })
+}
+
+/// The `seq` of a message frame (`{"type":"message","chat_id":"…","seq":N,…`).
+fn seq_of(frame: &str) -> Option<i64> {
+    let key = "\"seq\":";
+    let start = frame.find(key)? + key.len();
+    let end = start + frame[start..].find(|c: char| !c.is_ascii_digit())?;
+    frame[start..end].parse().ok()
 }
 
 /// Inserts `rate` messages per second into `chats` (round robin) for `secs`,
 /// from `writers` connections. Returns how many were inserted.
 async fn write_load(url: &str, chats: Vec<Uuid>, rate: u64, secs: f64, writers: usize) -> anyhow::Result<u64> {
+    write_load_sized(url, chats, rate, secs, writers, 4).await
+}
+
+/// As [`write_load`], with messages of `size` bytes of content.
+async fn write_load_sized(
+    url: &str,
+    chats: Vec<Uuid>,
+    rate: u64,
+    secs: f64,
+    writers: usize,
+    size: usize,
+) -> anyhow::Result<u64> {
+    let content = "l".repeat(size.max(1));
     let mut tasks = Vec::new();
     let per_writer = rate as f64 / writers as f64;
     for w in 0..writers {
         let c = client(url).await?;
         let chats = chats.clone();
+        let content = content.clone();
         tasks.push(tokio::spawn(async move {
             let st = c
-                .prepare("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, '00000000-0000-0000-0000-000000000001', 'load')")
+                .prepare("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, '00000000-0000-0000-0000-000000000001', $2)")
                 .await?;
             let period = Duration::from_secs_f64(1.0 / per_writer);
             let mut tick = tokio::time::interval(period);
@@ -382,7 +509,7 @@ async fn write_load(url: &str, chats: Vec<Uuid>, rate: u64, secs: f64, writers: 
             let mut n = 0u64;
             while Instant::now() < end {
                 tick.tick().await;
-                c.execute(&st, &[&chats[i % chats.len()]]).await?;
+                c.execute(&st, &[&chats[i % chats.len()], &content]).await?;
                 i += writers;
                 n += 1;
             }
@@ -404,73 +531,158 @@ async fn latency(args: &BenchArgs) -> anyhow::Result<Row> {
     let plan = chats_with_users(&c, chats, per_chat).await?;
     let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
     relay.wait_ready().await?;
-    let readers = open_readers(relay.port, &plan).await?;
+    let readers = open_readers(relay.port, &plan, 0, 0.0).await?;
     let chat_ids: Vec<Uuid> = plan.iter().map(|(c, _)| *c).collect();
-    // Warm-up, then measure.
+    // Warm-up, then measure exactly what is committed from here on.
     write_load(&url, chat_ids.clone(), rate, 2.0, 4).await?;
-    readers.recording.store(true, Ordering::Relaxed);
-    let sent = write_load(&url, chat_ids, rate, secs, 4).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    readers.recording.store(false, Ordering::Relaxed);
-    let got = readers.frames.load(Ordering::Relaxed);
-    let h = readers.finish().await?;
+    let before = latest_seqs(&url, &chat_ids).await?;
+    let sent = write_load(&url, chat_ids.clone(), rate, secs, 4).await?;
+    let owed = owed(&before, &latest_seqs(&url, &chat_ids).await?);
+    let expected = sent * per_chat as u64;
+    wait_for_frames(&readers, expected, Duration::from_secs(10)).await;
+    let d = readers.finish(&owed).await?;
+    let h = &d.fast;
     let (p50, p99) = (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0);
     println!(
-        "  sent {sent} messages, {got} frames received (expected {}), p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
-        sent * per_chat as u64,
+        "  sent {sent} messages; {}; p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+        d.summary(),
         h.value_at_quantile(0.9) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
     Ok(Row {
         scenario: "2. live latency",
-        figure: format!("p50 {p50:.2} ms, p99 {p99:.2} ms ({got} of {} frames)", sent * per_chat as u64),
-        target: "p50 < 2 ms, p99 < 10 ms",
-        met: Some(!h.is_empty() && got >= sent * per_chat as u64 && p50 < 2.0 && p99 < 10.0),
+        figure: format!("p50 {p50:.2} ms, p99 {p99:.2} ms; {}", d.summary()),
+        target: "p50 < 2 ms, p99 < 10 ms, exactly once",
+        met: Some(!h.is_empty() && d.exact() && d.frames == d.owed && p50 < 2.0 && p99 < 10.0),
     })
+}
+
+/// Waits (bounded) until the readers have received `expected` message frames.
+async fn wait_for_frames(readers: &Readers, expected: u64, limit: Duration) {
+    let until = Instant::now() + limit;
+    while readers.frames.load(Ordering::Relaxed) < expected && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn fanout(args: &BenchArgs) -> anyhow::Result<Row> {
     let (subs, rate, secs) = if args.quick { (500, 20, 5.0) } else { (5000, 100, 10.0) };
+    let (subs, rate) = (args.subscribers.unwrap_or(subs), args.rate.unwrap_or(rate));
     println!("fan-out: one chat, {subs} subscribers, {rate} msg/s, {secs} s");
     let (_pg, url) = database(false).await?;
     let c = client(&url).await?;
     let plan = chats_with_users(&c, 1, subs).await?;
     let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
     relay.wait_ready().await?;
-    let readers = open_readers(relay.port, &plan).await?;
+    let readers = open_readers(relay.port, &plan, 0, 0.0).await?;
     let chat_ids = vec![plan[0].0];
     write_load(&url, chat_ids.clone(), rate, 1.0, 1).await?;
-    readers.recording.store(true, Ordering::Relaxed);
+    wait_for_frames(&readers, rate * subs as u64, Duration::from_secs(10)).await;
+    let warm = readers.frames.load(Ordering::Relaxed);
+    let before = latest_seqs(&url, &chat_ids).await?;
     let started = Instant::now();
     let (relay_cpu, bench_cpu) = (cpu_secs(relay.child.id()), cpu_secs(std::process::id()));
-    let sent = write_load(&url, chat_ids, rate, secs, 1).await?;
-    // Give delivery a moment to finish what was sent, then stop counting.
+    let sent = write_load(&url, chat_ids.clone(), rate, secs, 1).await?;
+    let owed = owed(&before, &latest_seqs(&url, &chat_ids).await?);
     let expected = sent * subs as u64;
-    let drain_until = Instant::now() + Duration::from_secs(10);
-    while readers.frames.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_frames(&readers, warm + expected, Duration::from_secs(10)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    readers.recording.store(false, Ordering::Relaxed);
     let (relay_cpu, bench_cpu) = (cpu_secs(relay.child.id()) - relay_cpu, cpu_secs(std::process::id()) - bench_cpu);
+    let d = readers.finish(&owed).await?;
+    let per_frame_us = relay_cpu * 1e6 / d.frames.max(1) as f64;
     println!(
-        "  CPU over {elapsed:.1} s: relay {relay_cpu:.1} s ({:.0}% of a core), load generator {bench_cpu:.1} s ({:.0}% of a core)",
+        "  CPU over {elapsed:.1} s: relay {relay_cpu:.1} s ({:.0}% of a core, {per_frame_us:.2} µs per delivered frame), load generator {bench_cpu:.1} s ({:.0}% of a core)",
         100.0 * relay_cpu / elapsed,
         100.0 * bench_cpu / elapsed
     );
-    let got = readers.frames.load(Ordering::Relaxed);
-    let h = readers.finish().await?;
-    let per_sec = got as f64 / elapsed;
+    let h = &d.fast;
+    let per_sec = d.frames as f64 / elapsed;
     let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
     println!(
-        "  sent {sent}, {got} of {expected} frames in {elapsed:.1} s: {per_sec:.0} frames/s, p50 {:.1} ms, p99 {p99:.1} ms",
+        "  sent {sent}; {} in {elapsed:.1} s: {per_sec:.0} frames/s, p50 {:.1} ms, p99 {p99:.1} ms",
+        d.summary(),
         h.value_at_quantile(0.5) as f64 / 1000.0
     );
     Ok(Row {
         scenario: "3. fan-out",
-        figure: format!("{per_sec:.0} frames/s delivered ({got}/{expected}), p99 {p99:.1} ms"),
-        target: "500k frames/s, p99 < 50 ms (at 5000 subs x 100 msg/s)",
-        met: Some(got >= expected && per_sec >= 500_000.0 && p99 < 50.0),
+        figure: format!(
+            "{per_sec:.0} frames/s, p99 {p99:.1} ms, relay {per_frame_us:.2} µs CPU per frame; {}",
+            d.summary()
+        ),
+        target: "500k frames/s, p99 < 50 ms (at 5000 subs x 100 msg/s); < 1.5 µs per frame",
+        met: Some(d.exact() && d.frames == d.owed && per_sec >= 500_000.0 && p99 < 50.0 && per_frame_us < 1.5),
+    })
+}
+
+async fn slowreaders(args: &BenchArgs) -> anyhow::Result<Row> {
+    let (subs, slow, rate, secs) = if args.quick { (200, 20, 50, 5.0) } else { (1000, 100, 100, 20.0) };
+    let slow_rate = 64.0 * 1024.0;
+    println!(
+        "slow readers: one chat, {subs} subscribers of which {slow} read at 64 KB/s, {rate} msg/s of ~1 KB, {secs} s"
+    );
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let plan = chats_with_users(&c, 1, subs).await?;
+    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    relay.wait_ready().await?;
+    let readers = open_readers(relay.port, &plan, slow, slow_rate).await?;
+    let chat_ids = vec![plan[0].0];
+    let before = latest_seqs(&url, &chat_ids).await?;
+    let sent = write_load_sized(&url, chat_ids.clone(), rate, secs, 1, 1000).await?;
+    let owed = owed(&before, &latest_seqs(&url, &chat_ids).await?);
+    // The slow ones need a while to read everything (about 1.2 KB per frame).
+    let expected = sent * subs as u64;
+    let needed = Duration::from_secs_f64(sent as f64 * 1200.0 / slow_rate + 30.0);
+    println!("  sent {sent}; waiting up to {:.0} s for the slow readers to read everything", needed.as_secs_f64());
+    wait_for_frames(&readers, expected, needed).await;
+    let (_, metrics) = crate::server::http_get(relay.port, "/metrics").await?;
+    let metric =
+        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let (kicked, catchups) =
+        (metric("chat_relay_slow_consumer_disconnects_total"), metric("chat_relay_catchups_total"));
+    let d = readers.finish(&owed).await?;
+    let (p50, p99) = (d.fast.value_at_quantile(0.5) as f64 / 1000.0, d.fast.value_at_quantile(0.99) as f64 / 1000.0);
+    println!(
+        "  fast readers: p50 {p50:.2} ms, p99 {p99:.2} ms; slow readers: p50 {:.0} ms; {}; {kicked} disconnected, {catchups} catch-ups",
+        d.slow.value_at_quantile(0.5) as f64 / 1000.0,
+        d.summary()
+    );
+    Ok(Row {
+        scenario: "6. slow readers",
+        figure: format!(
+            "fast p99 {p99:.2} ms; slow ones caught up {catchups} times, {kicked} disconnected; {}",
+            d.summary()
+        ),
+        target: "fast p99 < 10 ms, slow get everything, none disconnected",
+        met: Some(d.exact() && d.frames == d.owed && p99 < 10.0 && kicked == 0.0),
+    })
+}
+
+async fn bulkinsert(args: &BenchArgs) -> anyhow::Result<Row> {
+    let rows: i64 = if args.quick { 20_000 } else { 200_000 };
+    println!("bulk insert: {rows} rows into one chat, one statement vs 1,000-row commits");
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let one = Uuid::new_v4();
+    let many = Uuid::new_v4();
+    c.execute("INSERT INTO chats (id) VALUES ($1), ($2)", &[&one, &many]).await?;
+    let sql = "INSERT INTO chat_messages (chat_id, sender_id, content) \
+               SELECT $1, '00000000-0000-0000-0000-000000000001', 'bulk ' || g FROM generate_series(1, $2::bigint) g";
+    let t = Instant::now();
+    for _ in 0..rows / 1000 {
+        c.execute(sql, &[&many, &1000i64]).await?;
+    }
+    let batched = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    c.execute(sql, &[&one, &rows]).await?;
+    let single = t.elapsed().as_secs_f64();
+    let ratio = single / batched;
+    println!("  1,000-row commits {batched:.2} s, one statement {single:.2} s: ratio {ratio:.2}");
+    Ok(Row {
+        scenario: "7. bulk insert",
+        figure: format!("one {rows}-row statement {single:.2} s vs 1,000-row commits {batched:.2} s: ratio {ratio:.2}"),
+        target: "ratio <= 2",
+        met: Some(ratio <= 2.0),
     })
 }
 

@@ -224,8 +224,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Which scenario: all, catchup, latency, fanout, connections, writepath.
-    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath"])]
+    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert.
+    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert"])]
     pub scenario: String,
 
     /// Repetitions for scenarios that compare two runs (medians are reported).
@@ -235,6 +235,14 @@ pub struct BenchArgs {
     /// Small sizes, for a smoke run (figures are not comparable to the targets).
     #[arg(long)]
     pub quick: bool,
+
+    /// fan-out: subscribers of the one chat (default 5000; 500 with --quick).
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+
+    /// fan-out: messages per second (default 100; 20 with --quick).
+    #[arg(long)]
+    pub rate: Option<u64>,
 
     /// Tracing filter for the bench itself.
     #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -308,10 +309,14 @@ pub trait Fanout: Send + Sync {
     fn resync_all(&self);
 }
 
+/// A chat's subscribers, by connection (O(1) to add and remove: a mass
+/// disconnect from a big chat stays linear).
+type Subscribers = HashMap<ConnId, Arc<Conn>, FxBuildHasher>;
+
 /// In-process subscriptions.
 #[derive(Default)]
 pub struct Hub {
-    chats: DashMap<Uuid, Vec<Arc<Conn>>>,
+    chats: DashMap<Uuid, Subscribers, FxBuildHasher>,
 }
 
 impl Hub {
@@ -320,15 +325,12 @@ impl Hub {
     }
 
     pub fn subscribe(&self, chat_id: Uuid, conn: &Arc<Conn>) {
-        let mut subs = self.chats.entry(chat_id).or_default();
-        if !subs.iter().any(|c| c.id == conn.id) {
-            subs.push(conn.clone());
-        }
+        self.chats.entry(chat_id).or_default().entry(conn.id).or_insert_with(|| conn.clone());
     }
 
     pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
-            e.get_mut().retain(|c| c.id != conn);
+            e.get_mut().remove(&conn);
             if e.get().is_empty() {
                 e.remove();
             }
@@ -348,7 +350,7 @@ impl Fanout for Hub {
 
     fn publish(&self, frame: Arc<EventFrame>) {
         if let Some(subs) = self.chats.get(&frame.chat_id) {
-            for conn in subs.iter() {
+            for conn in subs.values() {
                 conn.offer(&frame);
             }
         }
@@ -356,7 +358,7 @@ impl Fanout for Hub {
 
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
-            e.get_mut().retain(|c| {
+            e.get_mut().retain(|_, c| {
                 if c.user_id == user_id {
                     c.revoke(chat_id);
                     false
@@ -373,7 +375,7 @@ impl Fanout for Hub {
     fn resync_all(&self) {
         let mut told = HashSet::new();
         for subs in self.chats.iter() {
-            for conn in subs.iter() {
+            for conn in subs.values() {
                 if told.insert(conn.id) {
                     conn.resync();
                 }

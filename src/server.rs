@@ -51,18 +51,25 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// Waits until the relay at `port` on 127.0.0.1 answers `/readyz` with 200
 /// (used by the demo and the benchmarks, which start their own relay).
 pub async fn wait_ready(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await;
-            if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
-                return Ok(());
-            }
+        if let Ok((200, _)) = http_get(port, "/readyz").await {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("the relay did not become ready within {timeout:?}")
+}
+
+/// A plain HTTP/1.0 GET to 127.0.0.1:`port`: (status, body).
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
 }

@@ -22,13 +22,14 @@
 //! 4008 only when the socket took nothing for `CHAT_RELAY_SLOW_CONSUMER_MS`
 //! while frames waited, or when the unsent data passes [`MAX_UNSENT`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
+use rustc_hash::FxHashMap;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -104,10 +105,10 @@ pub(super) struct Session {
     /// Live frames taken from the queue so far.
     dequeued: u64,
     out: Outbox,
-    subs: HashMap<Uuid, Sub>,
+    subs: FxHashMap<Uuid, Sub>,
     /// Highest seq written per chat, kept after unsubscribe: a resubscribe on
     /// this connection never repeats a message.
-    written: HashMap<Uuid, i64>,
+    written: FxHashMap<Uuid, i64>,
     /// Chats with table work, in the order it arose.
     pending: VecDeque<Uuid>,
     next_generation: u64,
@@ -153,8 +154,8 @@ impl Session {
             rx,
             dequeued: 0,
             out: Outbox::new(sink),
-            subs: HashMap::new(),
-            written: HashMap::new(),
+            subs: FxHashMap::default(),
+            written: FxHashMap::default(),
             pending: VecDeque::new(),
             next_generation: 0,
             barriers: VecDeque::new(),
