@@ -13,17 +13,24 @@
 --  * it named tables unqualified with no pinned search_path: a temporary table
 --    called chats could choose the seq.
 --
--- Now the first row of a chat in a run of rows locks the chat row FOR NO KEY
--- UPDATE (compatible with foreign-key KEY SHARE locks, exclusive among writers,
--- held until commit, so commit order is still seq order within a chat) and
--- reads where the chat stands; the following rows of that chat continue from a
--- transaction-local counter (one custom setting, undone with its savepoint). An
--- AFTER STATEMENT trigger stores chats.last_seq once per statement and chat. A
--- repeated client_generated_id takes no number: the row is handed to the unique
--- index with a placeholder seq that cannot collide, and the index either raises
--- 23505 naming chat_messages_chat_id_client_generated_id_key or, under
--- ON CONFLICT DO NOTHING, skips the row. The twin is locked KEY SHARE meanwhile,
--- so a concurrent delete cannot let the placeholder through.
+-- Now the first row of a chat in a transaction takes its seq as it always
+-- did, in one statement: UPDATE chats SET last_seq = last_seq + 1 RETURNING
+-- (a FOR NO KEY UPDATE row lock: compatible with foreign-key KEY SHARE locks,
+-- exclusive among writers, held until commit, so commit order is still seq
+-- order within a chat), and the transaction remembers where the chat stands
+-- (one custom setting, undone with its savepoint). Further rows of that chat
+-- count on from there without touching chats, and flag the statement; at the
+-- end of a flagged statement an AFTER STATEMENT trigger stores last_seq once
+-- per chat from the statement's new rows. An unflagged statement (every
+-- single-row insert) ends at once, so a plain insert costs what it did and a
+-- bulk insert is linear. Rows of chats interleaved within one flagged
+-- statement read where their chat stands instead (its lock is held; rows this
+-- statement inserted are visible). A repeated client_generated_id takes no
+-- number: the row is handed to the unique index with a placeholder seq that
+-- cannot collide, and the index either raises 23505 naming
+-- chat_messages_chat_id_client_generated_id_key or, under ON CONFLICT DO
+-- NOTHING, skips the row. The twin is locked KEY SHARE meanwhile, so a
+-- concurrent delete cannot let the placeholder through.
 --
 -- Both trigger functions are SECURITY DEFINER with search_path pinned to
 -- pg_catalog, pg_temp and every name schema-qualified (the schema migrate ran
@@ -46,20 +53,30 @@ AS $body$
 DECLARE
     prefix text := NEW.chat_id::text || ':';
     cached text := current_setting('chat_relay.seq', true);
+    hit boolean := cached IS NOT NULL AND starts_with(cached, prefix);
+    flagged boolean := coalesce(current_setting('chat_relay.lagging', true), '') = 't';
+    counted boolean := false;
     last bigint;
     twin bigint;
 BEGIN
-    IF cached IS NOT NULL AND starts_with(cached, prefix) THEN
+    IF hit THEN
         last := substr(cached, length(prefix) + 1)::bigint;
+    ELSIF NOT flagged THEN
+        -- The chat's stored last_seq is current: lock and number in one go.
+        UPDATE %1$I.chats c SET last_seq = c.last_seq + 1 WHERE c.id = NEW.chat_id
+            RETURNING c.last_seq - 1 INTO last;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'chat %% does not exist', NEW.chat_id
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        counted := true;
     ELSE
-        -- Lock the chat (a no-op when this transaction holds the lock already).
+        -- Some chat's last_seq lags this statement: read where this one stands.
         SELECT c.last_seq INTO last FROM %1$I.chats c WHERE c.id = NEW.chat_id FOR NO KEY UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'chat %% does not exist', NEW.chat_id
                 USING ERRCODE = 'foreign_key_violation';
         END IF;
-        -- Rows of this chat inserted earlier by this same statement (interleaved
-        -- with other chats) are not in last_seq yet.
         last := greatest(last, coalesce(
             (SELECT max(m.seq) FROM %1$I.chat_messages m WHERE m.chat_id = NEW.chat_id), 0));
     END IF;
@@ -68,14 +85,22 @@ BEGIN
          WHERE m.chat_id = NEW.chat_id AND m.client_generated_id = NEW.client_generated_id
            FOR KEY SHARE;
         IF FOUND THEN
-            -- A retry: no number is taken. Stored seqs are never negative, so
-            -- only the client_generated_id index can object to this row.
+            -- A retry takes no number (give back the one just counted).
+            -- Stored seqs are never negative, so only the
+            -- client_generated_id index can object to this row.
+            IF counted THEN
+                UPDATE %1$I.chats c SET last_seq = last WHERE c.id = NEW.chat_id;
+            END IF;
+            PERFORM set_config('chat_relay.seq', prefix || last, true);
             NEW.seq := -1 - twin;
             RETURN NEW;
         END IF;
     END IF;
     last := last + 1;
-    PERFORM set_config('chat_relay.seq', prefix || last::text, true);
+    IF NOT counted AND NOT flagged THEN
+        PERFORM set_config('chat_relay.lagging', 't', true);
+    END IF;
+    PERFORM set_config('chat_relay.seq', prefix || last, true);
     NEW.seq := last;
     RETURN NEW;
 END
@@ -88,9 +113,13 @@ RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $body$
 BEGIN
+    IF current_setting('chat_relay.lagging', true) IS DISTINCT FROM 't' THEN
+        RETURN NULL;
+    END IF;
     UPDATE %1$I.chats c SET last_seq = n.max_seq
       FROM (SELECT chat_id, max(seq) AS max_seq FROM chat_relay_new_rows GROUP BY chat_id) n
      WHERE c.id = n.chat_id AND c.last_seq < n.max_seq;
+    PERFORM set_config('chat_relay.lagging', 'f', true);
     RETURN NULL;
 END
 $body$

@@ -169,7 +169,16 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Opens a subscribed WebSocket from source address 127.0.0.`src`.
 async fn subscriber(port: u16, src: u8, user: Uuid, chat: Uuid) -> anyhow::Result<Ws> {
+    subscriber_with(port, src, user, chat, None).await
+}
+
+/// Same, with a fixed receive buffer (a client on a constrained path: no
+/// autotuning to the tens of MB loopback allows).
+async fn subscriber_with(port: u16, src: u8, user: Uuid, chat: Uuid, rcvbuf: Option<u32>) -> anyhow::Result<Ws> {
     let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = rcvbuf {
+        sock.set_recv_buffer_size(size)?;
+    }
     sock.bind(std::net::SocketAddr::from(([127, 0, 0, src], 0)))?;
     let stream = sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
     stream.set_nodelay(true)?;
@@ -387,7 +396,7 @@ impl Readers {
                 }
                 last = last.max(seq);
                 let h = if slow { &mut d.slow } else { &mut d.fast };
-                h.record(u64::from(us).max(1))?;
+                h.saturating_record(u64::from(us).max(1));
             }
             d.gaps += (upto - after).max(0) as u64 - seen.len() as u64;
         }
@@ -427,7 +436,8 @@ async fn open_readers(
             let src = 1 + (n / 10_000) as u8;
             let is_slow = n < slow;
             n += 1;
-            let mut ws = subscriber(port, src, *user, *chat).await?;
+            let rcvbuf = is_slow.then_some(64 * 1024);
+            let mut ws = subscriber_with(port, src, *user, *chat, rcvbuf).await?;
             let (frames, stop) = (frames.clone(), stop.clone());
             tasks.push((
                 *chat,
@@ -441,7 +451,12 @@ async fn open_readers(
                             m = ws.next() => m,
                             _ = stop.cancelled() => break,
                         };
-                        let Some(Ok(Message::Text(t))) = msg else { break };
+                        let t = match msg {
+                            Some(Ok(Message::Text(t))) => t,
+                            // Pings (every 30 s) and other control frames.
+                            Some(Ok(_)) => continue,
+                            Some(Err(_)) | None => break,
+                        };
                         if !t.starts_with("{\"type\":\"message\"") {
                             continue;
                         }
@@ -616,23 +631,37 @@ async fn fanout(args: &BenchArgs) -> anyhow::Result<Row> {
 
 async fn slowreaders(args: &BenchArgs) -> anyhow::Result<Row> {
     let (subs, slow, rate, secs) = if args.quick { (200, 20, 50, 5.0) } else { (1000, 100, 100, 20.0) };
+    let (subs, slow, rate) = (args.subscribers.unwrap_or(subs), args.slow.unwrap_or(slow), args.rate.unwrap_or(rate));
+    let size = args.message_bytes.unwrap_or(1000);
     let slow_rate = 64.0 * 1024.0;
+    // A short queue, so that the slow ones fall behind (and are caught up
+    // from the table) within the run; the default 1024 only delays it.
+    let queue = "64";
     println!(
-        "slow readers: one chat, {subs} subscribers of which {slow} read at 64 KB/s, {rate} msg/s of ~1 KB, {secs} s"
+        "slow readers: one chat, {subs} subscribers of which {slow} read at 64 KB/s (64 KB receive buffer), \
+         {rate} msg/s of {size} bytes, {secs} s, CHAT_RELAY_OUTBOUND_QUEUE={queue}"
     );
     let (_pg, url) = database(false).await?;
     let c = client(&url).await?;
     let plan = chats_with_users(&c, 1, subs).await?;
-    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    let relay = RelayProcess::start(&url, "chat_relay", &[("CHAT_RELAY_OUTBOUND_QUEUE", queue)]).await?;
     relay.wait_ready().await?;
     let readers = open_readers(relay.port, &plan, slow, slow_rate).await?;
     let chat_ids = vec![plan[0].0];
     let before = latest_seqs(&url, &chat_ids).await?;
-    let sent = write_load_sized(&url, chat_ids.clone(), rate, secs, 1, 1000).await?;
+    let (relay_cpu, bench_cpu, started) = (cpu_secs(relay.child.id()), cpu_secs(std::process::id()), Instant::now());
+    let sent = write_load_sized(&url, chat_ids.clone(), rate, secs, 1, size).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (relay_cpu, bench_cpu) = (cpu_secs(relay.child.id()) - relay_cpu, cpu_secs(std::process::id()) - bench_cpu);
+    println!(
+        "  CPU while sending: relay {:.0}% of a core, load generator (all readers) {:.0}%",
+        100.0 * relay_cpu / elapsed,
+        100.0 * bench_cpu / elapsed
+    );
     let owed = owed(&before, &latest_seqs(&url, &chat_ids).await?);
     // The slow ones need a while to read everything (about 1.2 KB per frame).
     let expected = sent * subs as u64;
-    let needed = Duration::from_secs_f64(sent as f64 * 1200.0 / slow_rate + 30.0);
+    let needed = Duration::from_secs_f64(2.0 * sent as f64 * (size + 300) as f64 / slow_rate + 30.0);
     println!("  sent {sent}; waiting up to {:.0} s for the slow readers to read everything", needed.as_secs_f64());
     wait_for_frames(&readers, expected, needed).await;
     let (_, metrics) = crate::server::http_get(relay.port, "/metrics").await?;

@@ -240,9 +240,17 @@ pub struct BenchArgs {
     #[arg(long)]
     pub subscribers: Option<usize>,
 
-    /// fan-out: messages per second (default 100; 20 with --quick).
+    /// fan-out, slowreaders: messages per second (defaults 100; 20 and 50 with --quick).
     #[arg(long)]
     pub rate: Option<u64>,
+
+    /// slowreaders: how many of the subscribers read at 64 KB/s (default 100; 0 is the control run).
+    #[arg(long)]
+    pub slow: Option<usize>,
+
+    /// slowreaders: content bytes per message (default 1000).
+    #[arg(long)]
+    pub message_bytes: Option<usize>,
 
     /// Tracing filter for the bench itself.
     #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]

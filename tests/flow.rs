@@ -305,3 +305,38 @@ async fn updates_and_deletes_racing_a_catch_up_never_overtake_their_message() {
         }
     }
 }
+
+/// A WebSocket whose socket has a fixed, small receive buffer (a client on
+/// a constrained path rather than loopback's tens of megabytes).
+async fn small_window_ws(relay: &Relay, user: Uuid) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(32 * 1024).unwrap();
+    let stream = sock.connect(([127, 0, 0, 1], relay.port).into()).await.unwrap();
+    let url = format!("ws://127.0.0.1:{}/v1/ws?access_token={}", relay.port, support::token(user, 600));
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    Ws { stream: ws }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_of_a_steady_stream_gets_every_message_to_the_last() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_OUTBOUND_QUEUE", "8")]).await;
+    let user = Uuid::new_v4();
+    let chat = db.chat(&[user]).await;
+    let mut ws = small_window_ws(&relay, user).await;
+    ws.subscribe(chat, None).await;
+    // Many small transactions, faster than the reader reads.
+    let url = db.url.clone();
+    let writer = tokio::spawn(async move {
+        let c = support::connect(&url).await;
+        for i in 0..600 {
+            insert(&c, chat, user, &format!("{i:04}{}", "w".repeat(1000))).await;
+        }
+    });
+    read_slowly(&mut ws, chat, 600, 256e3).await;
+    writer.await.unwrap();
+    assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "nothing repeated");
+    assert!(relay.metric("chat_relay_catchups_total").await >= 1.0, "it fell behind");
+    assert_eq!(relay.metric("chat_relay_slow_consumer_disconnects_total").await, 0.0);
+}
