@@ -47,6 +47,24 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+impl StoreError {
+    /// A database that is restarting, unreachable or out of connections:
+    /// the same statement may well succeed in a moment.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Db(e) => match e.as_db_error() {
+                // Connection exception, insufficient resources, operator
+                // intervention (admin shutdown, cannot connect now).
+                Some(db) => matches!(db.code().code().get(..2), Some("08" | "53" | "57")),
+                // Closed connection, I/O error.
+                None => true,
+            },
+            StoreError::NotParticipant | StoreError::Unexpected(_) => false,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Unavailable(e.to_string())

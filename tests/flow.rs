@@ -340,3 +340,55 @@ async fn a_slow_reader_of_a_steady_stream_gets_every_message_to_the_last() {
     assert!(relay.metric("chat_relay_catchups_total").await >= 1.0, "it fell behind");
     assert_eq!(relay.metric("chat_relay_slow_consumer_disconnects_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catch_up_that_meets_a_restarting_database_waits_for_it_and_loses_nothing() {
+    let mut db = Db::start().await;
+    let relay =
+        Relay::start_with(&db, &[("CHAT_RELAY_OUTBOUND_QUEUE", "8"), ("CHAT_RELAY_SLOW_CONSUMER_MS", "60000")]).await;
+    let (user, watcher) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[user]).await;
+    let marker = db.chat(&[watcher]).await;
+    let mut slow = small_window_ws(&relay, user).await;
+    slow.subscribe(chat, None).await;
+    let mut w = relay.ws(watcher).await;
+    w.subscribe(marker, None).await;
+    // ~4 MB the slow reader does not take yet: it falls behind in the hub.
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, $2, repeat('r', 2000) || g FROM generate_series(1, 2000) g",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    // Later in the WAL: once it arrives, the burst went through the hub.
+    insert(&c, marker, watcher, "after the burst").await;
+    assert_eq!(w.messages(marker, 1).await, [1]);
+    drop(c);
+    // The database goes away before the catch-up can read the table.
+    tokio::task::block_in_place(|| db.pg.stop().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut seqs: Vec<i64> = Vec::new();
+        while seqs.len() < 2000 {
+            let got = slow.messages(chat, 1).await;
+            seqs.extend(&got);
+            let _ = tx.send(got[0]);
+        }
+        (slow, seqs)
+    });
+    // It delivers what it holds, then waits: nothing arrives for a while
+    // (on main an `unavailable` error ended the subscription here).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the reader ended: {:?}", reader.await.err()),
+            Err(_) => break,
+        }
+    }
+    assert!(!reader.is_finished(), "the whole burst came without the table");
+    tokio::task::block_in_place(|| db.pg.start_again().unwrap());
+    let (mut slow, seqs) = reader.await.unwrap();
+    assert_eq!(seqs, (1..=2000).collect::<Vec<i64>>());
+    assert!(slow.barrier().await.iter().all(|v| v["type"] != "message"), "nothing repeated");
+}

@@ -64,6 +64,12 @@ pub const PAGE_BYTES: i64 = 256 * 1024;
 pub const HISTORY_BYTES: i64 = 1024 * 1024;
 /// Live frames taken from the queue per wake-up before looking around.
 const BATCH: usize = 64;
+/// How long table work keeps retrying a database that is restarting or
+/// unreachable before the subscription ends with `unavailable`.
+pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
+/// First and largest pause between such retries.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What a subscription owes its client beyond the live stream.
 #[derive(Debug, Default)]
@@ -114,6 +120,11 @@ pub(super) struct Session {
     next_generation: u64,
     barriers: VecDeque<Barrier>,
     last_heard: Instant,
+    /// Table work failed for a passing reason: when it started failing and
+    /// the next pause.
+    failing: Option<(Instant, Duration)>,
+    /// No table work before this (a database that is coming back).
+    retry_at: Option<tokio::time::Instant>,
 }
 
 enum Wake {
@@ -125,7 +136,16 @@ enum Wake {
     Tick,
     In(Option<Result<Message, axum::Error>>),
     Work,
+    Retry,
     Frame(Option<Arc<EventFrame>>),
+}
+
+/// Sleeps until `at`; never wakes when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How the connection should end.
@@ -160,6 +180,8 @@ impl Session {
             next_generation: 0,
             barriers: VecDeque::new(),
             last_heard: Instant::now(),
+            failing: None,
+            retry_at: None,
         };
         m::ws_connected();
         tracing::debug!(conn = id, user = %identity.user_id, "connected");
@@ -194,7 +216,8 @@ impl Session {
                 };
             }
             let room = self.out.bytes() < HIGH_WATER;
-            let table_room = !self.pending.is_empty() && self.out.bytes() < LOW_WATER;
+            let table_room = !self.pending.is_empty() && self.out.bytes() < LOW_WATER && self.retry_at.is_none();
+            let retry_at = self.retry_at;
             let busy = self.out.busy();
             let stall_at = self.out.last_progress() + patience;
             let wake = tokio::select! {
@@ -207,6 +230,7 @@ impl Session {
                 _ = ping.tick() => Wake::Tick,
                 msg = stream.next(), if room => Wake::In(msg),
                 _ = std::future::ready(()), if table_room => Wake::Work,
+                _ = sleep_until_some(retry_at), if retry_at.is_some() => Wake::Retry,
                 f = self.rx.recv(), if room => Wake::Frame(f),
             };
             let step: Result<(), End> = match wake {
@@ -254,6 +278,10 @@ impl Session {
                     }
                 }
                 Wake::Work => self.work_step().await,
+                Wake::Retry => {
+                    self.retry_at = None;
+                    Ok(())
+                }
                 Wake::Frame(None) => return End::Quietly,
                 Wake::Frame(Some(frame)) => {
                     self.on_frame(frame);
@@ -326,6 +354,11 @@ impl Session {
             FrameKind::Message => {
                 if frame.seq <= sub.last {
                     return; // written already (history seam, replay)
+                }
+                if self.failing.is_some() && sub.work.as_ref().is_some_and(|w| w.messages) {
+                    // Its table read is retrying: nothing of the chat goes
+                    // out unchecked; the read brings this one too.
+                    return;
                 }
                 if frame.seq > sub.last + 1 {
                     // Something before it is missing: read the chat in order.
@@ -439,6 +472,7 @@ impl Session {
                 self.pending.pop_front();
             }
         }
+        self.failing = None;
         Ok(())
     }
 
@@ -446,9 +480,22 @@ impl Session {
         self.subs.get_mut(&chat).and_then(|s| s.work.as_mut())
     }
 
-    /// Table work for `chat` could not be done: the subscription ends, and
-    /// the client is told why. It never stays on unchecked.
+    /// Table work for `chat` could not be done. A database that is
+    /// restarting or out of connections is retried, with backoff, for up to
+    /// [`UNAVAILABLE_FOR`]; meanwhile nothing of the chat is written. Past
+    /// that, or for any other error, the subscription ends and the client is
+    /// told why: it never stays on unchecked.
     fn work_failed(&mut self, chat: Uuid, e: StoreError) -> Result<(), End> {
+        if e.is_transient() {
+            let (since, delay) = self.failing.unwrap_or((Instant::now(), RETRY_FIRST));
+            if since.elapsed() < UNAVAILABLE_FOR {
+                tracing::debug!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; retrying");
+                self.failing = Some((since, (delay * 2).min(RETRY_MAX)));
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+                return Ok(());
+            }
+        }
+        self.failing = None;
         self.end_sub(chat);
         match e {
             StoreError::NotParticipant => {

@@ -277,9 +277,11 @@ impl Ws {
     }
 
     /// The next JSON frame, or how the connection ended.
+    /// The server's pings do not count as frames: patience runs from the call.
     pub async fn next_or_end(&mut self) -> Result<Value, End> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let msg = tokio::time::timeout(PATIENCE, self.stream.next()).await.expect("no frame within patience");
+            let msg = tokio::time::timeout_at(deadline, self.stream.next()).await.expect("no frame within patience");
             match msg {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(f))) => return Err(End::Closed(f.map(|f| u16::from(f.code)))),
@@ -342,8 +344,13 @@ impl Ws {
         let mut seqs = Vec::new();
         while seqs.len() < n {
             let v = self.next().await;
-            if v["type"] == "message" && v["chat_id"] == chat.to_string() {
-                seqs.push(v["seq"].as_i64().unwrap());
+            if v["chat_id"] != chat.to_string() {
+                continue;
+            }
+            match v["type"].as_str() {
+                Some("message") => seqs.push(v["seq"].as_i64().unwrap()),
+                Some("error" | "unsubscribed") => panic!("subscription ended after {seqs:?}: {v}"),
+                _ => {}
             }
         }
         seqs
