@@ -58,6 +58,12 @@ def check(docs, sidecar=False):
     for name in ("DATABASE_URL", "CHAT_RELAY_JWT_SECRET"):
         if "secretKeyRef" not in env.get(name, {}).get("valueFrom", {}):
             problems.append(f"{name} must come from a Secret")
+    # A read-only root has no writable temp dir: large transactions spill to a volume.
+    spill = env.get("CHAT_RELAY_SPILL_DIR", {}).get("value")
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    if not spill or spill not in mounts or "emptyDir" not in volumes.get(mounts[spill], {}):
+        problems.append("CHAT_RELAY_SPILL_DIR must be an emptyDir volume mounted in the relay container")
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
     listen = env.get("CHAT_RELAY_LISTEN", {}).get("value", "")
     if ports.get("http") is None or not listen.endswith(f":{ports.get('http')}"):
@@ -110,6 +116,7 @@ def mutations(docs):
         next(i for i, e in enumerate(relay(ds)["env"]) if e["name"] == "DATABASE_URL"), {"name": "DATABASE_URL", "value": "postgres://x"})
     yield "service misses pods", lambda ds: next(d for d in ds if d["kind"] == "Service")["spec"].__setitem__("selector", {"app": "other"})
     yield "monitor wrong port", lambda ds: next(d for d in ds if d["kind"] == "ServiceMonitor")["spec"]["endpoints"][0].__setitem__("port", "metrics")
+    yield "no spill volume", lambda ds: relay(ds).__setitem__("volumeMounts", [])
     yield "open egress", lambda ds: next(d for d in ds if d["kind"] == "NetworkPolicy")["spec"]["egress"].append({"ports": [{"port": 443}]})
 
 

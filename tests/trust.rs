@@ -129,7 +129,7 @@ async fn a_membership_check_that_fails_on_resync_ends_the_subscription() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn send_subscribe_and_backfill_are_refused_before_the_removal_streams() {
+async fn send_subscribe_history_and_backfill_are_refused_before_the_removal_streams() {
     let db = Db::start().await;
     let relay = Relay::start(&db).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
@@ -157,6 +157,13 @@ async fn send_subscribe_and_backfill_are_refused_before_the_removal_streams() {
     assert_eq!(
         (v["type"].as_str(), v["code"].as_str(), v["ref"].as_i64()),
         (Some("error"), Some("forbidden"), Some(2)),
+        "{v}"
+    );
+    b.send(json!({"type": "history", "chat_id": chat, "ref": 3})).await;
+    let v = b.next().await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["ref"].as_i64()),
+        (Some("error"), Some("forbidden"), Some(3)),
         "{v}"
     );
     assert!(b.barrier().await.is_empty(), "history reached a removed user");
