@@ -14,6 +14,13 @@
 //! Revocations and resynchronisation requests travel beside the queue (they
 //! are never dropped and never wait behind frames).
 //!
+//! The hub also keeps the live part of a chat that is not in the table:
+//! *presence* (per chat, how many checked subscriptions each user holds;
+//! the first and the last one are announced) and *typing* (offered like an
+//! event, but never remembered when a queue is full). Presence changes
+//! travel beside the queue too, coalesced per chat and user, so a reader
+//! that is behind gets the latest state, not a history of flickers.
+//!
 //! The pipeline talks to the hub only through the [`Fanout`] trait (publish,
 //! revoke, resync). A deployment with several relay replicas puts a broker
 //! behind that trait and feeds each replica's local hub from it, without
@@ -43,6 +50,9 @@ pub const MAX_REMEMBERED_DELETES: usize = 100_000;
 /// Users whose dropped receipts are remembered per subscription; past it, the
 /// catch-up sends every participant's watermarks.
 pub const MAX_REMEMBERED_RECEIPTS: usize = 256;
+/// User ids listed in `subscribed.online`, at most; beyond it the frame says
+/// `online_truncated` and lists this many.
+pub const ONLINE_CAP: usize = 1000;
 
 /// What kind of event a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +61,8 @@ pub enum FrameKind {
     Update,
     Delete,
     Receipt,
+    /// Ephemeral: someone is typing (`subject`); `seq` is 0.
+    Typing,
 }
 
 /// One event, encoded once, shared by all its recipients.
@@ -94,6 +106,18 @@ impl EventFrame {
     pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: Option<DateTime<Utc>>) -> EventFrame {
         let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
         EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text: text.into() }
+    }
+
+    pub fn typing(chat_id: Uuid, user_id: Uuid) -> EventFrame {
+        let text = json!({"type": "typing", "chat_id": chat_id, "user_id": user_id}).to_string();
+        EventFrame {
+            chat_id,
+            seq: 0,
+            kind: FrameKind::Typing,
+            commit_time: None,
+            subject: Some(user_id),
+            text: text.into(),
+        }
     }
 
     pub fn receipt(p: &Participant, commit_time: Option<DateTime<Utc>>) -> EventFrame {
@@ -151,6 +175,7 @@ impl Behind {
                     }
                 }
             }
+            FrameKind::Typing => {}
         }
         true
     }
@@ -168,6 +193,8 @@ pub struct Control {
     pub behind: HashMap<Uuid, Behind>,
     /// Too much was remembered for this connection: close it (4008).
     pub overflow: bool,
+    /// Presence changes, latest state per (chat, user).
+    pub presence: Vec<(Uuid, Uuid, bool)>,
 }
 
 #[derive(Default)]
@@ -177,6 +204,7 @@ struct ControlState {
     behind: HashMap<Uuid, Behind>,
     deletes_left: usize,
     overflow: bool,
+    presence: HashMap<(Uuid, Uuid), bool, FxBuildHasher>,
 }
 
 /// The hub's side of one connection: its queue, and what travels beside it.
@@ -234,6 +262,33 @@ impl Conn {
         }
     }
 
+    /// Queues an ephemeral frame (typing) if there is room; never falls
+    /// behind for it and never remembers it.
+    fn offer_ephemeral(&self, frame: &Arc<EventFrame>) {
+        if self.queue.try_send(frame.clone()).is_ok() {
+            self.enqueued.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// A user's presence in a chat changed (coalesced with any change not
+    /// taken yet).
+    fn presence(&self, chat_id: Uuid, user_id: Uuid, online: bool) {
+        if let Ok(mut ctl) = self.control.lock() {
+            ctl.presence.insert((chat_id, user_id), online);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Forgets presence changes of a chat not taken yet (a fresh snapshot
+    /// supersedes them).
+    fn forget_presence(&self, chat_id: Uuid) {
+        if let Ok(mut ctl) = self.control.lock() {
+            if !ctl.presence.is_empty() {
+                ctl.presence.retain(|(c, _), _| *c != chat_id);
+            }
+        }
+    }
+
     fn fall_behind(&self, frame: &EventFrame) {
         let Ok(mut ctl) = self.control.lock() else { return };
         let after = self.enqueued.load(Ordering::Acquire);
@@ -278,6 +333,7 @@ impl Conn {
     /// moment one is taken, its live frames are queued again.
     pub fn take(&self, dequeued: u64) -> Control {
         let Ok(mut ctl) = self.control.lock() else { return Control::default() };
+        let presence = ctl.presence.drain().map(|((c, u), online)| (c, u, online)).collect();
         let ready: Vec<Uuid> = ctl.behind.iter().filter(|(_, b)| b.after <= dequeued).map(|(c, _)| *c).collect();
         let mut behind = HashMap::with_capacity(ready.len());
         for chat in ready {
@@ -292,6 +348,7 @@ impl Conn {
             resync: std::mem::take(&mut ctl.resync),
             behind,
             overflow: ctl.overflow,
+            presence,
         }
     }
 }
@@ -309,14 +366,65 @@ pub trait Fanout: Send + Sync {
     fn resync_all(&self);
 }
 
+/// One subscription in the hub: the connection, and whether its membership
+/// was checked (only then does it count for presence and hear of it).
+struct Subscription {
+    conn: Arc<Conn>,
+    present: bool,
+}
+
 /// A chat's subscribers, by connection (O(1) to add and remove: a mass
-/// disconnect from a big chat stays linear).
-type Subscribers = HashMap<ConnId, Arc<Conn>, FxBuildHasher>;
+/// disconnect from a big chat stays linear), and its presence: checked
+/// subscriptions per user.
+#[derive(Default)]
+struct ChatSubs {
+    conns: HashMap<ConnId, Subscription, FxBuildHasher>,
+    online: HashMap<Uuid, u32, FxBuildHasher>,
+}
+
+impl ChatSubs {
+    /// Removes a subscription; a user's last checked one ends their presence.
+    fn remove(&mut self, chat_id: Uuid, conn: ConnId) -> Option<Subscription> {
+        let sub = self.conns.remove(&conn)?;
+        if sub.present {
+            self.leave(chat_id, sub.conn.user_id);
+        }
+        Some(sub)
+    }
+
+    fn leave(&mut self, chat_id: Uuid, user_id: Uuid) {
+        if let Some(n) = self.online.get_mut(&user_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.online.remove(&user_id);
+                self.announce(chat_id, user_id, false, None);
+            }
+        }
+    }
+
+    /// Tells every checked subscriber (but `except`) of a presence change.
+    fn announce(&self, chat_id: Uuid, user_id: Uuid, online: bool, except: Option<ConnId>) {
+        for (id, s) in &self.conns {
+            if s.present && Some(*id) != except {
+                s.conn.presence(chat_id, user_id, online);
+            }
+        }
+    }
+}
+
+/// Who is online in a chat, as `subscribed` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Online {
+    /// At most [`ONLINE_CAP`] user ids.
+    pub users: Vec<Uuid>,
+    /// More were online than listed.
+    pub truncated: bool,
+}
 
 /// In-process subscriptions.
 #[derive(Default)]
 pub struct Hub {
-    chats: DashMap<Uuid, Subscribers, FxBuildHasher>,
+    chats: DashMap<Uuid, ChatSubs, FxBuildHasher>,
 }
 
 impl Hub {
@@ -324,14 +432,46 @@ impl Hub {
         Hub::default()
     }
 
+    /// Registers a connection for a chat's events (its membership is checked
+    /// afterwards: see [`Hub::present`]).
     pub fn subscribe(&self, chat_id: Uuid, conn: &Arc<Conn>) {
-        self.chats.entry(chat_id).or_default().entry(conn.id).or_insert_with(|| conn.clone());
+        self.chats
+            .entry(chat_id)
+            .or_default()
+            .conns
+            .entry(conn.id)
+            .or_insert_with(|| Subscription { conn: conn.clone(), present: false });
+    }
+
+    /// The subscription's membership was checked: it counts for presence
+    /// from now on (a user's first one is announced to the others), and it
+    /// gets the chat's current presence. Changes after this snapshot reach
+    /// it through [`Control::presence`].
+    pub fn present(&self, chat_id: Uuid, conn: &Arc<Conn>) -> Online {
+        let mut entry = self.chats.entry(chat_id).or_default();
+        let subs = &mut *entry;
+        let sub = subs.conns.entry(conn.id).or_insert_with(|| Subscription { conn: conn.clone(), present: false });
+        if !sub.present {
+            sub.present = true;
+            let n = subs.online.entry(conn.user_id).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                subs.announce(chat_id, conn.user_id, true, Some(conn.id));
+            }
+        }
+        conn.forget_presence(chat_id);
+        let truncated = subs.online.len() > ONLINE_CAP;
+        // The newcomer itself first, so it is listed even in a capped set.
+        let mut users = Vec::with_capacity(subs.online.len().min(ONLINE_CAP));
+        users.push(conn.user_id);
+        users.extend(subs.online.keys().filter(|u| **u != conn.user_id).take(ONLINE_CAP - 1));
+        Online { users, truncated }
     }
 
     pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
-            e.get_mut().remove(&conn);
-            if e.get().is_empty() {
+            e.get_mut().remove(chat_id, conn);
+            if e.get().conns.is_empty() {
                 e.remove();
             }
         }
@@ -339,7 +479,25 @@ impl Hub {
 
     /// Number of subscriptions to a chat.
     pub fn subscribers(&self, chat_id: &Uuid) -> usize {
-        self.chats.get(chat_id).map(|s| s.len()).unwrap_or(0)
+        self.chats.get(chat_id).map(|s| s.conns.len()).unwrap_or(0)
+    }
+
+    /// Users holding a checked subscription to a chat.
+    pub fn online(&self, chat_id: &Uuid) -> usize {
+        self.chats.get(chat_id).map(|s| s.online.len()).unwrap_or(0)
+    }
+
+    /// `user_id` is typing in `chat_id` on connection `from`: offered to the
+    /// chat's other checked subscribers, dropped where a queue is full.
+    pub fn typing(&self, chat_id: Uuid, user_id: Uuid, from: ConnId) {
+        if let Some(subs) = self.chats.get(&chat_id) {
+            let frame = Arc::new(EventFrame::typing(chat_id, user_id));
+            for (id, s) in &subs.conns {
+                if s.present && *id != from {
+                    s.conn.offer_ephemeral(&frame);
+                }
+            }
+        }
     }
 }
 
@@ -350,23 +508,23 @@ impl Fanout for Hub {
 
     fn publish(&self, frame: Arc<EventFrame>) {
         if let Some(subs) = self.chats.get(&frame.chat_id) {
-            for conn in subs.values() {
-                conn.offer(&frame);
+            for s in subs.conns.values() {
+                s.conn.offer(&frame);
             }
         }
     }
 
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
-            e.get_mut().retain(|_, c| {
-                if c.user_id == user_id {
-                    c.revoke(chat_id);
-                    false
-                } else {
-                    true
+            let subs = e.get_mut();
+            let gone: Vec<ConnId> =
+                subs.conns.iter().filter(|(_, s)| s.conn.user_id == user_id).map(|(id, _)| *id).collect();
+            for id in gone {
+                if let Some(s) = subs.remove(chat_id, id) {
+                    s.conn.revoke(chat_id);
                 }
-            });
-            if e.get().is_empty() {
+            }
+            if e.get().conns.is_empty() {
                 e.remove();
             }
         }
@@ -375,7 +533,7 @@ impl Fanout for Hub {
     fn resync_all(&self) {
         let mut told = HashSet::new();
         for subs in self.chats.iter() {
-            for conn in subs.values() {
+            for conn in subs.conns.values().map(|s| &s.conn) {
                 if told.insert(conn.id) {
                     conn.resync();
                 }
@@ -502,5 +660,47 @@ mod tests {
         hub.resync_all();
         assert!(c.take(0).resync);
         assert!(!c.take(0).resync);
+    }
+
+    #[tokio::test]
+    async fn presence_counts_users_once_coalesces_and_caps_the_snapshot() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, _a_rx) = Conn::new(1, alice, 4);
+        hub.subscribe(chat, &a);
+        assert_eq!(hub.present(chat, &a).users, vec![alice]);
+        // Bob's tab comes, goes and comes again before Alice's session looks:
+        // she is told once, of the latest state.
+        let (b1, _b1_rx) = Conn::new(2, bob, 4);
+        hub.subscribe(chat, &b1);
+        hub.present(chat, &b1);
+        hub.unsubscribe(chat, 2);
+        let (b2, _b2_rx) = Conn::new(3, bob, 4);
+        hub.subscribe(chat, &b2);
+        let snap = hub.present(chat, &b2);
+        assert_eq!(snap.users[0], bob, "the newcomer is listed first");
+        assert_eq!(snap.users.iter().copied().collect::<HashSet<_>>(), HashSet::from([alice, bob]));
+        assert_eq!(a.take(0).presence, vec![(chat, bob, true)]);
+        // A subscription not yet checked is neither counted nor told.
+        let (c, _c_rx) = Conn::new(4, Uuid::new_v4(), 4);
+        hub.subscribe(chat, &c);
+        assert_eq!(hub.online(&chat), 2);
+        hub.unsubscribe(chat, 3);
+        assert!(c.take(0).presence.is_empty());
+        assert_eq!(a.take(0).presence, vec![(chat, bob, false)]);
+        // Past the cap the snapshot says so and still lists the newcomer.
+        let mut keep = Vec::new();
+        for id in 10..(10 + ONLINE_CAP as u64) {
+            let (conn, rx) = Conn::new(id, Uuid::new_v4(), 1);
+            hub.subscribe(chat, &conn);
+            hub.present(chat, &conn);
+            keep.push((conn, rx));
+        }
+        let (last, _rx) = Conn::new(5, Uuid::new_v4(), 1);
+        let snap = hub.present(chat, &last);
+        assert!(snap.truncated);
+        assert_eq!(snap.users.len(), ONLINE_CAP);
+        assert_eq!(snap.users[0], last.user_id);
     }
 }

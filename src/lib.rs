@@ -8,13 +8,13 @@
 //! | module | job |
 //! |---|---|
 //! | [`replication`] | replication connection (own wire client), slot, START_REPLICATION, LSN feedback, reconnects |
-//! | [`pgoutput`] | decode pgoutput bytes; hand on whole transactions only at Commit |
-//! | [`event`] | see decoded rows as chat events (message insert/update/delete, participant changes) |
+//! | [`pgoutput`] | decode pgoutput bytes; hand on whole transactions only at Commit, in bounded memory (spilling beyond it) |
+//! | [`event`] | see decoded rows as chat events (message insert/update/delete, participant changes and moves) |
 //! | [`sequencer`] | drop duplicates (id, client_generated_id, seq), keep each chat's seq increasing, repair gaps |
-//! | [`hub`] | who is subscribed to which chat; encode once, fan out; kick slow consumers |
-//! | [`gateway`] | `/v1/ws`: JWT auth, sessions, the protocol, backfill + live seam |
+//! | [`hub`] | who is subscribed to which chat; encode once, fan out without ever waiting; note who fell behind; presence and typing |
+//! | [`gateway`] | `/v1/ws`: JWT (HS256, JWKS), sessions, the protocol, history, catch-up from the table, 4008 |
 //!
-//! Side paths: [`store`] (all SQL: backfill, membership, send, marking, lag),
+//! Side paths: [`store`] (all SQL: backfill, history, membership, send, marking, lag),
 //! [`delivery`] (debounced delivered/read marking), [`limits`] (per-user
 //! connection cap and send rate, beside the gateway), [`metrics`] (every
 //! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
@@ -27,13 +27,17 @@
 //! 1. An `INSERT INTO chat_messages` commits; the `sql/` trigger gave it the
 //!    chat's next `seq` under the chat row's lock.
 //! 2. [`replication::Replicator`] receives its XLogData and feeds
-//!    [`pgoutput::Decoder`], which returns the [`pgoutput::Transaction`] at Commit.
-//! 3. [`relay`]'s pipeline maps it to an [`event::ChatTxn`] and pushes it
-//!    through [`sequencer::Sequencer`], which lets the insert pass once and in order.
+//!    [`pgoutput::Decoder`], which returns the [`pgoutput::Transaction`] at
+//!    Commit (its changes in memory, or spilled to a file past the budget).
+//! 3. [`relay`]'s pipeline maps each change to [`event::ChatEvent`]s and feeds
+//!    them through [`sequencer::Sequencer`], which lets the insert pass once and in order.
 //! 4. [`relay::dispatch`] encodes it once as a [`hub::EventFrame`];
-//!    [`hub::Hub`] queues that frame to every subscribed connection.
+//!    [`hub::Hub`] offers that frame to every subscribed connection, never
+//!    waiting: a connection whose queue is full falls behind instead.
 //! 5. The connection's session in [`gateway`] drops it if already written
-//!    (backfill seam), fetches anything missing before it, and writes it.
+//!    (history seam, replay), reads the table instead when something is
+//!    missing or the subscription fell behind, and hands it to its outbox,
+//!    which writes when the socket takes it.
 //! 6. The pipeline reports the transaction's end LSN through
 //!    [`replication::Progress`]; the replicator confirms it to the slot.
 

@@ -331,6 +331,12 @@ impl Session {
         for (chat, behind) in ctl.behind {
             self.owe(chat, |w, last| merge_behind(w, behind, last));
         }
+        for (chat, user, online) in ctl.presence {
+            if self.subs.contains_key(&chat) {
+                let frame = json!({"type": "presence", "chat_id": chat, "user_id": user, "online": online});
+                self.out.event(frame.to_string().into(), None);
+            }
+        }
         Ok(())
     }
 
@@ -372,7 +378,7 @@ impl Session {
             // Its message is not written yet: when it is read from the table
             // it shows this change already (or is gone).
             FrameKind::Update | FrameKind::Delete if frame.seq > sub.last => return,
-            FrameKind::Update | FrameKind::Delete | FrameKind::Receipt => {}
+            FrameKind::Update | FrameKind::Delete | FrameKind::Receipt | FrameKind::Typing => {}
         }
         self.out.event(frame.text.clone(), frame.commit_time);
     }
@@ -592,8 +598,18 @@ impl Session {
             Request::History { chat_id, before_seq, limit } => {
                 self.history(chat_id, before_seq, limit, &reference).await
             }
-            Request::Typing { .. } => {
-                self.error(ErrorCode::BadRequest, "typing is not supported by this relay", None, &reference);
+            Request::Typing { chat_id } => {
+                let user = self.identity.user_id;
+                if !self.subs.contains_key(&chat_id) {
+                    self.error(
+                        ErrorCode::Forbidden,
+                        "subscribe to the chat before typing in it",
+                        Some(chat_id),
+                        &reference,
+                    );
+                } else if self.gw.limits.typing(user, chat_id) {
+                    self.gw.hub.typing(chat_id, user, self.conn.id);
+                }
             }
             Request::Ack { chat_id, seq } | Request::Read { chat_id, seq } => {
                 let read = matches!(request, Request::Read { .. });
@@ -626,7 +642,13 @@ impl Session {
                 return self.store_error(e, Some(chat), reference);
             }
         };
-        self.answer(json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest}), reference);
+        // Checked: it counts for presence now, and learns who is here.
+        let online = self.gw.hub.present(chat, &self.conn);
+        let mut frame = json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest, "online": online.users});
+        if online.truncated {
+            frame["online_truncated"] = json!(true);
+        }
+        self.answer(frame, reference);
         if already {
             return;
         }
