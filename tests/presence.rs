@@ -11,6 +11,13 @@ use serde_json::{json, Value};
 use support::{Db, Relay, Ws, PATIENCE};
 use uuid::Uuid;
 
+/// A connection that shows presence frames.
+async fn ws(relay: &Relay, user: Uuid) -> Ws {
+    let mut w = relay.ws(user).await;
+    w.hide_presence = false;
+    w
+}
+
 fn online(subscribed: &Value) -> HashSet<String> {
     subscribed["online"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect()
 }
@@ -39,21 +46,21 @@ async fn participants_see_each_other_online_and_tabs_count_once() {
     let relay = Relay::start(&db).await;
     let (alice, bob, mallory) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let chat = db.chat(&[alice, bob]).await;
-    let mut a = relay.ws(alice).await;
+    let mut a = ws(&relay, alice).await;
     assert_eq!(online(&a.subscribe(chat, None).await), ids(&[alice]));
 
     // Bob's first tab: he is announced, and he learns who is here.
-    let mut b1 = relay.ws(bob).await;
+    let mut b1 = ws(&relay, bob).await;
     assert_eq!(online(&b1.subscribe(chat, None).await), ids(&[alice, bob]));
     assert_eq!(
         a.expect("presence").await,
         json!({"type": "presence", "chat_id": chat, "user_id": bob, "online": true})
     );
     // His second tab is not news.
-    let mut b2 = relay.ws(bob).await;
+    let mut b2 = ws(&relay, bob).await;
     assert_eq!(online(&b2.subscribe(chat, None).await), ids(&[alice, bob]));
     // A stranger's refused subscribe is not presence either.
-    let mut m = relay.ws(mallory).await;
+    let mut m = ws(&relay, mallory).await;
     m.send(json!({"type": "subscribe", "chat_id": chat})).await;
     assert_eq!(m.next().await["code"], "forbidden");
     assert!(frames_of(&a.barrier().await, "presence").is_empty(), "a second tab or a stranger announced");
@@ -69,7 +76,7 @@ async fn participants_see_each_other_online_and_tabs_count_once() {
         json!({"type": "presence", "chat_id": chat, "user_id": bob, "online": false})
     );
     // Unsubscribing ends presence too.
-    let mut b3 = relay.ws(bob).await;
+    let mut b3 = ws(&relay, bob).await;
     b3.subscribe(chat, None).await;
     assert_eq!(a.expect("presence").await["online"], true);
     b3.send(json!({"type": "unsubscribe", "chat_id": chat})).await;
@@ -85,15 +92,15 @@ async fn typing_reaches_the_others_once_a_second_and_never_the_sender() {
     let relay = Relay::start(&db).await;
     let (alice, bob, carol) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let chat = db.chat(&[alice, bob, carol]).await;
-    let mut a1 = relay.ws(alice).await;
-    let mut a2 = relay.ws(alice).await;
-    let mut b = relay.ws(bob).await;
+    let mut a1 = ws(&relay, alice).await;
+    let mut a2 = ws(&relay, alice).await;
+    let mut b = ws(&relay, bob).await;
     a1.subscribe(chat, None).await;
     a2.subscribe(chat, None).await;
     b.subscribe(chat, None).await;
     // Carol is a participant but not subscribed: she hears nothing, and
     // cannot type into a chat she has not subscribed to.
-    let mut c = relay.ws(carol).await;
+    let mut c = ws(&relay, carol).await;
 
     a1.send(json!({"type": "typing", "chat_id": chat})).await;
     let want = json!({"type": "typing", "chat_id": chat, "user_id": alice});
@@ -124,8 +131,8 @@ async fn a_removed_participant_goes_offline_for_the_others() {
     let relay = Relay::start(&db).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let chat = db.chat(&[alice, bob]).await;
-    let mut a = relay.ws(alice).await;
-    let mut b = relay.ws(bob).await;
+    let mut a = ws(&relay, alice).await;
+    let mut b = ws(&relay, bob).await;
     a.subscribe(chat, None).await;
     b.subscribe(chat, None).await;
     assert_eq!(a.expect("presence").await["online"], true);
@@ -151,9 +158,9 @@ async fn a_slow_consumer_closed_with_4008_goes_offline() {
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let chat = db.chat(&[alice, bob]).await;
     let quiet = db.chat(&[alice, bob]).await;
-    let mut a = relay.ws(alice).await;
+    let mut a = ws(&relay, alice).await;
     a.subscribe(quiet, None).await;
-    let mut b = relay.ws(bob).await;
+    let mut b = ws(&relay, bob).await;
     b.subscribe(chat, None).await;
     b.subscribe(quiet, None).await;
     assert_eq!(a.expect("presence").await["online"], true);
@@ -180,11 +187,11 @@ async fn a_big_chat_tells_a_newcomer_in_one_frame() {
     let chat = db.chat(&users).await;
     let mut conns: Vec<Ws> = Vec::new();
     for u in &users[..39] {
-        let mut w = relay.ws(*u).await;
+        let mut w = ws(&relay, *u).await;
         w.subscribe(chat, None).await;
         conns.push(w);
     }
-    let mut last = relay.ws(users[39]).await;
+    let mut last = ws(&relay, users[39]).await;
     let sub = last.subscribe(chat, None).await;
     assert_eq!(online(&sub), ids(&users));
     assert!(sub.get("online_truncated").is_none());

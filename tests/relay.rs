@@ -85,7 +85,7 @@ async fn bad_tokens_are_refused_with_401_and_a_json_body() {
     let mut req = format!("ws://127.0.0.1:{}/v1/ws", relay.port).into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {}", token(user, 600)).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut ws_client = Ws { stream: ws };
+    let mut ws_client = Ws::new(ws);
     ws_client.barrier().await;
     ws = ws_client.stream;
     drop(ws);

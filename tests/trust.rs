@@ -250,7 +250,7 @@ async fn tokens_with_nbf_ahead_or_absurd_exp_are_refused_without_harm() {
         match tokio_tungstenite::connect_async(url).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401, "{name}"),
             Ok((ws, _)) => {
-                let mut ws = Ws { stream: ws };
+                let mut ws = Ws::new(ws);
                 let end = ws.next_or_end().await;
                 panic!("{name}: accepted; then {end:?}");
             }
@@ -485,7 +485,7 @@ async fn one_user_cannot_hold_more_than_the_connection_cap() {
     loop {
         match tokio_tungstenite::connect_async(url.clone()).await {
             Ok((ws, _)) => {
-                let mut ws = Ws { stream: ws };
+                let mut ws = Ws::new(ws);
                 assert!(ws.barrier().await.is_empty());
                 break;
             }

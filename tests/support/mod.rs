@@ -251,13 +251,20 @@ pub enum End {
 /// A WebSocket client speaking JSON frames.
 pub struct Ws {
     pub stream: Stream,
+    /// Skip `presence` frames (tests about other things do not expect them
+    /// between the frames they check); presence tests turn this off.
+    pub hide_presence: bool,
 }
 
 impl Ws {
+    pub fn new(stream: Stream) -> Ws {
+        Ws { stream, hide_presence: true }
+    }
+
     pub async fn connect(port: u16, token: &str) -> Ws {
         let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={token}");
         let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Ws { stream }
+        Ws::new(stream)
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -283,7 +290,13 @@ impl Ws {
         loop {
             let msg = tokio::time::timeout_at(deadline, self.stream.next()).await.expect("no frame within patience");
             match msg {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if self.hide_presence && v["type"] == "presence" {
+                        continue;
+                    }
+                    return Ok(v);
+                }
                 Some(Ok(Message::Close(f))) => return Err(End::Closed(f.map(|f| u16::from(f.code)))),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Err(End::Eof),
