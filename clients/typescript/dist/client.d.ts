@@ -1,0 +1,246 @@
+/**
+ * The chat-relay client: one WebSocket, any number of chats.
+ *
+ * What it keeps so an app does not have to:
+ * - a cursor per chat (the highest `seq` handed to the app); every
+ *   (re)subscribe asks for `after_seq` = cursor, and anything at or below it,
+ *   or with an `id` / `client_generated_id` already seen, is dropped;
+ * - `subscribed` only once the backfill has arrived (a `ping` sent right
+ *   after `subscribe` is answered after everything the subscribe owes);
+ * - an outbox: `send` returns at once with a `client_generated_id`; the
+ *   message is retried with that id until the relay answers `sent`, one at a
+ *   time per chat (so in order), across reconnects and, with a persistent
+ *   {@link OutboxStorage}, reloads;
+ * - reconnects with jittered exponential backoff, at once when the browser
+ *   goes online or the page becomes visible; a socket that answers nothing
+ *   to a `ping` is treated as dead;
+ * - tokens from `getToken`, one request at a time, refreshed before expiry
+ *   with `auth` (no resubscribe);
+ * - debounced `ack`s, `markRead`, and status / receipt events.
+ */
+import { type BackoffOptions } from "./backoff.js";
+import { Emitter } from "./emitter.js";
+import { ChatRelayError } from "./errors.js";
+import { type OutboxStorage } from "./storage.js";
+import type { ChatMessage, ConnectionState, HistoryPage, PendingMessage, Receipt, StatusChange, Subscription } from "./types.js";
+/** The parts of the WebSocket API the client uses (browsers' `WebSocket`, `ws` under Node). */
+export interface WebSocketLike {
+    readonly readyState: number;
+    onopen: ((ev: unknown) => void) | null;
+    onmessage: ((ev: {
+        data: unknown;
+    }) => void) | null;
+    onclose: ((ev: {
+        code: number;
+        reason?: string;
+    }) => void) | null;
+    onerror: ((ev: unknown) => void) | null;
+    send(data: string): void;
+    close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+export interface ClientOptions {
+    /** `ws(s)://host/v1/ws` */
+    url: string;
+    /** Returns a fresh access token (JWT). Called to connect and before the current one expires; never twice at once. */
+    getToken: () => string | Promise<string>;
+    /** Where `globalThis.WebSocket` is missing (Node 20): `import WebSocket from "ws"`. */
+    WebSocket?: WebSocketConstructor;
+    /** Keeps unsent messages; default {@link MemoryStorage}. In browsers use {@link IndexedDbStorage} to survive reloads. */
+    storage?: OutboxStorage;
+    /** Reconnect delays (default 0.5 s doubling to 30 s, jittered). */
+    backoff?: BackoffOptions;
+    /** How often to ping an idle connection (default 20 s). */
+    pingIntervalMs?: number;
+    /** No frame at all this long after a ping: the socket is dead (default 10 s). */
+    pingTimeoutMs?: number;
+    /** Acks for received messages are sent at most this often per chat (default 250 ms). */
+    ackDelayMs?: number;
+    /** Ack other people's messages as they arrive (default true): their status goes to "delivered". */
+    autoAck?: boolean;
+    /** Refresh the token this long before it expires (default 60 s, at most a quarter of its lifetime). */
+    refreshBeforeMs?: number;
+    /** Listen to `online` and `visibilitychange` (default: when running in a browser). */
+    watchEnvironment?: boolean;
+    /** Give up on a request (history, subscribe) after this long without an answer (default 30 s). */
+    requestTimeoutMs?: number;
+}
+/** A `send` in progress. */
+export interface OutgoingMessage extends PendingMessage {
+    /** Resolves with the stored row's id and seq (once `sent` arrives); rejects with a non-retryable {@link ChatRelayError}. */
+    done: Promise<{
+        id: string;
+        seq: number;
+        duplicate: boolean;
+    }>;
+}
+export interface MessageMeta {
+    /** The `client_generated_id` of the optimistic message this row replaces, if this client sent it. */
+    replaces: string | null;
+}
+/** Events and their arguments. */
+export interface ClientEvents {
+    /** A new message, in seq order, exactly once. */
+    message: [message: ChatMessage, meta: MessageMeta];
+    /** A message changed (content edit, status). */
+    update: [message: ChatMessage];
+    delete: [event: {
+        chatId: string;
+        seq: number;
+        id: string;
+    }];
+    receipt: [receipt: Receipt];
+    /** A message's status moved: pending → sent → delivered → read, or failed. */
+    status: [change: StatusChange];
+    /** A subscription is live: its backfill has arrived. After every (re)connect. */
+    subscribed: [subscription: Subscription];
+    /** The relay ended a subscription (`reason` "forbidden": the user was removed). */
+    unsubscribed: [event: {
+        chatId: string;
+        reason: string | null;
+    }];
+    typing: [event: {
+        chatId: string;
+        userId: string;
+    }];
+    presence: [event: {
+        chatId: string;
+        userId: string;
+        online: boolean;
+    }];
+    state: [state: ConnectionState];
+    error: [error: ChatRelayError];
+}
+export declare class ChatRelayClient extends Emitter<ClientEvents> {
+    private readonly opts;
+    private readonly WS;
+    private readonly storage;
+    private readonly chats;
+    private readonly outbox;
+    private readonly inFlight;
+    private readonly pending;
+    private readonly barriers;
+    private readonly subscribeRefs;
+    private ws;
+    private state;
+    private attempt;
+    private refs;
+    private order;
+    private reconnectTimer;
+    private pingTimer;
+    private deadTimer;
+    private refreshTimer;
+    private outboxTimer;
+    private lastFrameAt;
+    private token;
+    private tokenExp;
+    private tokenIssued;
+    private tokenFlight;
+    private forceToken;
+    private manualOffline;
+    private closed;
+    private me;
+    private readonly loaded;
+    private readonly unwatch;
+    constructor(options: ClientOptions);
+    /** The current connection state. */
+    get connectionState(): ConnectionState;
+    /** The signed-in user (the token's `sub`), once a token was fetched. */
+    get userId(): string | null;
+    /** Opens the connection (subscribe and send do too). */
+    connect(): void;
+    /**
+     * Subscribes to a chat; resolves once the backfill after `afterSeq` (or
+     * the client's own cursor) has been delivered as `message` events.
+     * Without either, starts after the chat's latest message.
+     */
+    subscribe(chatId: string, opts?: {
+        afterSeq?: number;
+    }): Promise<Subscription>;
+    /** Stops a chat's events (its cursor is kept for a later subscribe). */
+    unsubscribe(chatId: string): void;
+    /** The highest seq delivered for a chat, or null. */
+    cursor(chatId: string): number | null;
+    /** Users online in a chat (from `subscribed` and `presence`). */
+    online(chatId: string): string[];
+    /**
+     * Sends a message. Returns at once with the optimistic message; the relay's
+     * row arrives later as a `message` event whose `meta.replaces` names it.
+     */
+    send(chatId: string, content: string): OutgoingMessage;
+    /** Messages sent but not stored yet, oldest first (to render after a reload). */
+    pendingMessages(chatId?: string): PendingMessage[];
+    /** Resolves when every message in the outbox has been stored (or failed). */
+    flushed(): Promise<void>;
+    /** The user has read a chat up to `seq`. */
+    markRead(chatId: string, seq: number): void;
+    /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
+    history(chatId: string, opts?: {
+        beforeSeq?: number;
+        limit?: number;
+    }): Promise<HistoryPage>;
+    /** The user is typing in a chat: sent at most every 2 s, only while subscribed. */
+    typing(chatId: string): void;
+    /**
+     * Goes offline on purpose (false): the socket closes and nothing reconnects;
+     * sends queue in the outbox. Back online (true): reconnects at once.
+     */
+    setOnline(online: boolean): void;
+    /** Closes for good: no reconnects; pending requests fail with `closed`. */
+    close(): void;
+    private open;
+    private onOpen;
+    private onClosed;
+    private scheduleReconnect;
+    /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
+    private reconnectNow;
+    private clearReconnect;
+    private dropSocket;
+    private startPings;
+    private stopPings;
+    /** Pings; a socket that sends no frame at all within the timeout is dead. */
+    private ping;
+    private watchEnvironment;
+    private setState;
+    /** One `getToken` call at a time; cached until it nears expiry. */
+    private getToken;
+    private margin;
+    private expiring;
+    private scheduleRefresh;
+    /** Fetches a new token and hands it to the open connection with `auth`. */
+    private refresh;
+    private onFrame;
+    private onMessage;
+    private onSubscribed;
+    private onPong;
+    private onError;
+    private chat;
+    private sendSubscribe;
+    private retrySubscribe;
+    private subscription;
+    private settleWaiters;
+    private rejectWaiters;
+    private scheduleAck;
+    private sendRead;
+    private outgoing;
+    private pendingOf;
+    /** Sends the oldest unsent message of each chat that has none in flight. */
+    private flushOutbox;
+    private onSent;
+    /** An outbox entry is stored: forget it, tell the app. */
+    private settle;
+    /** An `error` answering a `send`: retry later, or fail the message for good. */
+    private onSendError;
+    private request;
+    private answer;
+    private fail;
+    private write;
+    private ref;
+}
+/** The JWT's claims, without verifying it (the relay does that). */
+export declare function decodeClaims(token: string): {
+    exp?: unknown;
+    sub?: unknown;
+} | null;
+/** A v4 UUID (crypto.randomUUID where there is one). */
+export declare function uuid(): string;

@@ -1,0 +1,37 @@
+/**
+ * @chat-relay/client: ordered, exactly-once chat events from chat-relay.
+ *
+ * ```ts
+ * import { ChatRelayClient } from "@chat-relay/client";
+ * const client = new ChatRelayClient({ url: "wss://relay.example.com/v1/ws", getToken });
+ * client.on("message", (m, { replaces }) => render(m, replaces));
+ * await client.subscribe(chatId);
+ * client.send(chatId, "hello");
+ * ```
+ */
+export { ChatRelayClient, decodeClaims, uuid } from "./client.js";
+export type {
+  ClientEvents,
+  ClientOptions,
+  MessageMeta,
+  OutgoingMessage,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./client.js";
+export { ChatRelayError } from "./errors.js";
+export type { ErrorCode } from "./errors.js";
+export { IndexedDbStorage, MemoryStorage } from "./storage.js";
+export type { OutboxStorage } from "./storage.js";
+export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
+export type { BackoffOptions } from "./backoff.js";
+export type {
+  ChatMessage,
+  ConnectionState,
+  HistoryPage,
+  MessageStatus,
+  OutboxEntry,
+  PendingMessage,
+  Receipt,
+  StatusChange,
+  Subscription,
+} from "./types.js";
