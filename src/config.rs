@@ -217,6 +217,29 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 400)]
     pub interval_ms: u64,
 
+    /// Exit after the scripted conversation instead of keeping the browser
+    /// chat up until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+
+    /// No scripted conversation: print one JSON line (database URL, JWT
+    /// secret, relay and page addresses, the chat and its users) and serve
+    /// until SIGINT/SIGTERM. For tests and tools that need a running relay.
+    #[arg(long, conflicts_with = "exit")]
+    pub serve_only: bool,
+
+    /// Port of the browser chat page (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub web_port: u16,
+
+    /// Port of the relay itself (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub relay_port: u16,
+
+    /// Lifetime of the tokens the page gets; short ones show refresh at work.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(5..))]
+    pub token_ttl_secs: i64,
+
     /// Tracing filter for the relay's own logs during the demo.
     #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]
     pub log: String,

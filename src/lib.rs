@@ -20,7 +20,8 @@
 //! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
 //! [`migrate`] (the `sql/` migrations), [`server`] (healthz, readyz, metrics),
 //! [`relay`] (wiring for `serve`), [`scratch`] (throwaway Postgres for demo,
-//! tests, benchmarks), [`demo`], [`bench`].
+//! tests, benchmarks), [`demo`] (terminal demo, and the browser chat built
+//! from the TypeScript client in `clients/typescript/`), [`bench`].
 //!
 //! # The path of one message
 //!

@@ -1,11 +1,17 @@
 //! demo: `chat-relay demo`, the relay working end to end on one screen.
 //!
 //! Starts a throwaway Postgres ([`crate::scratch`]), migrates it, runs the
-//! relay on a free port, creates a chat for alice and bob, and connects both
-//! over WebSocket. Alice sends messages; bob receives them in order, acks and
-//! reads them; alice sees each one go sent → delivered → read. Every few
-//! messages one is inserted by plain SQL, to show any writer works.
-//! Everything is removed on exit.
+//! relay on a free port, creates a chat for alice and bob (with some older
+//! messages to scroll back to), and serves a browser chat for the two of
+//! them ([`web`]). In the terminal, alice and bob then talk over WebSocket:
+//! alice sends; bob receives in order, acks and reads; alice sees each
+//! message go sent → delivered → read. Every few messages one is inserted by
+//! plain SQL, to show any writer works. Everything is removed on exit.
+//!
+//! `--serve-only` skips the conversation and prints what a test needs to
+//! use the relay (one JSON line), then serves until SIGINT or SIGTERM.
+
+pub mod web;
 
 use std::time::Duration;
 
@@ -24,41 +30,96 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 const SECRET: &str = "demo-secret-not-for-production";
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    println!("chat-relay demo: starting a throwaway PostgreSQL 15 ...");
+    let say = |line: &str| {
+        if !args.serve_only {
+            println!("{line}");
+        }
+    };
+    say("chat-relay demo: starting a throwaway PostgreSQL 15 ...");
     let pg = tokio::task::spawn_blocking(ScratchPostgres::start).await??;
-    println!("  postgres on 127.0.0.1:{} (data in a temp dir, removed on exit)", pg.port);
+    say(&format!("  postgres on 127.0.0.1:{} (data in a temp dir, removed on exit)", pg.port));
     let url = pg.url("postgres");
     let info = crate::pgconn::ConnInfo::parse(&url)?;
     crate::migrate::run(&info, "chat_relay").await?;
-    println!("  migrations applied, publication chat_relay created");
+    say("  migrations applied, publication chat_relay created");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = match args.relay_port {
+        0 => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+        p => p,
+    };
     let serve = serve_args(&url, port);
     let stop = CancellationToken::new();
     let relay = tokio::spawn(crate::relay::run(serve, stop.clone()));
     crate::server::wait_ready(port, Duration::from_secs(30)).await?;
-    println!("  relay ready: ws://127.0.0.1:{port}/v1/ws  (metrics: http://127.0.0.1:{port}/metrics)\n");
+    let ws_url = format!("ws://127.0.0.1:{port}/v1/ws");
+    say(&format!("  relay ready: {ws_url}  (metrics: http://127.0.0.1:{port}/metrics)"));
 
     let db = crate::pgconn::connect(&info).await?;
     let (chat, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     db.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await?;
     db.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2), ($1, $3)", &[&chat, &alice, &bob])
         .await?;
-    println!("chat {} with alice and bob\n", short(&chat.to_string()));
+    // Earlier conversation, for the page to scroll back through.
+    db.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) \
+         SELECT $1, CASE WHEN g % 2 = 0 THEN $2::uuid ELSE $3::uuid END, 'earlier message #' || g FROM generate_series(1, 60) g",
+        &[&chat, &alice, &bob],
+    )
+    .await?;
+    let page = web::DemoChat {
+        ws_url: ws_url.clone(),
+        chat_id: chat,
+        users: vec![("alice".into(), alice), ("bob".into(), bob)],
+        secret: SECRET.into(),
+        token_ttl_secs: args.token_ttl_secs,
+    };
+    let web_addr = web::serve(page, args.web_port, stop.clone()).await?;
+    let web_url = format!("http://{web_addr}/");
 
-    let mut a = connect(port, alice).await?;
-    let mut b = connect(port, bob).await?;
-    for ws in [&mut a, &mut b] {
-        send(ws, json!({"type": "subscribe", "chat_id": chat})).await?;
-        expect_type(ws, "subscribed").await?;
-    }
-
-    let result = conversation(&args, &db, chat, alice, &mut a, &mut b).await;
+    let result = if args.serve_only {
+        let line = json!({
+            "database_url": url, "jwt_secret": SECRET, "ws_url": ws_url, "relay_port": port,
+            "web_url": web_url, "chat_id": chat, "alice": alice, "bob": bob,
+        });
+        println!("{line}");
+        until_stopped().await
+    } else {
+        println!("  browser chat: {web_url}  (alice and bob, side by side)\n");
+        println!("chat {} with alice and bob\n", short(&chat.to_string()));
+        let talk = async {
+            let mut a = connect(port, alice).await?;
+            let mut b = connect(port, bob).await?;
+            for ws in [&mut a, &mut b] {
+                send(ws, json!({"type": "subscribe", "chat_id": chat})).await?;
+                expect_type(ws, "subscribed").await?;
+            }
+            conversation(&args, &db, chat, alice, &mut a, &mut b).await
+        };
+        match talk.await {
+            Ok(interrupted) => {
+                println!("\ndone: every message arrived once, in order. Try `chat-relay --help` next.");
+                if !args.exit && !interrupted {
+                    println!("The browser chat stays up at {web_url} until Ctrl-C.");
+                    until_stopped().await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
     stop.cancel();
     let _ = relay.await;
     drop(pg);
-    result?;
-    println!("\ndone: every message arrived once, in order. Try `chat-relay --help` next.");
+    result
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn until_stopped() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }
 
@@ -69,14 +130,14 @@ async fn conversation(
     alice: Uuid,
     a: &mut Ws,
     b: &mut Ws,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut n = 0u32;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         n += 1;
         if args.messages > 0 && n > args.messages {
-            return Ok(());
+            return Ok(false);
         }
         let text = format!("hello #{n}");
         if n % 4 == 0 {
@@ -103,7 +164,7 @@ async fn conversation(
         println!("[alice] <- update seq={seq} status={status}");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(args.interval_ms)) => {}
-            _ = &mut ctrl_c => return Ok(()),
+            _ = &mut ctrl_c => return Ok(true),
         }
     }
 }
