@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{insert, Db, Relay, Ws};
+use support::{insert, Db, Relay, Ws, PATIENCE};
 use uuid::Uuid;
 
 async fn participant_marks(db: &Db, chat: Uuid, user: Uuid) -> (i64, i64) {
@@ -247,14 +247,21 @@ async fn the_sender_sees_sent_delivered_read_and_receipts() {
     let (upd, r) = update_and_receipt(&mut a).await;
     assert_eq!(upd["message"]["status"], "read");
     assert_eq!((r["delivered_seq"].as_i64(), r["read_seq"].as_i64()), (Some(seq), Some(seq)));
-    // Receipts do not loop: no further writes happen on their own.
-    let flushes = relay.metric("chat_relay_delivered_flushes_total").await;
-    assert_eq!(flushes, 2.0);
+    // Two flushes (the counter moves once the write returns, which may be
+    // after its receipt reached alice)...
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while relay.metric("chat_relay_delivered_flushes_total").await < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the second flush was never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // ack/read of a chat the user is not in: forbidden.
     let other = db.chat(&[alice]).await;
     b.send(json!({"type": "ack", "chat_id": other, "seq": 1, "ref": "x"})).await;
     let v = b.expect("error").await;
     assert_eq!((v["code"].as_str(), v["ref"].as_str()), (Some("forbidden"), Some("x")));
+    // ... and receipts do not loop: no further writes happened on their own.
+    assert!(a.barrier().await.is_empty());
+    assert_eq!(relay.metric("chat_relay_delivered_flushes_total").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
