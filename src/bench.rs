@@ -63,6 +63,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if all || args.scenario == "bulkinsert" {
         rows.push(bulkinsert(&args).await.context("bulk insert")?);
     }
+    if all || args.scenario == "typing" {
+        rows.push(typing(&args).await.context("typing")?);
+    }
     println!("\n| scenario | result | target | met |\n|---|---|---|---|");
     for r in rows {
         let met = match r.met {
@@ -712,6 +715,54 @@ async fn bulkinsert(args: &BenchArgs) -> anyhow::Result<Row> {
         figure: format!("one {rows}-row statement {single:.2} s vs 1,000-row commits {batched:.2} s: ratio {ratio:.2}"),
         target: "ratio <= 2",
         met: Some(ratio <= 2.0),
+    })
+}
+
+// ------------------------------------------------------------------ typing
+
+/// `typing` from one participant to the other, one at a time: the time from
+/// writing the frame to the other socket reading it (nothing is stored).
+async fn typing(args: &BenchArgs) -> anyhow::Result<Row> {
+    let pairs = if args.quick { 100 } else { 500 };
+    println!("typing: {pairs} chats of two, each typing twice (a second apart: the per-user limit)");
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let plan = chats_with_users(&c, pairs, 2).await?;
+    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    relay.wait_ready().await?;
+    let mut conns = Vec::with_capacity(pairs);
+    for (chat, users) in &plan {
+        let a = subscriber(relay.port, 1, users[0], *chat).await?;
+        let b = subscriber(relay.port, 2, users[1], *chat).await?;
+        conns.push((*chat, a, b));
+    }
+    let mut samples = Vec::with_capacity(pairs * 2);
+    for round in 0..2 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        for (chat, a, b) in conns.iter_mut() {
+            let started = Instant::now();
+            a.send(Message::Text(json!({"type": "typing", "chat_id": chat}).to_string().into())).await?;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), b.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"typing\"") => break,
+                    Ok(Some(Ok(_))) => continue,
+                    other => bail!("no typing frame: {other:?}"),
+                }
+            }
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    let (p50, p99) = (q(0.5), q(0.99));
+    println!("  {} typings: p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms", samples.len(), q(0.9));
+    Ok(Row {
+        scenario: "9. typing",
+        figure: format!("p50 {p50:.2} ms, p99 {p99:.2} ms ({} typings)", samples.len()),
+        target: "p50 < 2 ms",
+        met: Some(p50 < 2.0),
     })
 }
 
