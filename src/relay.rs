@@ -252,6 +252,9 @@ async fn pipeline(
                 }
                 Some(StreamEvent::SlotReset { reason }) => {
                     tracing::warn!(reason, "telling every connection to resynchronise");
+                    // Seqs, ids and positions of the stream before mean nothing now.
+                    seq.reset();
+                    progress.reset();
                     membership.clear();
                     hub.resync_all();
                 }

@@ -25,6 +25,15 @@ pub struct ScratchOptions {
     pub durable: bool,
     /// `pg_hba.conf` lines placed before the default scram rules.
     pub extra_hba: Vec<String>,
+    /// Listen on this port (a server that replaces another) instead of a free one.
+    pub port: Option<u16>,
+    /// The `postgres` role's password (default: random).
+    pub password: Option<String>,
+    /// Run the server in this network namespace (`ip netns exec`), listening
+    /// on `host`: tests put a network they can silence between it and the relay.
+    pub netns: Option<String>,
+    /// Address the server listens on and URLs name (default 127.0.0.1).
+    pub host: Option<String>,
 }
 
 /// A running throwaway cluster.
@@ -33,6 +42,8 @@ pub struct ScratchPostgres {
     bin: PathBuf,
     pub port: u16,
     pub password: String,
+    pub host: String,
+    netns: Option<String>,
     as_postgres_user: bool,
     running: bool,
 }
@@ -58,14 +69,26 @@ impl ScratchPostgres {
         let as_postgres_user = is_root();
         let dir = std::env::temp_dir().join(format!("chat-relay-pg-{}-{:08x}", std::process::id(), fastrand::u32(..)));
         std::fs::create_dir_all(&dir)?;
-        let password = format!("pw{:016x}", fastrand::u64(..));
-        let mut pg = ScratchPostgres { dir, bin, port: 0, password, as_postgres_user, running: false };
+        let password = opts.password.clone().unwrap_or_else(|| format!("pw{:016x}", fastrand::u64(..)));
+        let mut pg = ScratchPostgres {
+            dir,
+            bin,
+            port: 0,
+            password,
+            host: opts.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            netns: opts.netns.clone(),
+            as_postgres_user,
+            running: false,
+        };
         pg.init(&opts)?;
         // A port found free can be taken before the server binds it (tests run
         // in parallel): try a few.
         let mut last = None;
         for _ in 0..5 {
-            pg.port = free_port()?;
+            pg.port = match opts.port {
+                Some(port) => port,
+                None => free_port()?,
+            };
             pg.write_port()?;
             match pg.pg_ctl_start() {
                 Ok(()) => {
@@ -107,7 +130,7 @@ impl ScratchPostgres {
             .arg(format!("--pwfile={}", pwfile.display())))
         .context("initdb")?;
         let mut conf = vec![
-            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("listen_addresses = '{}'", self.host),
             format!("unix_socket_directories = '{}'", self.dir.display()),
             "wal_level = logical".into(),
             "max_replication_slots = 16".into(),
@@ -159,14 +182,14 @@ impl ScratchPostgres {
     }
 
     fn pg_ctl_start(&self) -> anyhow::Result<()> {
-        run(self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .arg("-l")
-            .arg(self.dir.join("server.log"))
-            .args(["-w", "-t", "60", "start"]))
-        .with_context(|| format!("pg_ctl start (log: {})", self.log_tail()))
+        let mut cmd = self.command("pg_ctl");
+        if let Some(ns) = &self.netns {
+            let inner = cmd;
+            cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(inner.get_program()).args(inner.get_args());
+        }
+        run(cmd.arg("-D").arg(self.data()).arg("-l").arg(self.dir.join("server.log")).args(["-w", "-t", "60", "start"]))
+            .with_context(|| format!("pg_ctl start (log: {})", self.log_tail()))
     }
 
     /// The server log's last lines, for error messages.
@@ -194,14 +217,14 @@ impl ScratchPostgres {
         Ok(())
     }
 
-    /// `postgres://postgres:…@127.0.0.1:port/db?sslmode=disable`
+    /// `postgres://postgres:…@host:port/db?sslmode=disable`
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{}?sslmode=disable", self.password, self.port, db)
+        format!("postgres://postgres:{}@{}:{}/{}?sslmode=disable", self.password, self.host, self.port, db)
     }
 
     /// Same without `sslmode`, so a caller can choose one.
     pub fn url_no_ssl_param(&self, db: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{}", self.password, self.port, db)
+        format!("postgres://postgres:{}@{}:{}/{}", self.password, self.host, self.port, db)
     }
 
     /// Runs SQL through psql over the local socket (no password), for setup.

@@ -160,6 +160,12 @@ impl Sequencer {
         }
     }
 
+    /// Forgets everything: the stream starts over (a new slot or another
+    /// server), so old seqs, ids and positions mean nothing any more.
+    pub fn reset(&mut self) {
+        *self = Sequencer::new(self.cfg.clone());
+    }
+
     /// Declares a chat's high-water mark (everything up to `seq` is handed on).
     pub fn set_high_water(&mut self, chat_id: Uuid, seq: i64) {
         let now = Instant::now();

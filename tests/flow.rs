@@ -292,7 +292,20 @@ async fn updates_and_deletes_racing_a_catch_up_never_overtake_their_message() {
         assert!(Instant::now() < deadline, "stuck at {last}");
     }
     writer.await.unwrap();
-    // What was still on its way (the last edit, at least).
+    // What was still on its way (the last edit, at least): a marker inserted
+    // now comes after all of it in the WAL.
+    insert(&c, chat, user, "marker").await;
+    loop {
+        let v = ws.next().await;
+        let seq = v["seq"].as_i64().unwrap_or(0);
+        if v["type"] == "message" {
+            assert_eq!(seq, 2301, "{v}");
+            break;
+        }
+        if v["type"] == "update" && messages.contains_key(&seq) {
+            edited.insert(seq);
+        }
+    }
     for v in ws.barrier().await {
         let seq = v["seq"].as_i64().unwrap_or(0);
         assert_ne!(v["type"], "message", "{v}");

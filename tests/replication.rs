@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use chat_relay::pgoutput::{Change, Transaction};
 use chat_relay::replication::wire::ReplConnection;
 use chat_relay::replication::{Health, Lsn, Progress, ReplicationConfig, Replicator, StreamEvent};
 use serde_json::json;
-use support::{insert, Db, ScratchOptions, PATIENCE};
+use support::{insert, Db, Relay, ScratchOptions, PATIENCE};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -401,4 +402,211 @@ async fn md5_and_scram_authentication_and_wrong_passwords() {
     let no_password =
         ConnInfo::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable")).unwrap();
     assert!(ReplConnection::connect(&no_password).await.err().unwrap().to_string().contains("has none"));
+}
+
+/// The slot's confirmed position and the server's current WAL position.
+async fn slot_and_wal(c: &tokio_postgres::Client) -> (Option<Lsn>, Lsn) {
+    let row = c
+        .query_one(
+            "SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'chat_relay'), pg_current_wal_lsn()::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let slot: Option<String> = row.get(0);
+    let wal: String = row.get(1);
+    (slot.map(|s| s.parse().unwrap()), wal.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_different_server_at_the_same_address_is_never_confirmed_the_old_ones_positions() {
+    let old = Db::start().await;
+    let mut relay = Relay::start(&old).await;
+    let user = Uuid::new_v4();
+    let chat = old.chat(&[user]).await;
+    let mut ws = relay.ws(user).await;
+    ws.subscribe(chat, None).await;
+    // The old server's WAL runs far ahead (about 30 MB).
+    let c = old.client().await;
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, $2, repeat('o', 15000) || g FROM generate_series(1, 2000) g",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ws.messages(chat, 2000).await.last(), Some(&2000));
+    drop(c);
+    // It fails; another server takes its address: same port, same password,
+    // same chat (a promoted replica or a restored backup), a younger WAL.
+    let (port, password) = (old.pg.port, old.pg.password.clone());
+    tokio::task::block_in_place(|| drop(old));
+    // Filled in under another password, so the relay gets in only once the
+    // server holds the chat (it would rightly cut a user it finds no row for).
+    let mut new = Db::start_with(ScratchOptions { port: Some(port), ..Default::default() }).await;
+    let c = new.client().await;
+    c.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await.unwrap();
+    c.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2)", &[&chat, &user]).await.unwrap();
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, $2, 'n' || g FROM generate_series(1, 2000) g",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(&format!("ALTER ROLE postgres PASSWORD '{password}'")).await.unwrap();
+    new.url = new.url.replace(&new.pg.password, &password);
+    new.pg.password = password;
+    let c = new.client().await;
+    relay.wait_ready().await;
+    insert(&c, chat, user, "on the new server").await;
+    assert_eq!(ws.messages(chat, 1).await, [2001]);
+    // The relay confirms what the new server sent, never the old positions.
+    let (_, wal) = slot_and_wal(&c).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let confirmed = loop {
+        if let (Some(slot), _) = slot_and_wal(&c).await {
+            if slot >= wal {
+                break slot;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new server's position was never confirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, now) = slot_and_wal(&c).await;
+    assert!(confirmed <= now, "confirmed {confirmed} beyond the server's own WAL ({now})");
+    // So a restarted relay starts where the new server is, and loses nothing.
+    relay.kill();
+    let relay = Relay::start(&new).await;
+    let mut ws = relay.ws(user).await;
+    ws.subscribe(chat, None).await;
+    insert(&c, chat, user, "after the relay restarted").await;
+    assert_eq!(ws.messages(chat, 1).await, [2002]);
+}
+
+/// A network namespace joined to this one by a veth pair: 10.77.N.1 here,
+/// 10.77.N.2 inside. Removed on drop.
+struct Netns {
+    name: String,
+    link: String,
+    here: String,
+    there: String,
+}
+
+impl Netns {
+    /// None where network namespaces cannot be made (no CAP_NET_ADMIN).
+    fn new() -> Option<Netns> {
+        let n = fastrand::u8(..);
+        let tag = format!("{:04x}", fastrand::u16(..));
+        let ns = Netns {
+            name: format!("crns{tag}"),
+            link: format!("crh{tag}"),
+            here: format!("10.77.{n}.1"),
+            there: format!("10.77.{n}.2"),
+        };
+        let peer = format!("crn{tag}");
+        let ok = |args: &[&str]| Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+        if !ok(&["netns", "add", &ns.name]) {
+            return None;
+        }
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "link".into(),
+                "add".into(),
+                ns.link.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer.clone(),
+            ],
+            vec!["link".into(), "set".into(), peer.clone(), "netns".into(), ns.name.clone()],
+            vec!["addr".into(), "add".into(), format!("{}/30", ns.here), "dev".into(), ns.link.clone()],
+            vec!["link".into(), "set".into(), ns.link.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", ns.there),
+                "dev".into(),
+                peer.clone(),
+            ],
+            vec!["-n".into(), ns.name.clone(), "link".into(), "set".into(), peer, "up".into()],
+            vec!["-n".into(), ns.name.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+        ];
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            assert!(ok(&args), "ip {step:?} failed");
+        }
+        Some(ns)
+    }
+
+    /// Packets from inside to here vanish without a trace (no RST, no ICMP):
+    /// a silent network, as when a database host dies or a link is cut.
+    fn silence(&self, on: bool) {
+        let op = if on { "add" } else { "del" };
+        let status = Command::new("ip")
+            .args(["-n", &self.name, "route", op, "blackhole", &format!("{}/32", self.here)])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        // Usually gone with the namespace already.
+        let _ = Command::new("ip").args(["link", "del", &self.link]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_network_is_noticed_within_the_receive_deadline_and_streaming_resumes() {
+    let Some(ns) = Netns::new() else {
+        eprintln!("skipped: cannot create a network namespace here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let subnet = format!("{}/30", ns.here.trim_end_matches(".1").to_string() + ".0");
+    let db = Db::start_with(ScratchOptions {
+        netns: Some(ns.name.clone()),
+        host: Some(ns.there.clone()),
+        extra_conf: vec!["wal_sender_timeout = 2s".into()],
+        extra_hba: vec![
+            format!("host all all {subnet} scram-sha-256"),
+            format!("host replication all {subnet} scram-sha-256"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let relay = Relay::start(&db).await;
+    let user = Uuid::new_v4();
+    let chat = db.chat(&[user]).await;
+    let mut ws = relay.ws(user).await;
+    ws.subscribe(chat, None).await;
+    let c = db.client().await;
+    insert(&c, chat, user, "before").await;
+    assert_eq!(ws.messages(chat, 1).await, [1]);
+
+    // The network goes silent: the relay must say so in seconds
+    // (twice wal_sender_timeout), not after the kernel's 15 minutes.
+    ns.silence(true);
+    let cut = tokio::time::Instant::now();
+    // (/readyz turns 503 earlier for its own database ping; what counts is
+    // that the replication stream itself gives up on the dead connection.)
+    loop {
+        let (status, body) = relay.get("/readyz").await;
+        if status == 503 && body.contains("replication stream failed") {
+            break;
+        }
+        assert!(cut.elapsed() < Duration::from_secs(15), "after {:?} of silence, /readyz: {body}", cut.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let noticed = cut.elapsed();
+    eprintln!("silence noticed after {noticed:?}");
+    // The network comes back: streaming resumes, nothing lost.
+    ns.silence(false);
+    relay.wait_ready().await;
+    let c = db.client().await;
+    insert(&c, chat, user, "after").await;
+    assert_eq!(ws.messages(chat, 1).await, [2]);
 }

@@ -62,15 +62,18 @@ pub enum StreamEvent {
 }
 
 /// How far the downstream pipeline has handed transactions on; shared between
-/// the pipeline (writer) and the replication task (reader).
+/// the pipeline (writer) and the replication task (reader). Positions belong
+/// to an epoch: when the stream starts over (a new slot, another server) the
+/// pipeline resets it in order with the events, and the replicator ignores
+/// progress from an epoch before its own.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    tx: Arc<watch::Sender<Lsn>>,
+    tx: Arc<watch::Sender<(u64, Lsn)>>,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { tx: Arc::new(watch::channel(Lsn(0)).0) }
+        Progress { tx: Arc::new(watch::channel((0, Lsn(0))).0) }
     }
 }
 
@@ -78,8 +81,8 @@ impl Progress {
     /// Everything up to `lsn` (a transaction's end LSN) has left the pipeline.
     pub fn handed_on(&self, lsn: Lsn) {
         self.tx.send_if_modified(|cur| {
-            if lsn > *cur {
-                *cur = lsn;
+            if lsn > cur.1 {
+                cur.1 = lsn;
                 true
             } else {
                 false
@@ -87,9 +90,16 @@ impl Progress {
         });
     }
     pub fn current(&self) -> Lsn {
-        *self.tx.borrow()
+        self.tx.borrow().1
     }
-    fn subscribe(&self) -> watch::Receiver<Lsn> {
+    /// The stream started over: positions count from zero in a new epoch.
+    pub fn reset(&self) {
+        self.tx.send_modify(|cur| *cur = (cur.0 + 1, Lsn(0)));
+    }
+    fn epoch(&self) -> u64 {
+        self.tx.borrow().0
+    }
+    fn subscribe(&self) -> watch::Receiver<(u64, Lsn)> {
         self.tx.subscribe()
     }
 }
@@ -175,6 +185,10 @@ pub struct Replicator {
     forwarded: Lsn,
     /// Server position at the last keepalive received between transactions.
     idle_position: Lsn,
+    /// The server streamed from last: (system identifier, timeline).
+    server: Option<(String, String)>,
+    /// Progress epoch this stream's positions belong to.
+    epoch: u64,
 }
 
 impl Replicator {
@@ -198,6 +212,8 @@ impl Replicator {
             confirmed: Lsn(0),
             forwarded: Lsn(0),
             idle_position: Lsn(0),
+            server: None,
+            epoch: 0,
         }
     }
 
@@ -277,15 +293,31 @@ impl Replicator {
             _ = shutdown.cancelled() => return Ok(()),
         };
         let ident = conn.simple_query("IDENTIFY_SYSTEM").await?;
-        if let Some(row) = ident.first() {
-            tracing::info!(
-                systemid = row.first().cloned().flatten().unwrap_or_default(),
-                timeline = row.get(1).cloned().flatten().unwrap_or_default(),
-                xlogpos = row.get(2).cloned().flatten().unwrap_or_default(),
-                tls = conn.tls,
-                "replication connection established"
-            );
+        let field = |i: usize| ident.first().and_then(|row| row.get(i).cloned().flatten()).unwrap_or_default();
+        let (system, timeline) = (field(0), field(1));
+        tracing::info!(
+            systemid = system,
+            timeline,
+            xlogpos = field(2),
+            tls = conn.tls,
+            "replication connection established"
+        );
+        if let Some((old_system, old_timeline)) = self.server.replace((system.clone(), timeline.clone())) {
+            if old_system != system || old_timeline != timeline {
+                // A failed-over or restored server: its positions are not the
+                // old one's, and what the old one streamed last may never
+                // have happened here.
+                let reason = format!(
+                    "the server changed (system identifier {old_system} -> {system}, timeline {old_timeline} -> {timeline})"
+                );
+                tracing::error!(reason, "streaming from a different server; clients are told to resynchronise");
+                m::slot_recreated();
+                self.reset_positions();
+                self.slot_seen = false;
+                self.out.send(StreamEvent::SlotReset { reason }).await.map_err(|_| SessionError::Downstream)?;
+            }
         }
+        let deadline = receive_deadline(&mut conn, self.cfg.status_interval).await;
         self.check_publication(&mut conn).await?;
         let slot_confirmed = self.ensure_slot(&mut conn).await?;
         self.confirmed = self.confirmed.max(slot_confirmed);
@@ -305,6 +337,7 @@ impl Replicator {
 
         let mut progress = self.progress.subscribe();
         let mut last_status = Instant::now();
+        let mut last_heard = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -315,7 +348,14 @@ impl Replicator {
                     conn.close().await;
                     return Ok(());
                 }
+                // Nothing from the server, not even the keepalive our status
+                // messages ask for: the connection is dead (a silent network
+                // would otherwise hold it for the kernel's 15 minutes).
+                _ = tokio::time::sleep_until((last_heard + deadline.silence).into()) => {
+                    return Err(SessionError::Wire(WireError::Timeout("no data from the server within the receive deadline")));
+                }
                 msg = conn.recv_copy() => {
+                    last_heard = Instant::now();
                     match msg? {
                         CopyMessage::Done => {
                             return Err(SessionError::Wire(WireError::Protocol("server ended the stream".into())));
@@ -331,9 +371,11 @@ impl Replicator {
                 // Progress is looked at on this tick, not on every handed-on
                 // transaction: one wakeup per 100 ms instead of one per commit.
                 _ = tick.tick() => {
-                    let due = last_status.elapsed() >= self.cfg.status_interval;
+                    // Every `ask` the status asks the server to answer, so a
+                    // live connection is never silent for long.
+                    let due = last_status.elapsed() >= deadline.ask;
                     if self.confirmable() > self.confirmed || due {
-                        self.send_status(&mut conn, false).await?;
+                        self.send_status(&mut conn, due).await?;
                         last_status = Instant::now();
                     }
                 }
@@ -386,11 +428,26 @@ impl Replicator {
         }
     }
 
-    /// The position that is safe to confirm now.
+    /// The position that is safe to confirm now: what the pipeline handed on,
+    /// but never beyond what this server itself sent (the pipeline's progress
+    /// may still be the previous server's).
     fn confirmable(&self) -> Lsn {
+        if self.progress.epoch() != self.epoch {
+            // The pipeline has not reached the reset yet: what it reports
+            // belongs to the stream before.
+            return self.confirmed;
+        }
         let handed = self.progress.current();
         let pos = if handed >= self.forwarded { handed.max(self.idle_position) } else { handed };
-        pos.max(self.confirmed)
+        pos.min(self.forwarded.max(self.idle_position)).max(self.confirmed)
+    }
+
+    /// Forgets every position: they belong to a slot or server that is gone.
+    fn reset_positions(&mut self) {
+        self.epoch += 1;
+        self.confirmed = Lsn(0);
+        self.forwarded = Lsn(0);
+        self.idle_position = Lsn(0);
     }
 
     async fn send_status(&mut self, conn: &mut ReplConnection, reply: bool) -> Result<(), SessionError> {
@@ -412,9 +469,10 @@ impl Replicator {
 
     /// Shutdown: give the pipeline a moment to hand on what it holds, then
     /// confirm the final position.
-    async fn drain_and_confirm(&mut self, conn: &mut ReplConnection, progress: &mut watch::Receiver<Lsn>) {
+    async fn drain_and_confirm(&mut self, conn: &mut ReplConnection, progress: &mut watch::Receiver<(u64, Lsn)>) {
         let forwarded = self.forwarded;
-        let wait = progress.wait_for(|lsn| *lsn >= forwarded);
+        let epoch = self.epoch;
+        let wait = progress.wait_for(|(e, lsn)| *e == epoch && *lsn >= forwarded);
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
         match self.send_status(conn, false).await {
             Ok(()) => tracing::info!(lsn = %self.confirmed, "final position confirmed"),
@@ -552,9 +610,7 @@ impl Replicator {
                     "replication slot LOST and recreated: changes since the loss were not streamed; clients are told to resynchronise"
                 );
                 // The old positions belong to the old slot.
-                self.confirmed = Lsn(0);
-                self.forwarded = Lsn(0);
-                self.idle_position = Lsn(0);
+                self.reset_positions();
                 self.out.send(StreamEvent::SlotReset { reason }).await.map_err(|_| SessionError::Downstream)?;
             }
             None => tracing::info!(slot = %self.cfg.slot, lsn = %lsn, "replication slot created"),
@@ -571,6 +627,46 @@ impl Replicator {
             _ => e.into(),
         }
     }
+}
+
+/// How long the stream may be silent, and how often to ask the server for
+/// a keepalive.
+struct Deadline {
+    silence: Duration,
+    ask: Duration,
+}
+
+/// About twice the server's `wal_sender_timeout` (the server gives up on us
+/// after one), at least 2 s; asks for a keepalive at a quarter of it.
+async fn receive_deadline(conn: &mut ReplConnection, status_interval: Duration) -> Deadline {
+    let configured = match conn.simple_query("SHOW wal_sender_timeout").await {
+        Ok(rows) => rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|v| parse_pg_duration(&v)),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read wal_sender_timeout; assuming 60 s");
+            None
+        }
+    };
+    // 0 disables the server's timeout: keep our own at the default's scale.
+    let timeout = configured.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(60));
+    let silence = (timeout * 2).max(Duration::from_secs(2));
+    Deadline { silence, ask: (silence / 4).min(status_interval) }
+}
+
+/// `500ms`, `2s`, `1min`, `1h`, `1d`, or a bare number of milliseconds.
+fn parse_pg_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
 }
 
 fn now_pg_micros() -> i64 {
@@ -612,6 +708,18 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn postgres_durations_parse_as_show_prints_them() {
+        use std::time::Duration;
+        assert_eq!(super::parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(super::parse_pg_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(super::parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(super::parse_pg_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(super::parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(super::parse_pg_duration("soon"), None);
+        assert_eq!(super::parse_pg_duration("99999999999999999999d"), None);
+    }
+
     use super::*;
 
     #[test]
