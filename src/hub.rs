@@ -333,7 +333,8 @@ impl Conn {
     /// moment one is taken, its live frames are queued again.
     pub fn take(&self, dequeued: u64) -> Control {
         let Ok(mut ctl) = self.control.lock() else { return Control::default() };
-        let presence = ctl.presence.drain().map(|((c, u), online)| (c, u, online)).collect();
+        // Taken, not drained: an idle connection keeps no table behind.
+        let presence = std::mem::take(&mut ctl.presence).into_iter().map(|((c, u), online)| (c, u, online)).collect();
         let ready: Vec<Uuid> = ctl.behind.iter().filter(|(_, b)| b.after <= dequeued).map(|(c, _)| *c).collect();
         let mut behind = HashMap::with_capacity(ready.len());
         for chat in ready {
