@@ -93,6 +93,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
+    /// NATS server(s) with JetStream (`nats://host:4222`, comma-separated).
+    /// Unset: one relay does everything. Set: this relay is one of several
+    /// replicas; they elect a leader through Postgres, and every replica
+    /// serves its clients from a JetStream stream the leader publishes.
+    #[arg(long, env = "CHAT_RELAY_NATS_URL")]
+    pub nats_url: Option<String>,
+
     /// Logical replication slot (created when missing). Lowercase letters, digits, underscore.
     #[arg(long, env = "CHAT_RELAY_SLOT", default_value = "chat_relay", value_parser = parse_slot_name)]
     pub slot: String,

@@ -363,6 +363,9 @@ pub trait Fanout: Send + Sync {
     fn publish(&self, frame: Arc<EventFrame>);
     /// `user_id` left `chat_id`: cut their subscriptions to it.
     fn revoke(&self, chat_id: Uuid, user_id: Uuid);
+    /// `user_id` is (now) a participant of `chat_id`: for membership caches
+    /// elsewhere (replicas); the local one learns it in the pipeline.
+    fn member(&self, _chat_id: Uuid, _user_id: Uuid, _member: bool) {}
     /// Tell every connection to resynchronise from the tables.
     fn resync_all(&self);
 }

@@ -20,7 +20,9 @@
 //! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
 //! [`migrate`] (the `sql/` migrations), [`server`] (healthz, readyz, metrics),
 //! [`relay`] (wiring for `serve`), [`scratch`] (throwaway Postgres for demo,
-//! tests, benchmarks), [`demo`] (terminal demo, and the browser chat built
+//! tests, benchmarks), [`cluster`] (replicas: leadership through Postgres,
+//! the leader's events through NATS JetStream into every replica's hub,
+//! behind the hub's `Fanout` seam), [`demo`] (terminal demo, and the browser chat built
 //! from the TypeScript client in `clients/typescript/`), [`bench`].
 //!
 //! # The path of one message
@@ -43,6 +45,7 @@
 //!    [`replication::Progress`]; the replicator confirms it to the slot.
 
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod demo;

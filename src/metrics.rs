@@ -21,6 +21,7 @@ pub const DELIVERED_FLUSHES: &str = "chat_relay_delivered_flushes_total";
 pub const COMMIT_TO_SEND: &str = "chat_relay_commit_to_send_seconds";
 pub const CATCHUPS: &str = "chat_relay_catchups_total";
 pub const RATE_LIMITED: &str = "chat_relay_rate_limited_total";
+pub const LEADER: &str = "chat_relay_leader";
 // Beyond the contract: operational detail.
 pub const SLOT_RECREATED: &str = "chat_relay_slot_recreated_total";
 pub const REPLICATION_ERRORS: &str = "chat_relay_replication_errors_total";
@@ -30,7 +31,7 @@ pub const STREAMING: &str = "chat_relay_replication_streaming";
 pub const READY: &str = "chat_relay_ready";
 
 /// The contract's metric names, for tests and the dashboard check.
-pub const CONTRACT: [&str; 11] = [
+pub const CONTRACT: [&str; 12] = [
     EVENTS,
     DUPLICATES,
     SEQ_GAPS,
@@ -42,6 +43,7 @@ pub const CONTRACT: [&str; 11] = [
     COMMIT_TO_SEND,
     CATCHUPS,
     RATE_LIMITED,
+    LEADER,
 ];
 
 /// Installs the global Prometheus recorder and registers every series at zero.
@@ -75,6 +77,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     counter!(REPLICATION_ERRORS).absolute(0);
     gauge!(STREAMING).set(0.0);
     gauge!(READY).set(0.0);
+    gauge!(LEADER).set(0.0);
     // Registering the histogram makes its (empty) buckets appear.
     let _ = histogram!(COMMIT_TO_SEND);
     // Resolve the per-frame and per-event series once, now that the recorder
@@ -129,6 +132,7 @@ fn describe() {
     describe_counter!(REPLICATION_ERRORS, "Replication stream failures that caused a reconnect");
     describe_gauge!(STREAMING, "1 while the replication stream runs (the slot is active), else 0");
     describe_gauge!(READY, "1 while streaming and the database answers (what /readyz reports), else 0");
+    describe_gauge!(LEADER, "1 on the replica that holds the replication slot, else 0 (always 1 for a single relay)");
 }
 
 /// Counts the row changes of a committed transaction.
@@ -214,6 +218,10 @@ pub fn replication_errors() {
 
 pub fn streaming(on: bool) {
     gauge!(STREAMING).set(if on { 1.0 } else { 0.0 });
+}
+
+pub fn leader(on: bool) {
+    gauge!(LEADER).set(if on { 1.0 } else { 0.0 });
 }
 
 pub fn ready(on: bool) {

@@ -19,6 +19,7 @@ use axum::Router;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster;
 use crate::config::ServeArgs;
 use crate::delivery::Delivery;
 use crate::event::{push_events, ChatEvent};
@@ -27,9 +28,9 @@ use crate::hub::{EventFrame, Fanout, Hub};
 use crate::limits::Limits;
 use crate::metrics as m;
 use crate::pgoutput::TxnMemory;
-use crate::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
+use crate::replication::{Checkpoint, Health, Progress, ReplicationConfig, Replicator, StreamEvent};
 use crate::sequencer::{Sequenced, Sequencer, SequencerConfig};
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, ClusterState};
 use crate::store::Store;
 
 /// Runs the relay until a signal, then drains and returns.
@@ -77,29 +78,68 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let membership = Arc::new(Membership::new(store.clone(), Duration::from_millis(args.membership_ttl_ms)));
     let health = Arc::new(Health::default());
     let progress = Progress::default();
+    let side_stop = CancellationToken::new();
 
     // Replication → pipeline.
     let (tx, rx) = mpsc::channel(1024);
     let replication_stop = CancellationToken::new();
-    let replicator = Replicator::new(
-        ReplicationConfig {
-            conn: info.clone(),
-            slot: args.slot.clone(),
-            publication: args.db.publication.clone(),
-            status_interval: Duration::from_secs(10),
-            memory: Some(TxnMemory::new(args.txn_memory_mb, args.spill_dir.clone())),
-        },
-        tx,
-        progress.clone(),
-        health.clone(),
-    );
-    let replication = tokio::spawn(replicator.run(replication_stop.clone()));
+    let replication_cfg = ReplicationConfig {
+        conn: info.clone(),
+        slot: args.slot.clone(),
+        publication: args.db.publication.clone(),
+        status_interval: Duration::from_secs(10),
+        memory: Some(TxnMemory::new(args.txn_memory_mb, args.spill_dir.clone())),
+    };
     let sequencer = Sequencer::new(SequencerConfig {
         dedupe_capacity: args.dedupe_capacity as usize,
         dedupe_ttl: Duration::from_secs(args.dedupe_ttl_secs),
         gap_window: Duration::from_millis(args.gap_window_ms),
     });
-    let pipeline = tokio::spawn(pipeline(rx, sequencer, hub.clone(), store.clone(), membership.clone(), progress));
+    let (replication, pipeline, cluster) = match &args.nats_url {
+        None => {
+            // One process: it is the one that holds the slot.
+            m::leader(true);
+            let replicator = Replicator::new(replication_cfg, tx, progress.clone(), health.clone());
+            let replication = tokio::spawn(replicator.run(replication_stop.clone()));
+            let sink = Sink { fanout: hub.clone(), checkpoint: Arc::new(progress.clone()), backlog: None };
+            let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
+            (replication, pipeline, None)
+        }
+        Some(url) => {
+            let client = async_nats::ConnectOptions::new()
+                .retry_on_initial_connect()
+                .name(format!("chat-relay {}", args.slot))
+                .connect(url.as_str())
+                .await
+                .map_err(|e| anyhow::anyhow!("NATS at {url}: {e}"))?;
+            let names = cluster::Names::new(&args.slot);
+            let js = async_nats::jetstream::new(client.clone());
+            let (fanout, backlog, _publisher) =
+                cluster::publish::JetStreamFanout::start(js, names.clone(), progress.clone(), replication_stop.clone());
+            let sink = Sink { fanout: Arc::new(fanout.clone()), checkpoint: Arc::new(fanout), backlog: Some(backlog) };
+            let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
+            let state = ClusterState { leading: Arc::default(), following: Arc::new(Health::default()) };
+            tokio::spawn(cluster::follow::follow(
+                client,
+                names,
+                hub.clone(),
+                membership.clone(),
+                state.following.clone(),
+                side_stop.clone(),
+            ));
+            let (progress, health) = (progress.clone(), health.clone());
+            let replication = tokio::spawn(cluster::leader::compete(
+                info.clone(),
+                args.slot.clone(),
+                state.leading.clone(),
+                replication_stop.clone(),
+                move |term| {
+                    Replicator::new(replication_cfg.clone(), tx.clone(), progress.clone(), health.clone()).run(term)
+                },
+            ));
+            (replication, pipeline, Some(state))
+        }
+    };
     // A pipeline that fails stops the relay (a restart replays from the slot).
     let failed: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
     let pipeline = {
@@ -120,7 +160,6 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     };
 
     // Side tasks: lag probe, membership cache sweep.
-    let side_stop = CancellationToken::new();
     tokio::spawn(auth.clone().refresh_jwks(side_stop.clone()));
     tokio::spawn(lag_probe(store.clone(), args.slot.clone(), health.clone(), side_stop.clone()));
     {
@@ -157,7 +196,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         shutdown.clone(),
     ));
 
-    let state = AppState { prometheus, health, store };
+    let state = AppState { prometheus, health, store, cluster };
     let app =
         Router::new().route("/v1/ws", get(gateway::ws_handler).with_state(gw.clone())).merge(server::router(state));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -205,6 +244,14 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream) {
     }
 }
 
+/// Where the pipeline's output goes: the local hub and [`Progress`] for a
+/// single relay; JetStream (and its acknowledgements) for a cluster leader.
+struct Sink {
+    fanout: Arc<dyn Fanout>,
+    checkpoint: Arc<dyn Checkpoint>,
+    backlog: Option<Arc<cluster::publish::Backlog>>,
+}
+
 /// Chat state the sequencer keeps is dropped after this long without events.
 const SEQUENCER_IDLE: Duration = Duration::from_secs(300);
 
@@ -216,16 +263,21 @@ const SEQUENCER_IDLE: Duration = Duration::from_secs(300);
 async fn pipeline(
     mut rx: mpsc::Receiver<StreamEvent>,
     mut seq: Sequencer,
-    hub: Arc<Hub>,
+    sink: Sink,
     store: Store,
     membership: Arc<Membership>,
-    progress: Progress,
 ) -> anyhow::Result<()> {
+    let Sink { fanout, checkpoint, backlog } = sink;
+    let hub = fanout;
+    let mut handed = None;
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = Vec::new();
     let mut out = Vec::new();
     loop {
+        if let Some(backlog) = &backlog {
+            backlog.room().await;
+        }
         let deadline = seq.next_deadline();
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -254,7 +306,8 @@ async fn pipeline(
                     tracing::warn!(reason, "telling every connection to resynchronise");
                     // Seqs, ids and positions of the stream before mean nothing now.
                     seq.reset();
-                    progress.reset();
+                    checkpoint.reset();
+                    handed = None;
                     membership.clear();
                     hub.resync_all();
                 }
@@ -282,7 +335,11 @@ async fn pipeline(
                 }
             }
         }
-        progress.handed_on(seq.safe_lsn());
+        let safe = seq.safe_lsn();
+        if handed != Some(safe) {
+            checkpoint.handed_on(safe);
+            handed = Some(safe);
+        }
     }
     Ok(())
 }
@@ -309,6 +366,7 @@ pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) {
         }
         ChatEvent::ParticipantChanged { now, previous } => {
             membership.learn(now.chat_id, now.user_id, true);
+            fanout.member(now.chat_id, now.user_id, true);
             let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
             if moved && wanted {
                 fanout.publish(Arc::new(EventFrame::receipt(&now, Some(t))))

@@ -22,6 +22,16 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     pub health: Arc<Health>,
     pub store: Store,
+    /// Set when this relay is one of several replicas (NATS).
+    pub cluster: Option<ClusterState>,
+}
+
+/// A replica's readiness: its JetStream consumer runs, and, while it leads,
+/// its replication stream.
+#[derive(Clone)]
+pub struct ClusterState {
+    pub leading: Arc<std::sync::atomic::AtomicBool>,
+    pub following: Arc<Health>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -33,8 +43,18 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if !s.health.is_streaming() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", s.health.reason())).into_response();
+    let not_ready = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
+    match &s.cluster {
+        None if !s.health.is_streaming() => return not_ready(s.health.reason()),
+        None => {}
+        Some(c) => {
+            if !c.following.is_streaming() {
+                return not_ready(c.following.reason());
+            }
+            if c.leading.load(std::sync::atomic::Ordering::Acquire) && !s.health.is_streaming() {
+                return not_ready(s.health.reason());
+            }
+        }
     }
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),

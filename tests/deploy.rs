@@ -46,6 +46,8 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     for name in chat_relay::metrics::CONTRACT {
         assert!(live.contains(name), "contract metric {name} not exported:\n{scrape}");
     }
+    // A single relay holds the slot: it is the leader.
+    assert_eq!(relay.metric("chat_relay_leader").await, 1.0);
 
     let dashboard = include_str!("../deploy/grafana/chat-relay.json");
     let parsed: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard is valid JSON");

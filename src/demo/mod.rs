@@ -178,6 +178,7 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
         jwt_audience: None,
         jwt_issuer: None,
         slot: "chat_relay".into(),
+        nats_url: None,
         delivered_debounce_ms: 50,
         max_frame_bytes: 65536,
         max_content_bytes: 16384,

@@ -104,6 +104,23 @@ impl Progress {
     }
 }
 
+/// Where the pipeline reports what it has handed on: straight to
+/// [`Progress`] for a single relay, through JetStream's acknowledgements for
+/// a cluster leader.
+pub trait Checkpoint: Send + Sync {
+    fn handed_on(&self, lsn: Lsn);
+    fn reset(&self);
+}
+
+impl Checkpoint for Progress {
+    fn handed_on(&self, lsn: Lsn) {
+        Progress::handed_on(self, lsn)
+    }
+    fn reset(&self) {
+        Progress::reset(self)
+    }
+}
+
 /// Whether the stream is running, and why not; read by `/readyz`.
 #[derive(Debug)]
 pub struct Health {
@@ -140,7 +157,7 @@ impl Health {
     pub fn reason(&self) -> String {
         self.reason.lock().map(|r| r.clone()).unwrap_or_default()
     }
-    fn set(&self, streaming: bool, reason: impl Into<String>) {
+    pub fn set(&self, streaming: bool, reason: impl Into<String>) {
         let reason = reason.into();
         self.streaming.store(streaming, Ordering::Release);
         if let Ok(mut r) = self.reason.lock() {
@@ -198,6 +215,9 @@ impl Replicator {
         progress: Progress,
         health: Arc<Health>,
     ) -> Self {
+        // A replicator started later (a new leadership term) continues the
+        // pipeline's current epoch.
+        let epoch = progress.epoch();
         let decoder = match cfg.memory.clone() {
             Some(m) => Decoder::with_memory(m),
             None => Decoder::new(),
@@ -213,7 +233,7 @@ impl Replicator {
             forwarded: Lsn(0),
             idle_position: Lsn(0),
             server: None,
-            epoch: 0,
+            epoch,
         }
     }
 

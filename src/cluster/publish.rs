@@ -1,0 +1,274 @@
+//! The leader's side: sequenced events to JetStream, and the slot confirmed
+//! only up to what JetStream has acknowledged.
+//!
+//! [`JetStreamFanout`] is what the leader's pipeline sees as its fan-out. It
+//! never waits: it queues, in order, frames, control events and checkpoints
+//! (the pipeline's handed-on LSN). One task publishes them in that order and
+//! moves [`Progress`] to a checkpoint only once every message before it is
+//! acknowledged. A failed publish is retried, with everything after it, in
+//! order; message ids make the retries (and a new leader's replay of the
+//! same WAL) harmless.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{Publish, PublishAckFuture};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Names;
+use crate::hub::{EventFrame, Fanout, FrameKind};
+use crate::replication::{Checkpoint, Lsn, Progress};
+
+/// What the pipeline handed over, in order.
+enum Out {
+    Frame(Arc<EventFrame>),
+    Revoke(Uuid, Uuid),
+    Member(Uuid, Uuid, bool),
+    Resync,
+    Handed(Lsn),
+    Reset,
+}
+
+/// Items queued but not yet published; the pipeline waits above [`BACKLOG`].
+#[derive(Default)]
+pub struct Backlog {
+    queued: AtomicUsize,
+    drained: Notify,
+}
+
+/// Queued items at most before the pipeline stops taking transactions (and
+/// the replicator, behind it, stops reading the slot).
+pub const BACKLOG: usize = 50_000;
+
+impl Backlog {
+    /// Waits while too much is queued (NATS slow or away).
+    pub async fn room(&self) {
+        while self.queued.load(Ordering::Acquire) > BACKLOG {
+            let notified = self.drained.notified();
+            if self.queued.load(Ordering::Acquire) <= BACKLOG {
+                break;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The leader pipeline's fan-out: everything goes to JetStream.
+#[derive(Clone)]
+pub struct JetStreamFanout {
+    tx: mpsc::UnboundedSender<Out>,
+    backlog: Arc<Backlog>,
+}
+
+impl JetStreamFanout {
+    /// The fan-out and the task that publishes for it.
+    pub fn start(
+        js: async_nats::jetstream::Context,
+        names: Names,
+        progress: Progress,
+        stop: CancellationToken,
+    ) -> (JetStreamFanout, Arc<Backlog>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
+        let task = tokio::spawn(publisher(js, names, rx, progress, backlog.clone(), stop));
+        (JetStreamFanout { tx, backlog: backlog.clone() }, backlog, task)
+    }
+
+    fn send(&self, out: Out) {
+        self.backlog.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(out).is_err() {
+            self.backlog.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Fanout for JetStreamFanout {
+    fn wants(&self, _chat_id: &Uuid) -> bool {
+        true // subscribers are on other replicas too
+    }
+    fn publish(&self, frame: Arc<EventFrame>) {
+        self.send(Out::Frame(frame));
+    }
+    fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
+        self.send(Out::Revoke(chat_id, user_id));
+    }
+    fn member(&self, chat_id: Uuid, user_id: Uuid, member: bool) {
+        self.send(Out::Member(chat_id, user_id, member));
+    }
+    fn resync_all(&self) {
+        self.send(Out::Resync);
+    }
+}
+
+impl Checkpoint for JetStreamFanout {
+    fn handed_on(&self, lsn: Lsn) {
+        self.send(Out::Handed(lsn));
+    }
+    fn reset(&self) {
+        self.send(Out::Reset);
+    }
+}
+
+/// One message to publish (kept until acknowledged, for retries).
+#[derive(Clone)]
+struct Msg {
+    subject: String,
+    id: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+fn encode(names: &Names, out: Out) -> Msg {
+    let mut headers = HeaderMap::new();
+    match out {
+        Out::Frame(f) => {
+            let kind = match f.kind {
+                FrameKind::Message => "m",
+                FrameKind::Update => "u",
+                FrameKind::Delete => "d",
+                FrameKind::Receipt => "r",
+                FrameKind::Typing => "y",
+            };
+            headers.insert("k", kind);
+            headers.insert("s", f.seq.to_string().as_str());
+            if let Some(subject) = f.subject {
+                headers.insert("u", subject.to_string().as_str());
+            }
+            if let Some(t) = f.commit_time {
+                headers.insert("t", t.timestamp_micros().to_string().as_str());
+            }
+            // The same event replayed (a new leader, a retry) has the same id.
+            let mut h = rustc_hash::FxHasher::default();
+            f.text.as_str().hash(&mut h);
+            let id = format!("{kind}:{}:{}:{:016x}", f.chat_id, f.seq, h.finish());
+            Msg { subject: names.chat(&f.chat_id), id, headers, payload: Bytes::copy_from_slice(f.text.as_bytes()) }
+        }
+        Out::Revoke(chat, user) | Out::Member(chat, user, _) => {
+            let member = matches!(out, Out::Member(_, _, true));
+            headers.insert("op", if matches!(out, Out::Revoke(..)) { "revoke" } else { "member" });
+            headers.insert("c", chat.to_string().as_str());
+            headers.insert("u", user.to_string().as_str());
+            headers.insert("in", if member { "1" } else { "0" });
+            Msg { subject: names.control(), id: Uuid::new_v4().to_string(), headers, payload: Bytes::new() }
+        }
+        Out::Resync | Out::Handed(_) | Out::Reset => {
+            headers.insert("op", "resync");
+            Msg { subject: names.control(), id: Uuid::new_v4().to_string(), headers, payload: Bytes::new() }
+        }
+    }
+}
+
+type AckFuture = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+enum Pending {
+    Sent(Msg, AckFuture),
+    Handed(Lsn),
+    Reset,
+}
+
+async fn send(js: &async_nats::jetstream::Context, m: &Msg) -> Result<AckFuture, String> {
+    let publish = Publish::build().payload(m.payload.clone()).headers(m.headers.clone()).message_id(&m.id);
+    let ack: PublishAckFuture = js.send_publish(m.subject.clone(), publish).await.map_err(|e| e.to_string())?;
+    Ok(Box::pin(async move { ack.into_future().await.map(|_| ()).map_err(|e| e.to_string()) }))
+}
+
+/// Publishes until `stop`, in order; checkpoints move once everything before
+/// them is acknowledged.
+async fn publisher(
+    js: async_nats::jetstream::Context,
+    names: Names,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    progress: Progress,
+    backlog: Arc<Backlog>,
+    stop: CancellationToken,
+) {
+    const IN_FLIGHT: usize = 1024;
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut in_flight = 0usize;
+    loop {
+        // Checkpoints whose messages are all acknowledged.
+        while matches!(pending.front(), Some(Pending::Handed(_) | Pending::Reset)) {
+            match pending.pop_front() {
+                Some(Pending::Handed(lsn)) => progress.handed_on(lsn),
+                Some(Pending::Reset) => progress.reset(),
+                _ => {}
+            }
+        }
+        let front_ack = async {
+            match pending.front_mut() {
+                Some(Pending::Sent(_, ack)) => ack.await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = front_ack => match r {
+                Ok(()) => {
+                    pending.pop_front();
+                    in_flight -= 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "JetStream did not acknowledge; publishing again from there");
+                    resend(&js, &mut pending, &stop).await;
+                }
+            },
+            out = rx.recv(), if in_flight < IN_FLIGHT => {
+                let Some(out) = out else { return };
+                backlog.queued.fetch_sub(1, Ordering::AcqRel);
+                backlog.drained.notify_waiters();
+                match out {
+                    Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn)),
+                    Out::Reset => pending.push_back(Pending::Reset),
+                    out => {
+                        let msg = encode(&names, out);
+                        let ack = match send(&js, &msg).await {
+                            Ok(ack) => ack,
+                            Err(e) => Box::pin(async move { Err(e) }),
+                        };
+                        pending.push_back(Pending::Sent(msg, ack));
+                        in_flight += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Publishes every unacknowledged message again, in order, waiting for each
+/// acknowledgement, until all got one (or `stop`).
+async fn resend(js: &async_nats::jetstream::Context, pending: &mut VecDeque<Pending>, stop: &CancellationToken) {
+    let mut wait = Duration::from_millis(100);
+    'again: loop {
+        for p in pending.iter_mut() {
+            if let Pending::Sent(msg, ack) = p {
+                let result = match send(js, msg).await {
+                    Ok(fresh) => fresh.await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => *ack = Box::pin(async { Ok(()) }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "JetStream publish failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                        continue 'again;
+                    }
+                }
+            }
+        }
+        return;
+    }
+}

@@ -1,0 +1,195 @@
+//! Replicas on NATS JetStream (issue "Replicas"): one leader holds the slot
+//! and publishes; every replica serves its clients from the stream; a killed
+//! leader is replaced and every client ends with exactly the table's seqs.
+//! Needs `nats-server` (Debian's package, 2.9), started here on a free port.
+
+mod support;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Db, Relay, Ws, PATIENCE};
+use uuid::Uuid;
+
+/// A throwaway nats-server with JetStream in a temp dir.
+struct Nats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < PATIENCE, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn leaders(relays: &[&Relay]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, r) in relays.iter().enumerate() {
+        if r.get("/metrics").await.0 == 200 && r.metric("chat_relay_leader").await == 1.0 {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Waits until exactly one of `relays` leads; returns its index.
+async fn one_leader(relays: &[&Relay], within: Duration) -> usize {
+    let started = Instant::now();
+    loop {
+        let l = leaders(relays).await;
+        if l.len() == 1 {
+            return l[0];
+        }
+        assert!(l.len() < 2, "two leaders at once: {l:?}");
+        assert!(started.elapsed() < within, "no leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn insert_round(db: &Db, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) {
+    let c = db.client().await;
+    for _ in 0..per_chat {
+        for (chat, a, _) in chats {
+            c.execute("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'x')", &[chat, a])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// How the leader is taken away.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// SIGKILL: its connections close at once.
+    Kill,
+    /// SIGSTOP: it holds everything open but does nothing, until SIGCONT.
+    Freeze,
+}
+
+fn signal(relay: &Relay, sig: &str) {
+    let pid = relay.child.id().to_string();
+    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+}
+
+/// Three replicas, 10 chats of two (on different replicas), 600 messages;
+/// the leader is taken away after the first third.
+async fn failover(fault: Fault) {
+    let db = Db::start().await;
+    let nats = Nats::start();
+    let url = nats.url();
+    let env = [("CHAT_RELAY_NATS_URL", url.as_str())];
+    let mut relays = vec![
+        Relay::start_with(&db, &env).await,
+        Relay::start_with(&db, &env).await,
+        Relay::start_with(&db, &env).await,
+    ];
+    let leader = one_leader(&relays.iter().collect::<Vec<_>>(), PATIENCE).await;
+
+    let mut chats = Vec::new();
+    let mut clients: Vec<(usize, Uuid, Uuid, Ws, Vec<i64>)> = Vec::new();
+    for i in 0..10 {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let chat = db.chat(&[a, b]).await;
+        chats.push((chat, a, b));
+        for (k, user) in [(i % 3, a), ((i + 1) % 3, b)] {
+            let mut ws = relays[k].ws(user).await;
+            ws.subscribe(chat, Some(0)).await;
+            clients.push((k, user, chat, ws, Vec::new()));
+        }
+    }
+    insert_round(&db, &chats, 20).await;
+    match fault {
+        Fault::Kill => relays[leader].kill(),
+        Fault::Freeze => signal(&relays[leader], "-STOP"),
+    }
+    let taken_at = Instant::now();
+    insert_round(&db, &chats, 20).await;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let next = {
+        let refs: Vec<&Relay> = survivors.iter().map(|i| &relays[*i]).collect();
+        survivors[one_leader(&refs, Duration::from_secs(15)).await]
+    };
+    let failover = taken_at.elapsed();
+    eprintln!("{fault:?}: new leader replica {next}, {failover:?} after the fault");
+    assert!(failover < Duration::from_secs(15));
+    if fault == Fault::Freeze {
+        // It wakes up without the lock: it must notice and stay a follower.
+        signal(&relays[leader], "-CONT");
+        let all: Vec<&Relay> = relays.iter().collect();
+        let woke = Instant::now();
+        while leaders(&all).await != vec![next] {
+            assert!(
+                woke.elapsed() < Duration::from_secs(10),
+                "the woken leader kept the lead: {:?}",
+                leaders(&all).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    insert_round(&db, &chats, 20).await;
+
+    // Clients of the lost replica: what they got, then resume on another.
+    for (k, user, chat, ws, got) in clients.iter_mut() {
+        if *k != leader || fault != Fault::Kill {
+            continue;
+        }
+        let (frames, _) = ws.until_end().await;
+        got.extend(frames.iter().filter(|v| v["type"] == "message").map(|v| v["seq"].as_i64().unwrap()));
+        *k = survivors[0];
+        *ws = relays[*k].ws(*user).await;
+        ws.subscribe(*chat, Some(got.last().copied().unwrap_or(0))).await;
+    }
+    for (k, _, chat, ws, got) in clients.iter_mut() {
+        let have = got.len();
+        got.extend(ws.messages(*chat, 60 - have).await);
+        assert_eq!(*got, (1..=60).collect::<Vec<i64>>(), "client on replica {k}");
+        assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "nothing repeated");
+    }
+    // The slot is confirmed by the new leader, up to what it published.
+    let c = db.client().await;
+    let active: Option<i32> = c
+        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'chat_relay'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(active.is_some(), "someone streams");
+    relays.clear();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_leader_is_replaced_and_every_client_ends_with_exactly_the_table() {
+    failover(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_leader_loses_the_lead_and_stays_a_follower_when_it_wakes() {
+    failover(Fault::Freeze).await;
+}
