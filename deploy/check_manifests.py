@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Policy checks for the rendered chat-relay manifests, beyond schema validity.
 
-Usage: check_manifests.py RENDERED.yaml [--sidecar]
+Usage: check_manifests.py RENDERED.yaml [--sidecar | --replicas] [--self-test]
        check_manifests.py --self-test BASE.yaml   (each mutation must be rejected)
 
 Exit 1 with one line per problem.
@@ -20,7 +20,7 @@ def relay_containers(docs):
                     yield d, c
 
 
-def check(docs, sidecar=False):
+def check(docs, sidecar=False, replicas=False):
     problems = []
     by_kind = {}
     for d in docs:
@@ -31,10 +31,31 @@ def check(docs, sidecar=False):
     workload, c = found[0]
     spec = workload["spec"]
     pod = spec["template"]["spec"]
-    if spec.get("replicas") != 1:
-        problems.append("one replica must own the replication slot (replicas: 1)")
-    if workload["kind"] == "Deployment" and spec.get("strategy", {}).get("type") != "Recreate":
-        problems.append("Deployment strategy must be Recreate so two relays never overlap on the slot")
+    env_names = {e["name"] for e in c.get("env", [])}
+    if replicas:
+        # Several replicas elect a leader through Postgres and share NATS JetStream.
+        if (spec.get("replicas") or 1) < 2:
+            problems.append("the replicas variant runs at least two relays")
+        if "CHAT_RELAY_NATS_URL" not in env_names:
+            problems.append("replicas need CHAT_RELAY_NATS_URL")
+        nats = [d for d in by_kind.get("StatefulSet", []) if any(
+            "-js" in (k.get("args") or []) for k in d["spec"]["template"]["spec"]["containers"])]
+        if not nats or not nats[0]["spec"].get("volumeClaimTemplates"):
+            problems.append("a NATS StatefulSet with JetStream (-js) and a volume is required")
+        nats_labels = nats[0]["spec"]["template"]["metadata"].get("labels", {}) if nats else {}
+        pdbs = by_kind.get("PodDisruptionBudget", [])
+        if not any(nats_labels and all(nats_labels.get(k) == v for k, v in p["spec"]["selector"].get("matchLabels", {}).items())
+                   for p in pdbs):
+            problems.append("NATS needs its own PodDisruptionBudget")
+        relay_labels = spec["template"]["metadata"].get("labels", {})
+        relay_pdbs = [p for p in pdbs if all(relay_labels.get(k) == v for k, v in p["spec"]["selector"].get("matchLabels", {}).items())]
+        if not relay_pdbs or (relay_pdbs[0]["spec"].get("minAvailable") or 0) < 1:
+            problems.append("the relay's PodDisruptionBudget must keep at least one replica up")
+    else:
+        if spec.get("replicas") != 1:
+            problems.append("one replica must own the replication slot (replicas: 1)")
+        if workload["kind"] == "Deployment" and spec.get("strategy", {}).get("type") != "Recreate":
+            problems.append("Deployment strategy must be Recreate so two relays never overlap on the slot")
     if pod.get("terminationGracePeriodSeconds", 30) < 15:
         problems.append("terminationGracePeriodSeconds must exceed the relay's drain (>= 15 s)")
     sc = c.get("securityContext", {})
@@ -69,7 +90,9 @@ def check(docs, sidecar=False):
     if ports.get("http") is None or not listen.endswith(f":{ports.get('http')}"):
         problems.append("CHAT_RELAY_LISTEN must listen on the container's http port")
     labels = spec["template"]["metadata"].get("labels", {})
-    services = by_kind.get("Service", [])
+    # The relay's Services (NATS has its own, in the replicas variant).
+    services = [svc for svc in by_kind.get("Service", [])
+                if svc["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "nats"]
     if not services:
         problems.append("a Service is required")
     for svc in services:
@@ -94,9 +117,32 @@ def check(docs, sidecar=False):
             if set(np["spec"].get("policyTypes", [])) != {"Ingress", "Egress"}:
                 problems.append("NetworkPolicy must restrict both ingress and egress")
             egress_ports = {p["port"] for rule in np["spec"].get("egress", []) for p in rule.get("ports", [])}
-            if not egress_ports <= {5432, 53}:
-                problems.append(f"egress must only reach Postgres (and DNS), not {sorted(egress_ports)}")
+            allowed = {5432, 53, 4222} if replicas else {5432, 53}
+            if not egress_ports <= allowed:
+                problems.append(f"egress must only reach Postgres (NATS) and DNS, not {sorted(egress_ports)}")
+            if replicas and 4222 not in egress_ports:
+                problems.append("replicas must be allowed to reach NATS (4222)")
     return problems
+
+
+def replica_mutations(docs):
+    def relay(ds):
+        return next(relay_containers(ds))[1]
+
+    def workload(ds):
+        return next(relay_containers(ds))[0]
+
+    def nats(ds):
+        return next(d for d in ds if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats")
+
+    yield "one replica", lambda ds: workload(ds)["spec"].__setitem__("replicas", 1)
+    yield "no NATS URL", lambda ds: relay(ds).__setitem__("env", [e for e in relay(ds)["env"] if e["name"] != "CHAT_RELAY_NATS_URL"])
+    yield "no JetStream", lambda ds: nats(ds)["spec"]["template"]["spec"]["containers"][0].__setitem__("args", [])
+    yield "no NATS volume", lambda ds: nats(ds)["spec"].pop("volumeClaimTemplates")
+    yield "no NATS budget", lambda ds: ds.remove(next(d for d in ds if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "nats"))
+    yield "NATS unreachable", lambda ds: next(d for d in ds if d["kind"] == "NetworkPolicy")["spec"].__setitem__(
+        "egress", [r for r in next(d for d in ds if d["kind"] == "NetworkPolicy")["spec"]["egress"]
+                   if all(p["port"] != 4222 for p in r.get("ports", []))])
 
 
 def mutations(docs):
@@ -124,22 +170,23 @@ def main():
     args = sys.argv[1:]
     self_test = "--self-test" in args
     sidecar = "--sidecar" in args
+    replicas = "--replicas" in args
     path = [a for a in args if not a.startswith("--")][0]
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     if self_test:
         failed = False
-        if check(docs):
+        if check(docs, replicas=replicas):
             print("self-test: the unmodified manifests must pass first")
             return 1
-        for name, mutate in mutations(docs):
+        for name, mutate in (replica_mutations(docs) if replicas else mutations(docs)):
             broken = copy.deepcopy(docs)
             mutate(broken)
-            if not check(broken):
+            if not check(broken, replicas=replicas):
                 print(f"self-test: mutation '{name}' was not rejected")
                 failed = True
         print("self-test: every mutation rejected" if not failed else "self-test FAILED")
         return 1 if failed else 0
-    problems = check(docs, sidecar)
+    problems = check(docs, sidecar, replicas)
     for p in problems:
         print(f"{path}: {p}")
     if not problems:

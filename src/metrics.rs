@@ -29,6 +29,7 @@ pub const GAPS_REPAIRED: &str = "chat_relay_seq_gaps_repaired_total";
 pub const DEDUPE_CACHE: &str = "chat_relay_dedupe_cache_total";
 pub const STREAMING: &str = "chat_relay_replication_streaming";
 pub const READY: &str = "chat_relay_ready";
+pub const JETSTREAM_PENDING: &str = "chat_relay_jetstream_pending";
 
 /// The contract's metric names, for tests and the dashboard check.
 pub const CONTRACT: [&str; 12] = [
@@ -78,6 +79,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     gauge!(STREAMING).set(0.0);
     gauge!(READY).set(0.0);
     gauge!(LEADER).set(0.0);
+    gauge!(JETSTREAM_PENDING).set(0.0);
     // Registering the histogram makes its (empty) buckets appear.
     let _ = histogram!(COMMIT_TO_SEND);
     // Resolve the per-frame and per-event series once, now that the recorder
@@ -132,6 +134,10 @@ fn describe() {
     describe_counter!(REPLICATION_ERRORS, "Replication stream failures that caused a reconnect");
     describe_gauge!(STREAMING, "1 while the replication stream runs (the slot is active), else 0");
     describe_gauge!(READY, "1 while streaming and the database answers (what /readyz reports), else 0");
+    describe_gauge!(
+        JETSTREAM_PENDING,
+        "Replicas: events in the JetStream stream not yet delivered to this replica's consumer"
+    );
     describe_gauge!(LEADER, "1 on the replica that holds the replication slot, else 0 (always 1 for a single relay)");
 }
 
@@ -218,6 +224,10 @@ pub fn replication_errors() {
 
 pub fn streaming(on: bool) {
     gauge!(STREAMING).set(if on { 1.0 } else { 0.0 });
+}
+
+pub fn jetstream_pending(n: u64) {
+    gauge!(JETSTREAM_PENDING).set(n as f64);
 }
 
 pub fn leader(on: bool) {

@@ -16,16 +16,21 @@ use uuid::Uuid;
 struct Nats {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
     fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Self::spawn(port, dir.path());
+        Nats { child, port, dir }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -35,7 +40,14 @@ impl Nats {
             assert!(started.elapsed() < PATIENCE, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nats { child, port, _dir: dir }
+        child
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port and store.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, self.dir.path());
     }
 
     fn url(&self) -> String {
@@ -92,6 +104,10 @@ enum Fault {
     Kill,
     /// SIGSTOP: it holds everything open but does nothing, until SIGCONT.
     Freeze,
+    /// Its walsender is terminated (pg_terminate_backend); it stays leader.
+    Walsender,
+    /// NATS is killed and restarted under everyone.
+    NatsRestart,
 }
 
 fn signal(relay: &Relay, sig: &str) {
@@ -100,10 +116,11 @@ fn signal(relay: &Relay, sig: &str) {
 }
 
 /// Three replicas, 10 chats of two (on different replicas), 600 messages;
-/// the leader is taken away after the first third.
-async fn failover(fault: Fault) {
+/// the fault strikes after `before` messages per chat (of 40; 20 follow the
+/// new leader's election).
+async fn failover(fault: Fault, before: usize) {
     let db = Db::start().await;
-    let nats = Nats::start();
+    let mut nats = Nats::start();
     let url = nats.url();
     let env = [("CHAT_RELAY_NATS_URL", url.as_str())];
     let mut relays = vec![
@@ -125,14 +142,25 @@ async fn failover(fault: Fault) {
             clients.push((k, user, chat, ws, Vec::new()));
         }
     }
-    insert_round(&db, &chats, 20).await;
+    insert_round(&db, &chats, before).await;
     match fault {
         Fault::Kill => relays[leader].kill(),
         Fault::Freeze => signal(&relays[leader], "-STOP"),
+        Fault::Walsender => {
+            let c = db.client().await;
+            c.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+        Fault::NatsRestart => tokio::task::block_in_place(|| nats.restart()),
     }
     let taken_at = Instant::now();
-    insert_round(&db, &chats, 20).await;
-    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    insert_round(&db, &chats, 40 - before).await;
+    let lost = matches!(fault, Fault::Kill | Fault::Freeze);
+    let survivors: Vec<usize> = (0..3).filter(|i| !lost || *i != leader).collect();
     let next = {
         let refs: Vec<&Relay> = survivors.iter().map(|i| &relays[*i]).collect();
         survivors[one_leader(&refs, Duration::from_secs(15)).await]
@@ -186,10 +214,33 @@ async fn failover(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_leader_is_replaced_and_every_client_ends_with_exactly_the_table() {
-    failover(Fault::Kill).await;
+    failover(Fault::Kill, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_leader_loses_the_lead_and_stays_a_follower_when_it_wakes() {
-    failover(Fault::Freeze).await;
+    failover(Fault::Freeze, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_walsender_is_resumed_and_nothing_is_lost() {
+    failover(Fault::Walsender, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_restart_loses_nothing() {
+    failover(Fault::NatsRestart, 20).await;
+}
+
+/// The kill test at random kill points, `CHAT_RELAY_FAILOVER_ROUNDS` times
+/// (default 20): `cargo test --test cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a loop for the record, minutes long"]
+async fn kill_the_leader_at_random_points() {
+    let rounds: usize = std::env::var("CHAT_RELAY_FAILOVER_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    for round in 1..=rounds {
+        let before = fastrand::usize(0..=40);
+        failover(Fault::Kill, before).await;
+        eprintln!("round {round}/{rounds} passed (killed after {before} of 60 messages per chat)");
+    }
 }

@@ -74,6 +74,9 @@ async fn consume(
     hub.resync_all();
     while let Some(msg) = messages.next().await {
         let msg = msg?;
+        if let Ok(info) = msg.info() {
+            crate::metrics::jetstream_pending(info.pending);
+        }
         apply(&msg, names, hub, membership);
     }
     Ok(())
