@@ -118,7 +118,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 cluster::publish::JetStreamFanout::start(js, names.clone(), progress.clone(), replication_stop.clone());
             let sink = Sink { fanout: Arc::new(fanout.clone()), checkpoint: Arc::new(fanout), backlog: Some(backlog) };
             let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
-            let state = ClusterState { leading: Arc::default(), following: Arc::new(Health::default()) };
+            let state =
+                ClusterState { leading: Arc::default(), following: Arc::new(Health::default()), nats: client.clone() };
             tokio::spawn(cluster::follow::follow(
                 client,
                 names,

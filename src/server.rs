@@ -32,6 +32,7 @@ pub struct AppState {
 pub struct ClusterState {
     pub leading: Arc<std::sync::atomic::AtomicBool>,
     pub following: Arc<Health>,
+    pub nats: async_nats::Client,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +49,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
         None if !s.health.is_streaming() => return not_ready(s.health.reason()),
         None => {}
         Some(c) => {
+            if c.nats.connection_state() != async_nats::connection::State::Connected {
+                return not_ready("not connected to NATS".into());
+            }
             if !c.following.is_streaming() {
                 return not_ready(c.following.reason());
             }

@@ -43,10 +43,14 @@ impl Nats {
         child
     }
 
-    /// Kills it (SIGKILL) and starts it again on the same port and store.
-    fn restart(&mut self) {
+    /// Kills it (SIGKILL).
+    fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    fn start_again(&mut self) {
         self.child = Self::spawn(self.port, self.dir.path());
     }
 
@@ -106,7 +110,7 @@ enum Fault {
     Freeze,
     /// Its walsender is terminated (pg_terminate_backend); it stays leader.
     Walsender,
-    /// NATS is killed and restarted under everyone.
+    /// NATS is killed (every replica turns not-ready) and started again.
     NatsRestart,
 }
 
@@ -155,7 +159,21 @@ async fn failover(fault: Fault, before: usize) {
             .await
             .unwrap();
         }
-        Fault::NatsRestart => tokio::task::block_in_place(|| nats.restart()),
+        Fault::NatsRestart => {
+            tokio::task::block_in_place(|| nats.stop());
+            // Without NATS no replica is ready (it cannot serve live events).
+            for r in &relays {
+                let since = Instant::now();
+                while r.get("/readyz").await.0 != 503 {
+                    assert!(since.elapsed() < PATIENCE, "still ready without NATS");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::task::block_in_place(|| nats.start_again());
+            for r in &relays {
+                r.wait_ready().await;
+            }
+        }
     }
     let taken_at = Instant::now();
     insert_round(&db, &chats, 40 - before).await;
