@@ -66,6 +66,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if all || args.scenario == "typing" {
         rows.push(typing(&args).await.context("typing")?);
     }
+    if all || args.scenario == "replicas" {
+        rows.extend(replicas(&args).await.context("replicas")?);
+    }
     println!("\n| scenario | result | target | met |\n|---|---|---|---|");
     for r in rows {
         let met = match r.met {
@@ -542,12 +545,26 @@ async fn write_load_sized(
 }
 
 async fn latency(args: &BenchArgs) -> anyhow::Result<Row> {
+    let (p50, p99, ok, summary) = latency_run(args, None).await?;
+    Ok(Row {
+        scenario: "2. live latency",
+        figure: format!("p50 {p50:.2} ms, p99 {p99:.2} ms; {summary}"),
+        target: "p50 < 2 ms, p99 < 10 ms, exactly once",
+        met: Some(ok && p50 < 2.0 && p99 < 10.0),
+    })
+}
+
+/// The live-latency load against one relay, alone or (`nats`) as a replica
+/// whose events go through JetStream: (p50 ms, p99 ms, exactly once, summary).
+async fn latency_run(args: &BenchArgs, nats: Option<&str>) -> anyhow::Result<(f64, f64, bool, String)> {
     let (chats, per_chat, rate, secs) = if args.quick { (20, 5, 200, 5.0) } else { (100, 10, 1000, 20.0) };
-    println!("live latency: {rate} msg/s across {chats} chats, {per_chat} subscribers per chat, {secs} s");
+    let via = if nats.is_some() { " through NATS JetStream" } else { "" };
+    println!("live latency{via}: {rate} msg/s across {chats} chats, {per_chat} subscribers per chat, {secs} s");
     let (_pg, url) = database(false).await?;
     let c = client(&url).await?;
     let plan = chats_with_users(&c, chats, per_chat).await?;
-    let relay = RelayProcess::start(&url, "chat_relay", &[]).await?;
+    let env: Vec<(&str, &str)> = nats.map(|n| vec![("CHAT_RELAY_NATS_URL", n)]).unwrap_or_default();
+    let relay = RelayProcess::start(&url, "chat_relay", &env).await?;
     relay.wait_ready().await?;
     let readers = open_readers(relay.port, &plan, 0, 0.0).await?;
     let chat_ids: Vec<Uuid> = plan.iter().map(|(c, _)| *c).collect();
@@ -567,12 +584,124 @@ async fn latency(args: &BenchArgs) -> anyhow::Result<Row> {
         h.value_at_quantile(0.9) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
-    Ok(Row {
-        scenario: "2. live latency",
-        figure: format!("p50 {p50:.2} ms, p99 {p99:.2} ms; {}", d.summary()),
-        target: "p50 < 2 ms, p99 < 10 ms, exactly once",
-        met: Some(!h.is_empty() && d.exact() && d.frames == d.owed && p50 < 2.0 && p99 < 10.0),
-    })
+    let ok = !h.is_empty() && d.exact() && d.frames == d.owed;
+    Ok((p50, p99, ok, d.summary()))
+}
+
+// ---------------------------------------------------------------- replicas
+
+/// The JetStream hop (the latency load, alone and through NATS), and
+/// failover: three replicas, the leader killed while a message is inserted
+/// every 10 ms; time from the kill to the first message committed after it
+/// reaching a client of another replica.
+async fn replicas(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let nats = crate::scratch::ScratchNats::start()?;
+    let mut single = Vec::new();
+    let mut through = Vec::new();
+    for _ in 0..args.reps {
+        single.push(latency_run(args, None).await?.0);
+        through.push(latency_run(args, Some(&nats.url())).await?.0);
+    }
+    let (a, b) = (median(single), median(through));
+    let mut rows = vec![Row {
+        scenario: "10. JetStream hop",
+        figure: format!(
+            "live latency p50 {a:.2} ms alone, {b:.2} ms through NATS (+{:.2} ms; medians of {})",
+            b - a,
+            args.reps
+        ),
+        target: "< 1 ms added at p50",
+        met: Some(b - a < 1.0),
+    }];
+    let mut failovers = Vec::new();
+    for round in 0..args.reps {
+        let took = failover_once(&nats.url()).await?;
+        println!("  failover round {}: {:.0} ms", round + 1, took.as_secs_f64() * 1000.0);
+        failovers.push(took.as_secs_f64() * 1000.0);
+    }
+    let f = median(failovers);
+    rows.push(Row {
+        scenario: "11. failover",
+        figure: format!(
+            "leader killed → first new event at a client of another replica: {f:.0} ms (median of {})",
+            args.reps
+        ),
+        target: "< 15 s",
+        met: Some(f < 15_000.0),
+    });
+    Ok(rows)
+}
+
+async fn failover_once(nats: &str) -> anyhow::Result<Duration> {
+    let (_pg, url) = database(false).await?;
+    let c = client(&url).await?;
+    let plan = chats_with_users(&c, 1, 1).await?;
+    let (chat, user) = (plan[0].0, plan[0].1[0]);
+    let env = [("CHAT_RELAY_NATS_URL", nats)];
+    let slot = format!("failover_{:08x}", fastrand::u32(..));
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let r = RelayProcess::start(&url, &slot, &env).await?;
+        r.wait_ready().await?;
+        relays.push(r);
+    }
+    // Who leads.
+    let mut leader = None;
+    let started = Instant::now();
+    while leader.is_none() {
+        for (i, r) in relays.iter().enumerate() {
+            let (_, body) = crate::server::http_get(r.port, "/metrics").await?;
+            if body.lines().any(|l| l.trim() == "chat_relay_leader 1") {
+                leader = Some(i);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no leader");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = leader.unwrap_or(0);
+    let watcher = (leader + 1) % 3;
+    let mut ws = subscriber(relays[watcher].port, 1, user, chat).await?;
+    // A steady writer.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let Ok(c) = client(&url).await else { return };
+            while !stop.is_cancelled() {
+                let _ = c
+                    .execute(
+                        "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'f')",
+                        &[&chat, &user],
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = chrono::Utc::now();
+    let t0 = Instant::now();
+    let _ = relays[leader].child.kill();
+    let took = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
+        match msg {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: serde_json::Value = serde_json::from_str(&t)?;
+                let created =
+                    v["message"]["created_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+                if v["type"] == "message" && created.is_some_and(|c| c > killed) {
+                    break t0.elapsed();
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => bail!("watcher lost: {other:?}"),
+        }
+    };
+    stop.cancel();
+    let _ = writer.await;
+    Ok(took)
 }
 
 /// Waits (bounded) until the readers have received `expected` message frames.

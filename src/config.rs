@@ -254,8 +254,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing.
-    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing"])]
+    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server).
+    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas"])]
     pub scenario: String,
 
     /// Repetitions for scenarios that compare two runs (medians are reported).

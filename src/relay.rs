@@ -120,6 +120,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
             let state =
                 ClusterState { leading: Arc::default(), following: Arc::new(Health::default()), nats: client.clone() };
+            tokio::spawn(cluster::presence::run(client.clone(), names.clone(), hub.clone(), side_stop.clone()));
             tokio::spawn(cluster::follow::follow(
                 client,
                 names,

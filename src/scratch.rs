@@ -284,3 +284,45 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A throwaway `nats-server` with JetStream (store in a temp dir) on a free
+/// 127.0.0.1 port, for the replica benchmarks; killed and removed on drop.
+pub struct ScratchNats {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchNats {
+    pub fn start() -> anyhow::Result<ScratchNats> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("nats-server not found (apt-get install nats-server)")?;
+        let nats = ScratchNats { child, port, _dir: dir };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                bail!("nats-server did not listen on {port}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ScratchNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -262,3 +262,54 @@ async fn kill_the_leader_at_random_points() {
         eprintln!("round {round}/{rounds} passed (killed after {before} of 60 messages per chat)");
     }
 }
+
+/// A connection that shows presence frames.
+async fn ws_presence(relay: &Relay, user: Uuid) -> Ws {
+    let mut w = relay.ws(user).await;
+    w.hide_presence = false;
+    w
+}
+
+/// Waits for a presence frame about `user` saying `online`.
+async fn presence_of(ws: &mut Ws, user: Uuid, online: bool) {
+    loop {
+        let v = ws.expect("presence").await;
+        if v["user_id"] == user.to_string() && v["online"] == online {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_and_typing_cross_replicas_and_a_killed_replicas_users_go_offline() {
+    let db = Db::start().await;
+    let nats = Nats::start();
+    let url = nats.url();
+    let env = [("CHAT_RELAY_NATS_URL", url.as_str())];
+    let mut a_relay = Relay::start_with(&db, &env).await;
+    let b_relay = Relay::start_with(&db, &env).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let mut a = ws_presence(&a_relay, alice).await;
+    a.subscribe(chat, None).await;
+    let mut b = ws_presence(&b_relay, bob).await;
+    let sub = b.subscribe(chat, None).await;
+    // Bob learns Alice is here: in `subscribed`, or right after it.
+    if !sub["online"].as_array().unwrap().iter().any(|u| *u == alice.to_string()) {
+        presence_of(&mut b, alice, true).await;
+    }
+    // Alice hears of Bob, from the other replica.
+    presence_of(&mut a, bob, true).await;
+    // Typing crosses replicas too.
+    a.send(serde_json::json!({"type": "typing", "chat_id": chat})).await;
+    let t = b.expect("typing").await;
+    assert_eq!(t["user_id"], alice.to_string());
+    // Alice's replica dies: within 10 s she is offline for Bob.
+    a_relay.kill();
+    let killed = Instant::now();
+    presence_of(&mut b, alice, false).await;
+    let took = killed.elapsed();
+    eprintln!("a killed replica's user went offline after {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(a);
+}

@@ -16,9 +16,12 @@
 //!   stream's retention) is covered by the sessions' seq checks and a
 //!   resynchronisation from the table: the table is the history, never the
 //!   stream.
+//! - [`presence`]: who is online and who is typing, over NATS core subjects,
+//!   with heartbeats so a dead replica's users go offline everywhere.
 
 pub mod follow;
 pub mod leader;
+pub mod presence;
 pub mod publish;
 
 use std::time::Duration;
