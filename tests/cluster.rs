@@ -90,16 +90,33 @@ async fn one_leader(relays: &[&Relay], within: Duration) -> usize {
     }
 }
 
+/// `per_chat` messages into every chat, each sent twice with the same
+/// client_generated_id (a retried send: the second stores nothing).
 async fn insert_round(db: &Db, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) {
-    let c = db.client().await;
+    insert_round_at(&db.url, chats, per_chat).await
+}
+
+async fn insert_round_at(url: &str, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) {
+    let c = support::connect(url).await;
     for _ in 0..per_chat {
         for (chat, a, _) in chats {
-            c.execute("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'x')", &[chat, a])
+            let cgid = Uuid::new_v4();
+            for _ in 0..2 {
+                c.execute(
+                    "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id) VALUES ($1, $2, 'x', $3) \
+                     ON CONFLICT (chat_id, client_generated_id) DO NOTHING",
+                    &[chat, a, &cgid],
+                )
                 .await
                 .unwrap();
+            }
         }
     }
 }
+
+/// Chats, and messages per chat in a run.
+const CHATS: usize = 50;
+const PER_CHAT: usize = 100;
 
 /// How the leader is taken away.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -119,9 +136,9 @@ fn signal(relay: &Relay, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
 }
 
-/// Three replicas, 10 chats of two (on different replicas), 600 messages;
-/// the fault strikes after `before` messages per chat (of 40; 20 follow the
-/// new leader's election).
+/// Three replicas, 50 chats of two (on different replicas), 5,000 messages
+/// (each sent twice); the fault strikes after `before` messages per chat (of
+/// 80; 20 more follow the new leader's election).
 async fn failover(fault: Fault, before: usize) {
     let db = Db::start().await;
     let mut nats = Nats::start();
@@ -136,7 +153,7 @@ async fn failover(fault: Fault, before: usize) {
 
     let mut chats = Vec::new();
     let mut clients: Vec<(usize, Uuid, Uuid, Ws, Vec<i64>)> = Vec::new();
-    for i in 0..10 {
+    for i in 0..CHATS {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let chat = db.chat(&[a, b]).await;
         chats.push((chat, a, b));
@@ -176,7 +193,11 @@ async fn failover(fault: Fault, before: usize) {
         }
     }
     let taken_at = Instant::now();
-    insert_round(&db, &chats, 40 - before).await;
+    // Writes go on meanwhile; the election is timed on its own.
+    let writes = {
+        let (url, chats) = (db.url.clone(), chats.clone());
+        tokio::spawn(async move { insert_round_at(&url, &chats, PER_CHAT - 20 - before).await })
+    };
     let lost = matches!(fault, Fault::Kill | Fault::Freeze);
     let survivors: Vec<usize> = (0..3).filter(|i| !lost || *i != leader).collect();
     let next = {
@@ -184,6 +205,7 @@ async fn failover(fault: Fault, before: usize) {
         survivors[one_leader(&refs, Duration::from_secs(15)).await]
     };
     let failover = taken_at.elapsed();
+    writes.await.unwrap();
     eprintln!("{fault:?}: new leader replica {next}, {failover:?} after the fault");
     assert!(failover < Duration::from_secs(15));
     if fault == Fault::Freeze {
@@ -215,8 +237,8 @@ async fn failover(fault: Fault, before: usize) {
     }
     for (k, _, chat, ws, got) in clients.iter_mut() {
         let have = got.len();
-        got.extend(ws.messages(*chat, 60 - have).await);
-        assert_eq!(*got, (1..=60).collect::<Vec<i64>>(), "client on replica {k}");
+        got.extend(ws.messages(*chat, PER_CHAT - have).await);
+        assert_eq!(*got, (1..=PER_CHAT as i64).collect::<Vec<i64>>(), "client on replica {k}");
         assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "nothing repeated");
     }
     // The slot is confirmed by the new leader, up to what it published.
@@ -232,22 +254,22 @@ async fn failover(fault: Fault, before: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_leader_is_replaced_and_every_client_ends_with_exactly_the_table() {
-    failover(Fault::Kill, 20).await;
+    failover(Fault::Kill, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_leader_loses_the_lead_and_stays_a_follower_when_it_wakes() {
-    failover(Fault::Freeze, 20).await;
+    failover(Fault::Freeze, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminated_walsender_is_resumed_and_nothing_is_lost() {
-    failover(Fault::Walsender, 20).await;
+    failover(Fault::Walsender, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_restart_loses_nothing() {
-    failover(Fault::NatsRestart, 20).await;
+    failover(Fault::NatsRestart, 40).await;
 }
 
 /// The kill test at random kill points, `CHAT_RELAY_FAILOVER_ROUNDS` times
@@ -257,9 +279,9 @@ async fn a_nats_restart_loses_nothing() {
 async fn kill_the_leader_at_random_points() {
     let rounds: usize = std::env::var("CHAT_RELAY_FAILOVER_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     for round in 1..=rounds {
-        let before = fastrand::usize(0..=40);
+        let before = fastrand::usize(0..=PER_CHAT - 20);
         failover(Fault::Kill, before).await;
-        eprintln!("round {round}/{rounds} passed (killed after {before} of 60 messages per chat)");
+        eprintln!("round {round}/{rounds} passed (killed after {before} of {PER_CHAT} messages per chat)");
     }
 }
 

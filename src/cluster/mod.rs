@@ -29,15 +29,22 @@ use std::time::Duration;
 /// Subjects and stream of one slot's events.
 #[derive(Debug, Clone)]
 pub struct Names {
-    /// `chat_relay.<slot>`
+    /// `chat_relay.<slot>`: the stream's subjects.
     pub prefix: String,
+    /// `chat_relay_live.<slot>`: ephemeral subjects (presence, typing),
+    /// outside the stream.
+    pub live: String,
     /// `CHAT_RELAY_<SLOT>`
     pub stream: String,
 }
 
 impl Names {
     pub fn new(slot: &str) -> Names {
-        Names { prefix: format!("chat_relay.{slot}"), stream: format!("CHAT_RELAY_{}", slot.to_uppercase()) }
+        Names {
+            prefix: format!("chat_relay.{slot}"),
+            live: format!("chat_relay_live.{slot}"),
+            stream: format!("CHAT_RELAY_{}", slot.to_uppercase()),
+        }
     }
 
     /// Frames of one chat.
@@ -50,8 +57,13 @@ impl Names {
         format!("{}.ctl", self.prefix)
     }
 
+    /// Everything the stream holds: chat frames and control events.
     pub fn all(&self) -> String {
         format!("{}.>", self.prefix)
+    }
+
+    pub fn stream_subjects(&self) -> Vec<String> {
+        vec![format!("{}.chat.*", self.prefix), self.control()]
     }
 }
 
@@ -68,7 +80,7 @@ pub async fn ensure_stream(
     use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
     let config = Config {
         name: names.stream.clone(),
-        subjects: vec![names.all()],
+        subjects: names.stream_subjects(),
         retention: RetentionPolicy::Limits,
         max_age: MAX_AGE,
         max_messages_per_subject: MAX_PER_SUBJECT,

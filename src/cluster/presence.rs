@@ -7,7 +7,8 @@
 //! heard from for [`EXPIRE`] is taken as gone: its users go offline
 //! everywhere (well within 10 s of its death).
 //!
-//! Subjects: `chat_relay.<slot>.presence.{delta,hb,sync,typing}`, JSON bodies
+//! Subjects: `chat_relay_live.<slot>.presence.{delta,hb,sync,typing}` (outside
+//! the JetStream stream's subjects), JSON bodies
 //! with the sender's replica id `r`.
 
 use std::collections::{HashMap, HashSet};
@@ -28,9 +29,9 @@ pub const EXPIRE: Duration = Duration::from_secs(6);
 /// Runs until `stop`.
 pub async fn run(client: async_nats::Client, names: Names, hub: Arc<Hub>, stop: CancellationToken) {
     let me = Uuid::new_v4().to_string();
-    let subject = |kind: &str| format!("{}.presence.{kind}", names.prefix);
+    let subject = |kind: &str| format!("{}.presence.{kind}", names.live);
     let mut out = hub.presence_out();
-    let mut incoming = match client.subscribe(format!("{}.presence.>", names.prefix)).await {
+    let mut incoming = match client.subscribe(format!("{}.presence.>", names.live)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot subscribe to presence; presence stays local to this replica");
