@@ -43,6 +43,11 @@
 //!    which writes when the socket takes it.
 //! 6. The pipeline reports the transaction's end LSN through
 //!    [`replication::Progress`]; the replicator confirms it to the slot.
+//!
+//! With replicas ([`cluster`]), only the leader runs steps 2 and 3; in step 4
+//! its fan-out is JetStream ([`cluster::publish`]), every replica's consumer
+//! ([`cluster::follow`]) offers the frames to its own hub, and step 6 waits
+//! for JetStream's acknowledgement.
 
 pub mod bench;
 pub mod cluster;
