@@ -109,7 +109,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             let client = async_nats::ConnectOptions::new()
                 .retry_on_initial_connect()
                 .name(format!("chat-relay {}", args.slot))
-                .connect(url.as_str())
+                .connect(url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>())
                 .await
                 .map_err(|e| anyhow::anyhow!("NATS at {url}: {e}"))?;
             let names = cluster::Names::new(&args.slot);

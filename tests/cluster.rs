@@ -309,7 +309,9 @@ async fn presence_and_typing_cross_replicas_and_a_killed_replicas_users_go_offli
     let url = nats.url();
     let env = [("CHAT_RELAY_NATS_URL", url.as_str())];
     let mut a_relay = Relay::start_with(&db, &env).await;
-    let b_relay = Relay::start_with(&db, &env).await;
+    // A list of servers is accepted too (here the same one twice).
+    let list = format!("{url}, {url}");
+    let b_relay = Relay::start_with(&db, &[("CHAT_RELAY_NATS_URL", list.as_str())]).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let chat = db.chat(&[alice, bob]).await;
     let mut a = ws_presence(&a_relay, alice).await;
