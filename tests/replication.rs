@@ -535,7 +535,10 @@ impl Netns {
         ];
         for step in steps {
             let args: Vec<&str> = step.iter().map(String::as_str).collect();
-            assert!(ok(&args), "ip {step:?} failed");
+            if !ok(&args) {
+                eprintln!("ip {step:?} failed");
+                return None; // dropping `ns` removes what was made
+            }
         }
         Some(ns)
     }
@@ -563,7 +566,9 @@ impl Drop for Netns {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_network_is_noticed_within_the_receive_deadline_and_streaming_resumes() {
     let Some(ns) = Netns::new() else {
-        eprintln!("skipped: cannot create a network namespace here (needs root / CAP_NET_ADMIN)");
+        eprintln!(
+            "skipped: cannot create a network namespace and veth pair here (needs root / CAP_NET_ADMIN, iproute2)"
+        );
         return;
     };
     let subnet = format!("{}/30", ns.here.trim_end_matches(".1").to_string() + ".0");
