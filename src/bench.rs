@@ -646,21 +646,19 @@ async fn failover_once(nats: &str) -> anyhow::Result<Duration> {
         relays.push(r);
     }
     // Who leads.
-    let mut leader = None;
     let started = Instant::now();
-    while leader.is_none() {
+    let leader = 'found: loop {
         for (i, r) in relays.iter().enumerate() {
             let (_, body) = crate::server::http_get(r.port, "/metrics").await?;
             if body.lines().any(|l| l.trim() == "chat_relay_leader 1") {
-                leader = Some(i);
+                break 'found i;
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
             bail!("no leader");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let leader = leader.unwrap_or(0);
+    };
     let watcher = (leader + 1) % 3;
     let mut ws = subscriber(relays[watcher].port, 1, user, chat).await?;
     // A steady writer.

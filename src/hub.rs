@@ -513,14 +513,15 @@ impl Hub {
             }
         }
         conn.forget_presence(chat_id);
-        let remote = self.shared.remote_users(&chat_id);
-        let others = subs.online.keys().chain(remote.iter().filter(|u| !subs.online.contains_key(u)));
-        let total = subs.online.len() + remote.iter().filter(|u| !subs.online.contains_key(u)).count();
+        // Online here, then online only on other replicas.
+        let mut remote = self.shared.remote_users(&chat_id);
+        remote.retain(|u| !subs.online.contains_key(u));
+        let total = subs.online.len() + remote.len();
         let truncated = total > ONLINE_CAP;
         // The newcomer itself first, so it is listed even in a capped set.
         let mut users = Vec::with_capacity(total.min(ONLINE_CAP));
         users.push(conn.user_id);
-        users.extend(others.filter(|u| **u != conn.user_id).take(ONLINE_CAP - 1));
+        users.extend(subs.online.keys().chain(&remote).filter(|u| **u != conn.user_id).take(ONLINE_CAP - 1));
         Online { users, truncated }
     }
 

@@ -270,7 +270,6 @@ async fn pipeline(
     membership: Arc<Membership>,
 ) -> anyhow::Result<()> {
     let Sink { fanout, checkpoint, backlog } = sink;
-    let hub = fanout;
     let mut handed = None;
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,7 +298,7 @@ async fn pipeline(
                             seq.event(event, now, &mut out);
                         }
                         for item in out.drain(..) {
-                            dispatch(item, &*hub, &membership);
+                            dispatch(item, &*fanout, &membership);
                         }
                     }
                     seq.commit();
@@ -311,7 +310,7 @@ async fn pipeline(
                     checkpoint.reset();
                     handed = None;
                     membership.clear();
-                    hub.resync_all();
+                    fanout.resync_all();
                 }
             },
             _ = sleep_until(deadline), if deadline.is_some() => {
@@ -319,7 +318,7 @@ async fn pipeline(
                     match store.messages_between(gap.chat_id, gap.after, gap.before).await {
                         Ok(found) => {
                             for item in seq.fill(gap, found, Instant::now()) {
-                                dispatch(item, &*hub, &membership);
+                                dispatch(item, &*fanout, &membership);
                             }
                         }
                         Err(e) => {

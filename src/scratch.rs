@@ -290,39 +290,56 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 pub struct ScratchNats {
     child: std::process::Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ScratchNats {
     pub fn start() -> anyhow::Result<ScratchNats> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let child = Command::new("nats-server")
+        let child = Self::spawn(port, dir.path())?;
+        Ok(ScratchNats { child, port, dir })
+    }
+
+    fn spawn(port: u16, dir: &Path) -> anyhow::Result<std::process::Child> {
+        let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("nats-server not found (apt-get install nats-server)")?;
-        let nats = ScratchNats { child, port, _dir: dir };
         let started = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if started.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
                 bail!("nats-server did not listen on {port}");
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(nats)
+        Ok(child)
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// Kills it (SIGKILL), keeping its port and store, to inject a fault.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.child = Self::spawn(self.port, self.dir.path())?;
+        Ok(())
+    }
 }
 
 impl Drop for ScratchNats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -5,66 +5,12 @@
 
 mod support;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chat_relay::scratch::ScratchNats;
 use support::{Db, Relay, Ws, PATIENCE};
 use uuid::Uuid;
-
-/// A throwaway nats-server with JetStream in a temp dir.
-struct Nats {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Self::spawn(port, dir.path());
-        Nats { child, port, dir }
-    }
-
-    fn spawn(port: u16, dir: &std::path::Path) -> Child {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (apt-get install nats-server)");
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < PATIENCE, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    /// Kills it (SIGKILL).
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again on the same port and store.
-    fn start_again(&mut self) {
-        self.child = Self::spawn(self.port, self.dir.path());
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn leaders(relays: &[&Relay]) -> Vec<usize> {
     let mut out = Vec::new();
@@ -92,11 +38,7 @@ async fn one_leader(relays: &[&Relay], within: Duration) -> usize {
 
 /// `per_chat` messages into every chat, each sent twice with the same
 /// client_generated_id (a retried send: the second stores nothing).
-async fn insert_round(db: &Db, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) {
-    insert_round_at(&db.url, chats, per_chat).await
-}
-
-async fn insert_round_at(url: &str, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) {
+async fn insert_round(url: &str, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) {
     let c = support::connect(url).await;
     for _ in 0..per_chat {
         for (chat, a, _) in chats {
@@ -141,7 +83,7 @@ fn signal(relay: &Relay, sig: &str) {
 /// 80; 20 more follow the new leader's election).
 async fn failover(fault: Fault, before: usize) {
     let db = Db::start().await;
-    let mut nats = Nats::start();
+    let mut nats = ScratchNats::start().unwrap();
     let url = nats.url();
     let env = [("CHAT_RELAY_NATS_URL", url.as_str())];
     let mut relays = vec![
@@ -163,7 +105,7 @@ async fn failover(fault: Fault, before: usize) {
             clients.push((k, user, chat, ws, Vec::new()));
         }
     }
-    insert_round(&db, &chats, before).await;
+    insert_round(&db.url, &chats, before).await;
     match fault {
         Fault::Kill => relays[leader].kill(),
         Fault::Freeze => signal(&relays[leader], "-STOP"),
@@ -186,7 +128,7 @@ async fn failover(fault: Fault, before: usize) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            tokio::task::block_in_place(|| nats.start_again());
+            tokio::task::block_in_place(|| nats.start_again()).unwrap();
             for r in &relays {
                 r.wait_ready().await;
             }
@@ -196,7 +138,7 @@ async fn failover(fault: Fault, before: usize) {
     // Writes go on meanwhile; the election is timed on its own.
     let writes = {
         let (url, chats) = (db.url.clone(), chats.clone());
-        tokio::spawn(async move { insert_round_at(&url, &chats, PER_CHAT - 20 - before).await })
+        tokio::spawn(async move { insert_round(&url, &chats, PER_CHAT - 20 - before).await })
     };
     let lost = matches!(fault, Fault::Kill | Fault::Freeze);
     let survivors: Vec<usize> = (0..3).filter(|i| !lost || *i != leader).collect();
@@ -222,7 +164,7 @@ async fn failover(fault: Fault, before: usize) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    insert_round(&db, &chats, 20).await;
+    insert_round(&db.url, &chats, 20).await;
 
     // Clients of the lost replica: what they got, then resume on another.
     for (k, user, chat, ws, got) in clients.iter_mut() {
@@ -305,7 +247,7 @@ async fn presence_of(ws: &mut Ws, user: Uuid, online: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn presence_and_typing_cross_replicas_and_a_killed_replicas_users_go_offline() {
     let db = Db::start().await;
-    let nats = Nats::start();
+    let nats = ScratchNats::start().unwrap();
     let url = nats.url();
     let env = [("CHAT_RELAY_NATS_URL", url.as_str())];
     let mut a_relay = Relay::start_with(&db, &env).await;

@@ -80,10 +80,7 @@ async fn read_slowly(ws: &mut Ws, chat: Uuid, n: i64, bytes_per_sec: f64) -> Vec
 async fn a_slow_but_steady_reader_gets_a_20k_burst_exactly_once_and_stays_connected() {
     let db = Db::start().await;
     let relay = Relay::start(&db).await;
-    let user = Uuid::new_v4();
-    let chat = db.chat(&[user]).await;
-    let mut ws = relay.ws(user).await;
-    ws.subscribe(chat, None).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
     // One 8 MB transaction: 20,000 messages of ~400 bytes.
     let c = db.client().await;
     c.execute(

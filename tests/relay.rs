@@ -466,10 +466,7 @@ async fn backfilled_and_live_frames_of_a_row_are_identical() {
         .await
         .unwrap();
     let relay = Relay::start(&db).await;
-    let user = Uuid::new_v4();
-    let chat = db.chat(&[user]).await;
-    let mut live = relay.ws(user).await;
-    live.subscribe(chat, None).await;
+    let (user, chat, mut live) = relay.subscriber(&db).await;
     c.execute(
         "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id, meta, score, pinned)
          VALUES ($1, $2, E'quote \" and \\n newline', gen_random_uuid(), '{\"b\": [1, 2], \"a\": null}', 12.50, true)",
@@ -524,10 +521,7 @@ async fn silent_peers_are_dropped_and_live_ones_kept() {
 async fn connected_clients_miss_nothing_when_the_slot_is_lost() {
     let db = Db::start().await;
     let relay = Relay::start(&db).await;
-    let user = Uuid::new_v4();
-    let chat = db.chat(&[user]).await;
-    let mut ws = relay.ws(user).await;
-    ws.subscribe(chat, None).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
     let c = db.client().await;
     insert(&c, chat, user, "before").await;
     assert_eq!(ws.messages(chat, 1).await, [1]);

@@ -422,10 +422,7 @@ async fn slot_and_wal(c: &tokio_postgres::Client) -> (Option<Lsn>, Lsn) {
 async fn a_different_server_at_the_same_address_is_never_confirmed_the_old_ones_positions() {
     let old = Db::start().await;
     let mut relay = Relay::start(&old).await;
-    let user = Uuid::new_v4();
-    let chat = old.chat(&[user]).await;
-    let mut ws = relay.ws(user).await;
-    ws.subscribe(chat, None).await;
+    let (user, chat, mut ws) = relay.subscriber(&old).await;
     // The old server's WAL runs far ahead (about 30 MB).
     let c = old.client().await;
     c.execute(
@@ -584,10 +581,7 @@ async fn a_silent_network_is_noticed_within_the_receive_deadline_and_streaming_r
     })
     .await;
     let relay = Relay::start(&db).await;
-    let user = Uuid::new_v4();
-    let chat = db.chat(&[user]).await;
-    let mut ws = relay.ws(user).await;
-    ws.subscribe(chat, None).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
     let c = db.client().await;
     insert(&c, chat, user, "before").await;
     assert_eq!(ws.messages(chat, 1).await, [1]);

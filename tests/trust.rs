@@ -96,10 +96,7 @@ async fn a_membership_check_that_fails_on_resync_ends_the_subscription() {
     c.batch_execute(&sql).await.unwrap();
     let url = format!("postgres://chat_relay:relay-pw@127.0.0.1:{}/postgres?sslmode=disable", db.pg.port);
     let relay = Relay::start_url(&url, &[]).await;
-    let user = Uuid::new_v4();
-    let chat = db.chat(&[user]).await;
-    let mut ws = relay.ws(user).await;
-    ws.subscribe(chat, None).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
     insert(&c, chat, user, "before").await;
     assert_eq!(ws.messages(chat, 1).await, [1]);
 
@@ -217,10 +214,7 @@ async fn serve_will_not_stream_a_publication_that_misses_participants() {
 async fn a_message_id_inserted_again_after_its_delete_is_delivered() {
     let db = Db::start().await;
     let relay = Relay::start(&db).await;
-    let user = Uuid::new_v4();
-    let chat = db.chat(&[user]).await;
-    let mut ws = relay.ws(user).await;
-    ws.subscribe(chat, None).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
     let c = db.client().await;
     let id = Uuid::new_v4();
     let ins = "INSERT INTO chat_messages (id, chat_id, sender_id, content) VALUES ($1, $2, $3, $4)";

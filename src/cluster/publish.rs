@@ -28,14 +28,20 @@ use super::Names;
 use crate::hub::{EventFrame, Fanout, FrameKind};
 use crate::replication::{Checkpoint, Lsn, Progress};
 
-/// What the pipeline handed over, in order.
+/// What the pipeline handed over, in order: events to publish, and
+/// checkpoints that move once everything before them is acknowledged.
 enum Out {
+    Event(Event),
+    Handed(Lsn),
+    Reset,
+}
+
+/// One JetStream message's worth.
+enum Event {
     Frame(Arc<EventFrame>),
     Revoke(Uuid, Uuid),
     Member(Uuid, Uuid, bool),
     Resync,
-    Handed(Lsn),
-    Reset,
 }
 
 /// Items queued but not yet published; the pipeline waits above [`BACKLOG`].
@@ -96,16 +102,16 @@ impl Fanout for JetStreamFanout {
         true // subscribers are on other replicas too
     }
     fn publish(&self, frame: Arc<EventFrame>) {
-        self.send(Out::Frame(frame));
+        self.send(Out::Event(Event::Frame(frame)));
     }
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
-        self.send(Out::Revoke(chat_id, user_id));
+        self.send(Out::Event(Event::Revoke(chat_id, user_id)));
     }
     fn member(&self, chat_id: Uuid, user_id: Uuid, member: bool) {
-        self.send(Out::Member(chat_id, user_id, member));
+        self.send(Out::Event(Event::Member(chat_id, user_id, member)));
     }
     fn resync_all(&self) {
-        self.send(Out::Resync);
+        self.send(Out::Event(Event::Resync));
     }
 }
 
@@ -127,10 +133,17 @@ struct Msg {
     payload: Bytes,
 }
 
-fn encode(names: &Names, out: Out) -> Msg {
+fn encode(names: &Names, event: Event) -> Msg {
     let mut headers = HeaderMap::new();
-    match out {
-        Out::Frame(f) => {
+    // Control events are not replayed byte for byte: any id will do.
+    let control = |headers: HeaderMap| Msg {
+        subject: names.control(),
+        id: Uuid::new_v4().to_string(),
+        headers,
+        payload: Bytes::new(),
+    };
+    match event {
+        Event::Frame(f) => {
             let kind = match f.kind {
                 FrameKind::Message => "m",
                 FrameKind::Update => "u",
@@ -152,17 +165,22 @@ fn encode(names: &Names, out: Out) -> Msg {
             let id = format!("{kind}:{}:{}:{:016x}", f.chat_id, f.seq, h.finish());
             Msg { subject: names.chat(&f.chat_id), id, headers, payload: Bytes::copy_from_slice(f.text.as_bytes()) }
         }
-        Out::Revoke(chat, user) | Out::Member(chat, user, _) => {
-            let member = matches!(out, Out::Member(_, _, true));
-            headers.insert("op", if matches!(out, Out::Revoke(..)) { "revoke" } else { "member" });
+        Event::Revoke(chat, user) => {
+            headers.insert("op", "revoke");
+            headers.insert("c", chat.to_string().as_str());
+            headers.insert("u", user.to_string().as_str());
+            control(headers)
+        }
+        Event::Member(chat, user, member) => {
+            headers.insert("op", "member");
             headers.insert("c", chat.to_string().as_str());
             headers.insert("u", user.to_string().as_str());
             headers.insert("in", if member { "1" } else { "0" });
-            Msg { subject: names.control(), id: Uuid::new_v4().to_string(), headers, payload: Bytes::new() }
+            control(headers)
         }
-        Out::Resync | Out::Handed(_) | Out::Reset => {
+        Event::Resync => {
             headers.insert("op", "resync");
-            Msg { subject: names.control(), id: Uuid::new_v4().to_string(), headers, payload: Bytes::new() }
+            control(headers)
         }
     }
 }
@@ -229,8 +247,8 @@ async fn publisher(
                 match out {
                     Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn)),
                     Out::Reset => pending.push_back(Pending::Reset),
-                    out => {
-                        let msg = encode(&names, out);
+                    Out::Event(event) => {
+                        let msg = encode(&names, event);
                         let ack = match send(&js, &msg).await {
                             Ok(ack) => ack,
                             Err(e) => Box::pin(async move { Err(e) }),

@@ -195,6 +195,16 @@ impl Relay {
         self.child.wait().unwrap()
     }
 
+    /// A user alone in a new chat, subscribed to it from now on:
+    /// (user, chat, connection).
+    pub async fn subscriber(&self, db: &Db) -> (Uuid, Uuid, Ws) {
+        let user = Uuid::new_v4();
+        let chat = db.chat(&[user]).await;
+        let mut ws = self.ws(user).await;
+        ws.subscribe(chat, None).await;
+        (user, chat, ws)
+    }
+
     pub async fn ws(&self, user: Uuid) -> Ws {
         Ws::connect(self.port, &token(user, 3600)).await
     }
