@@ -8,9 +8,24 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chat_relay::replication::Lsn;
 use chat_relay::scratch::ScratchNats;
 use support::{Db, Relay, Ws, PATIENCE};
 use uuid::Uuid;
+
+async fn wal_lsn(c: &tokio_postgres::Client) -> Lsn {
+    let v: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    v.parse().unwrap()
+}
+
+async fn slot_confirmed(c: &tokio_postgres::Client) -> Lsn {
+    let v: String = c
+        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'chat_relay'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    v.parse().unwrap()
+}
 
 async fn leaders(relays: &[&Relay]) -> Vec<usize> {
     let mut out = Vec::new();
@@ -128,9 +143,25 @@ async fn failover(fault: Fault, before: usize) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+            // The leader still reads the slot, but must not confirm what
+            // JetStream has not acknowledged: a message committed now stays
+            // unconfirmed until NATS is back.
+            let c = db.client().await;
+            let marker = db.chat(&[Uuid::new_v4()]).await;
+            support::insert(&c, marker, Uuid::new_v4(), "while NATS is down").await;
+            let lsn = wal_lsn(&c).await;
+            // Twenty of the replicator's 100 ms status ticks.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let confirmed = slot_confirmed(&c).await;
+            assert!(confirmed < lsn, "confirmed {confirmed} past an unacknowledged event at {lsn}");
             tokio::task::block_in_place(|| nats.start_again()).unwrap();
             for r in &relays {
                 r.wait_ready().await;
+            }
+            let since = Instant::now();
+            while slot_confirmed(&c).await < lsn {
+                assert!(since.elapsed() < PATIENCE, "never confirmed once NATS acknowledged");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
