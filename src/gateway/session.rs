@@ -186,14 +186,17 @@ impl Session {
         m::ws_connected();
         tracing::debug!(conn = id, user = %identity.user_id, "connected");
         let end = session.serve(stream).await;
+        // Counted before anything of the end is visible to others (the
+        // presence change that unsubscribing sends), so a dashboard or test
+        // that sees the peer gone also sees why.
+        if let End::Close { code: close::SLOW_CONSUMER, reason, .. } = &end {
+            m::slow_consumer();
+            tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
+        }
         for chat in session.subs.keys() {
             session.gw.hub.unsubscribe(*chat, id);
         }
         if let End::Close { code, reason, flush } = end {
-            if code == close::SLOW_CONSUMER {
-                m::slow_consumer();
-                tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
-            }
             session.out.close(code, reason, flush, Duration::from_secs(2)).await;
         }
         m::ws_disconnected();
