@@ -138,8 +138,11 @@ async fn a_peer_that_stops_reading_is_closed_within_the_deadline_and_forgotten()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_chat_stays_fast_while_a_reader_in_another_chat_stalls() {
     let db = Db::start().await;
-    // A long deadline: the stalled reader is still connected throughout.
-    let relay = Relay::start_with(&db, &[("CHAT_RELAY_SLOW_CONSUMER_MS", "60000")]).await;
+    // Long deadlines (slow consumer, and two ping intervals of silence): the
+    // stalled reader is still connected throughout, however slow the machine.
+    let relay =
+        Relay::start_with(&db, &[("CHAT_RELAY_SLOW_CONSUMER_MS", "600000"), ("CHAT_RELAY_PING_INTERVAL_SECS", "3600")])
+            .await;
     let (busy_user, quiet_user) = (Uuid::new_v4(), Uuid::new_v4());
     let busy = db.chat(&[busy_user]).await;
     let quiet = db.chat(&[quiet_user]).await;
