@@ -106,21 +106,36 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             (replication, pipeline, None)
         }
         Some(url) => {
+            // This process among the replicas: in presence messages, in the
+            // headers of what it publishes, and in NATS's connection list.
+            let replica = uuid::Uuid::new_v4();
+            tracing::info!(%replica, "joining the replicas through NATS");
             let client = async_nats::ConnectOptions::new()
                 .retry_on_initial_connect()
-                .name(format!("chat-relay {}", args.slot))
+                .name(format!("chat-relay {} {replica}", args.slot))
                 .connect(url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>())
                 .await
                 .map_err(|e| anyhow::anyhow!("NATS at {url}: {e}"))?;
             let names = cluster::Names::new(&args.slot);
             let js = async_nats::jetstream::new(client.clone());
-            let (fanout, backlog, _publisher) =
-                cluster::publish::JetStreamFanout::start(js, names.clone(), progress.clone(), replication_stop.clone());
+            let (fanout, backlog, _publisher) = cluster::publish::JetStreamFanout::start(
+                js,
+                names.clone(),
+                replica,
+                progress.clone(),
+                replication_stop.clone(),
+            );
             let sink = Sink { fanout: Arc::new(fanout.clone()), checkpoint: Arc::new(fanout), backlog: Some(backlog) };
             let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
             let state =
                 ClusterState { leading: Arc::default(), following: Arc::new(Health::default()), nats: client.clone() };
-            tokio::spawn(cluster::presence::run(client.clone(), names.clone(), hub.clone(), side_stop.clone()));
+            tokio::spawn(cluster::presence::run(
+                client.clone(),
+                names.clone(),
+                replica,
+                hub.clone(),
+                side_stop.clone(),
+            ));
             tokio::spawn(cluster::follow::follow(
                 client,
                 names,

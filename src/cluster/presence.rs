@@ -27,8 +27,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const EXPIRE: Duration = Duration::from_secs(6);
 
 /// Runs until `stop`.
-pub async fn run(client: async_nats::Client, names: Names, hub: Arc<Hub>, stop: CancellationToken) {
-    let me = Uuid::new_v4().to_string();
+/// `replica` is this process's id, as in [`super::publish`]'s headers.
+pub async fn run(client: async_nats::Client, names: Names, replica: Uuid, hub: Arc<Hub>, stop: CancellationToken) {
+    let me = replica.to_string();
     let subject = |kind: &str| format!("{}.presence.{kind}", names.live);
     let mut out = hub.presence_out();
     let mut incoming = match client.subscribe(format!("{}.presence.>", names.live)).await {

@@ -80,12 +80,13 @@ impl JetStreamFanout {
     pub fn start(
         js: async_nats::jetstream::Context,
         names: Names,
+        replica: Uuid,
         progress: Progress,
         stop: CancellationToken,
     ) -> (JetStreamFanout, Arc<Backlog>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::default());
-        let task = tokio::spawn(publisher(js, names, rx, progress, backlog.clone(), stop));
+        let task = tokio::spawn(publisher(js, names, replica, rx, progress, backlog.clone(), stop));
         (JetStreamFanout { tx, backlog: backlog.clone() }, backlog, task)
     }
 
@@ -133,8 +134,13 @@ struct Msg {
     payload: Bytes,
 }
 
-fn encode(names: &Names, event: Event) -> Msg {
+/// Header naming the replica that published a message (for operators, and
+/// for tests that check who published what).
+pub const PUBLISHER: &str = "l";
+
+fn encode(names: &Names, replica: &str, event: Event) -> Msg {
     let mut headers = HeaderMap::new();
+    headers.insert(PUBLISHER, replica);
     // Control events are not replayed byte for byte: any id will do.
     let control = |headers: HeaderMap| Msg {
         subject: names.control(),
@@ -204,12 +210,14 @@ async fn send(js: &async_nats::jetstream::Context, m: &Msg) -> Result<AckFuture,
 async fn publisher(
     js: async_nats::jetstream::Context,
     names: Names,
+    replica: Uuid,
     mut rx: mpsc::UnboundedReceiver<Out>,
     progress: Progress,
     backlog: Arc<Backlog>,
     stop: CancellationToken,
 ) {
     const IN_FLIGHT: usize = 1024;
+    let replica = replica.to_string();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut in_flight = 0usize;
     loop {
@@ -248,7 +256,7 @@ async fn publisher(
                     Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn)),
                     Out::Reset => pending.push_back(Pending::Reset),
                     Out::Event(event) => {
-                        let msg = encode(&names, event);
+                        let msg = encode(&names, &replica, event);
                         let ack = match send(&js, &msg).await {
                             Ok(ack) => ack,
                             Err(e) => Box::pin(async move { Err(e) }),
