@@ -118,10 +118,13 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 .map_err(|e| anyhow::anyhow!("NATS at {url}: {e}"))?;
             let names = cluster::Names::new(&args.slot);
             let js = async_nats::jetstream::new(client.clone());
+            // Which leadership term may publish (see cluster::leader).
+            let lease = Arc::new(cluster::leader::Lease::default());
             let (fanout, backlog, _publisher) = cluster::publish::JetStreamFanout::start(
                 js,
                 names.clone(),
                 replica,
+                lease.clone(),
                 progress.clone(),
                 replication_stop.clone(),
             );
@@ -149,9 +152,18 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 info.clone(),
                 args.slot.clone(),
                 state.leading.clone(),
+                lease,
                 replication_stop.clone(),
-                move |term| {
-                    Replicator::new(replication_cfg.clone(), tx.clone(), progress.clone(), health.clone()).run(term)
+                move |cancel, term| {
+                    let tx = tx.clone();
+                    let replicator =
+                        Replicator::new(replication_cfg.clone(), tx.clone(), progress.clone(), health.clone());
+                    async move {
+                        // In order before anything this term streams.
+                        if tx.send(StreamEvent::Term(term)).await.is_ok() {
+                            replicator.run(cancel).await;
+                        }
+                    }
                 },
             ));
             (replication, pipeline, Some(state))
@@ -317,6 +329,14 @@ async fn pipeline(
                         }
                     }
                     seq.commit();
+                }
+                Some(StreamEvent::Term(term)) => {
+                    // The new term replays the slot from its confirmed
+                    // position; the publisher dropped what an earlier term left
+                    // unpublished, so nothing may be skipped as already seen.
+                    seq.reset();
+                    handed = None;
+                    checkpoint.term(term);
                 }
                 Some(StreamEvent::SlotReset { reason }) => {
                     tracing::warn!(reason, "telling every connection to resynchronise");

@@ -75,6 +75,70 @@ async fn insert_round(url: &str, chats: &[(Uuid, Uuid, Uuid)], per_chat: usize) 
 const CHATS: usize = 50;
 const PER_CHAT: usize = 100;
 
+/// A core NATS subscription on the stream's subjects, recording each
+/// message's publisher header.
+struct Publishers {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Publishers {
+    async fn watch(nats_url: &str) -> Publishers {
+        use futures_util::StreamExt;
+        let names = chat_relay::cluster::Names::new("chat_relay");
+        let client = async_nats::connect(nats_url).await.unwrap();
+        let mut sub = client.subscribe(names.all()).await.unwrap();
+        client.flush().await.unwrap();
+        let (seen, arrived) = (std::sync::Arc::default(), std::sync::Arc::new(tokio::sync::Notify::new()));
+        let p = Publishers { seen, arrived };
+        let (seen, arrived) = (p.seen.clone(), p.arrived.clone());
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(msg) = sub.next().await {
+                let who = msg.headers.as_ref().and_then(|h| h.get(chat_relay::cluster::publish::PUBLISHER));
+                let who = who.map(|v| v.as_str().to_string()).unwrap_or_default();
+                seen.lock().unwrap().push((who, msg.subject.to_string()));
+                arrived.notify_waiters();
+            }
+        });
+        p
+    }
+
+    /// The publishers so far, once one differs from the first and the
+    /// subscription has gone quiet for a moment after that.
+    async fn until_from_another(&self) -> Vec<String> {
+        let since = Instant::now();
+        loop {
+            let arrived = self.arrived.notified();
+            let order: Vec<String> = self.seen.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+            if order.iter().any(|p| *p != order[0]) {
+                // Settle: a stale publish follows the wake within milliseconds.
+                if tokio::time::timeout(Duration::from_millis(500), arrived).await.is_err() {
+                    return order;
+                }
+                continue;
+            }
+            assert!(since.elapsed() < PATIENCE, "nothing published by a second replica");
+            let _ = tokio::time::timeout(Duration::from_millis(100), arrived).await;
+        }
+    }
+}
+
+impl Publishers {
+    /// Waits for the first message on `subject`.
+    async fn until_subject(&self, subject: &str) {
+        let since = Instant::now();
+        loop {
+            let arrived = self.arrived.notified();
+            if self.seen.lock().unwrap().iter().any(|(_, s)| s == subject) {
+                return;
+            }
+            assert!(since.elapsed() < PATIENCE, "nothing published on {subject}");
+            let _ = tokio::time::timeout(Duration::from_millis(100), arrived).await;
+        }
+    }
+}
+
 /// How the leader is taken away.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -110,6 +174,9 @@ async fn failover(fault: Fault, before: usize) {
         Relay::start_with(&db, &env).await,
     ];
     let leader = one_leader(&relays.iter().collect::<Vec<_>>(), PATIENCE).await;
+    // Who published each message of the stream's subjects, in the order
+    // NATS received them (duplicates JetStream drops included).
+    let published = Publishers::watch(&url).await;
 
     let mut chats = Vec::new();
     let mut clients: Vec<(usize, Uuid, Uuid, Ws, Vec<i64>)> = Vec::new();
@@ -126,7 +193,20 @@ async fn failover(fault: Fault, before: usize) {
     insert_round(&db.url, &chats, before).await;
     match fault {
         Fault::Kill => relays[leader].kill(),
-        Fault::Freeze => signal(&relays[leader], "-STOP"),
+        Fault::Freeze => {
+            // Frozen in the middle of publishing a large transaction (of a
+            // chat of its own), with messages queued and in flight.
+            let burst = db.chat(&[Uuid::new_v4()]).await;
+            let c = db.client().await;
+            c.execute(
+                "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, gen_random_uuid(), 'b' FROM generate_series(1, 5000)",
+                &[&burst],
+            )
+            .await
+            .unwrap();
+            published.until_subject(&chat_relay::cluster::Names::new("chat_relay").chat(&burst)).await;
+            signal(&relays[leader], "-STOP");
+        }
         Fault::Walsender => {
             let c = db.client().await;
             c.execute(
@@ -197,6 +277,13 @@ async fn failover(fault: Fault, before: usize) {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Nothing from it once the new leader published: not what it had
+        // queued or in flight when it froze, not what its socket still held.
+        let order = published.until_from_another().await;
+        let old = order[0].clone();
+        let first_new = order.iter().position(|p| *p != old).unwrap_or(order.len());
+        let stale = order[first_new..].iter().filter(|p| **p == old).count();
+        assert_eq!(stale, 0, "the woken ex-leader published {stale} messages after the new leader began");
     }
     insert_round(&db.url, &chats, 20).await;
 

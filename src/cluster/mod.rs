@@ -4,13 +4,15 @@
 //!
 //! - [`leader`]: replicas compete for a session advisory lock on a direct
 //!   Postgres connection; the holder runs the replicator (and so holds the
-//!   slot). Losing the lock connection stops its stream at once.
+//!   slot). Losing the lock connection stops its stream at once. Each
+//!   leadership is a term vouched for by a [`leader::Lease`].
 //! - [`publish`]: the leader's pipeline hands each sequenced event to
 //!   [`publish::JetStreamFanout`] (the hub's [`crate::hub::Fanout`] seam)
 //!   instead of its hub: one JetStream message per frame, subject per chat,
 //!   message id from the commit LSN, so a replayed WAL range is dropped by
 //!   JetStream's duplicate window. The slot is confirmed only up to what
-//!   JetStream has acknowledged.
+//!   JetStream has acknowledged, and nothing is published for a term its
+//!   lease no longer vouches for (a deposed leader waking up).
 //! - [`follow`]: every replica, the leader included, consumes the stream and
 //!   feeds its own hub. Anything a replica misses (a consumer restart, the
 //!   stream's retention) is covered by the sessions' seq checks and a

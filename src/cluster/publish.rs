@@ -8,6 +8,12 @@
 //! acknowledged. A failed publish is retried, with everything after it, in
 //! order; message ids make the retries (and a new leader's replay of the
 //! same WAL) harmless.
+//!
+//! Nothing is published for a leadership term that is not vouched for by
+//! its [`Lease`]: while the lease is in doubt the publisher waits, and once
+//! the term is over it drops what the term left, checkpoints included. The
+//! slot was never confirmed past those events, so the next leader (this
+//! replica again, or another) replays them.
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
@@ -24,6 +30,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::leader::{Lease, Standing};
 use super::Names;
 use crate::hub::{EventFrame, Fanout, FrameKind};
 use crate::replication::{Checkpoint, Lsn, Progress};
@@ -34,6 +41,8 @@ enum Out {
     Event(Event),
     Handed(Lsn),
     Reset,
+    /// What follows belongs to this leadership term.
+    Term(u64),
 }
 
 /// One JetStream message's worth.
@@ -81,12 +90,14 @@ impl JetStreamFanout {
         js: async_nats::jetstream::Context,
         names: Names,
         replica: Uuid,
+        lease: Arc<Lease>,
         progress: Progress,
         stop: CancellationToken,
     ) -> (JetStreamFanout, Arc<Backlog>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::default());
-        let task = tokio::spawn(publisher(js, names, replica, rx, progress, backlog.clone(), stop));
+        let origin = Origin { names, replica: replica.to_string() };
+        let task = tokio::spawn(publisher(js, origin, lease, rx, progress, backlog.clone(), stop));
         (JetStreamFanout { tx, backlog: backlog.clone() }, backlog, task)
     }
 
@@ -123,6 +134,9 @@ impl Checkpoint for JetStreamFanout {
     fn reset(&self) {
         self.send(Out::Reset);
     }
+    fn term(&self, term: u64) {
+        self.send(Out::Term(term));
+    }
 }
 
 /// One message to publish (kept until acknowledged, for retries).
@@ -138,9 +152,16 @@ struct Msg {
 /// for tests that check who published what).
 pub const PUBLISHER: &str = "l";
 
-fn encode(names: &Names, replica: &str, event: Event) -> Msg {
+/// Where this replica's messages go, and the id they carry.
+struct Origin {
+    names: Names,
+    replica: String,
+}
+
+fn encode(origin: &Origin, event: Event) -> Msg {
+    let names = &origin.names;
     let mut headers = HeaderMap::new();
-    headers.insert(PUBLISHER, replica);
+    headers.insert(PUBLISHER, origin.replica.as_str());
     // Control events are not replayed byte for byte: any id will do.
     let control = |headers: HeaderMap| Msg {
         subject: names.control(),
@@ -193,10 +214,11 @@ fn encode(names: &Names, replica: &str, event: Event) -> Msg {
 
 type AckFuture = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
+/// Each with the term it belongs to.
 enum Pending {
-    Sent(Msg, AckFuture),
-    Handed(Lsn),
-    Reset,
+    Sent(Msg, AckFuture, u64),
+    Handed(Lsn, u64),
+    Reset(u64),
 }
 
 async fn send(js: &async_nats::jetstream::Context, m: &Msg) -> Result<AckFuture, String> {
@@ -209,29 +231,31 @@ async fn send(js: &async_nats::jetstream::Context, m: &Msg) -> Result<AckFuture,
 /// them is acknowledged.
 async fn publisher(
     js: async_nats::jetstream::Context,
-    names: Names,
-    replica: Uuid,
+    origin: Origin,
+    lease: Arc<Lease>,
     mut rx: mpsc::UnboundedReceiver<Out>,
     progress: Progress,
     backlog: Arc<Backlog>,
     stop: CancellationToken,
 ) {
     const IN_FLIGHT: usize = 1024;
-    let replica = replica.to_string();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut in_flight = 0usize;
+    // The term of what comes out of `rx` now, and whether it was found over.
+    let (mut term, mut over) = (0u64, false);
     loop {
-        // Checkpoints whose messages are all acknowledged.
-        while matches!(pending.front(), Some(Pending::Handed(_) | Pending::Reset)) {
+        // Checkpoints whose messages are all acknowledged (a term that is
+        // over moves nothing: it may have dropped messages before them).
+        while matches!(pending.front(), Some(Pending::Handed(..) | Pending::Reset(_))) {
             match pending.pop_front() {
-                Some(Pending::Handed(lsn)) => progress.handed_on(lsn),
-                Some(Pending::Reset) => progress.reset(),
+                Some(Pending::Handed(lsn, t)) if lease.standing(t) != Standing::Over => progress.handed_on(lsn),
+                Some(Pending::Reset(t)) if lease.standing(t) != Standing::Over => progress.reset(),
                 _ => {}
             }
         }
         let front_ack = async {
             match pending.front_mut() {
-                Some(Pending::Sent(_, ack)) => ack.await,
+                Some(Pending::Sent(_, ack, _)) => ack.await,
                 _ => std::future::pending().await,
             }
         };
@@ -245,7 +269,7 @@ async fn publisher(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "JetStream did not acknowledge; publishing again from there");
-                    resend(&js, &mut pending, &stop).await;
+                    resend(&js, &mut pending, &lease, &stop).await;
                 }
             },
             out = rx.recv(), if in_flight < IN_FLIGHT => {
@@ -253,15 +277,22 @@ async fn publisher(
                 backlog.queued.fetch_sub(1, Ordering::AcqRel);
                 backlog.drained.notify_waiters();
                 match out {
-                    Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn)),
-                    Out::Reset => pending.push_back(Pending::Reset),
+                    Out::Term(t) => (term, over) = (t, false),
+                    Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn, term)),
+                    Out::Reset => pending.push_back(Pending::Reset(term)),
+                    Out::Event(_) if over => {}
                     Out::Event(event) => {
-                        let msg = encode(&names, &replica, event);
+                        if !lease.leading(term, &stop).await {
+                            over = true;
+                            tracing::warn!(term, "leadership term over; dropping what it left unpublished (the next leader replays it)");
+                            continue;
+                        }
+                        let msg = encode(&origin, event);
                         let ack = match send(&js, &msg).await {
                             Ok(ack) => ack,
                             Err(e) => Box::pin(async move { Err(e) }),
                         };
-                        pending.push_back(Pending::Sent(msg, ack));
+                        pending.push_back(Pending::Sent(msg, ack, term));
                         in_flight += 1;
                     }
                 }
@@ -271,12 +302,22 @@ async fn publisher(
 }
 
 /// Publishes every unacknowledged message again, in order, waiting for each
-/// acknowledgement, until all got one (or `stop`).
-async fn resend(js: &async_nats::jetstream::Context, pending: &mut VecDeque<Pending>, stop: &CancellationToken) {
+/// acknowledgement, until all got one (or `stop`). Messages of a term that is
+/// over are given up instead.
+async fn resend(
+    js: &async_nats::jetstream::Context,
+    pending: &mut VecDeque<Pending>,
+    lease: &Lease,
+    stop: &CancellationToken,
+) {
     let mut wait = Duration::from_millis(100);
     'again: loop {
         for p in pending.iter_mut() {
-            if let Pending::Sent(msg, ack) = p {
+            if let Pending::Sent(msg, ack, term) = p {
+                if !lease.leading(*term, stop).await {
+                    *ack = Box::pin(async { Ok(()) });
+                    continue;
+                }
                 let result = match send(js, msg).await {
                     Ok(fresh) => fresh.await,
                     Err(e) => Err(e),

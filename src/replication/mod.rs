@@ -59,6 +59,10 @@ pub enum StreamEvent {
     /// between the loss and now are not in the stream, so anyone relying on it
     /// must resynchronise from the tables.
     SlotReset { reason: String },
+    /// A replica became leader (term `n`, see `cluster::leader`) and is about
+    /// to stream from the slot's confirmed position: what the pipeline saw in
+    /// an earlier term may come again, and must be handed on again.
+    Term(u64),
 }
 
 /// How far the downstream pipeline has handed transactions on; shared between
@@ -110,6 +114,8 @@ impl Progress {
 pub trait Checkpoint: Send + Sync {
     fn handed_on(&self, lsn: Lsn);
     fn reset(&self);
+    /// What follows belongs to leadership term `term` (replicas only).
+    fn term(&self, _term: u64) {}
 }
 
 impl Checkpoint for Progress {
