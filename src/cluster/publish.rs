@@ -151,6 +151,9 @@ struct Msg {
 /// Header naming the replica that published a message (for operators, and
 /// for tests that check who published what).
 pub const PUBLISHER: &str = "l";
+/// Header with when this copy was handed to NATS (Unix microseconds): a
+/// retry carries its own time.
+pub const SENT_AT: &str = "at";
 
 /// Where this replica's messages go, and the id they carry.
 struct Origin {
@@ -221,8 +224,37 @@ enum Pending {
     Reset(u64),
 }
 
-async fn send(js: &async_nats::jetstream::Context, m: &Msg) -> Result<AckFuture, String> {
-    let publish = Publish::build().payload(m.payload.clone()).headers(m.headers.clone()).message_id(&m.id);
+/// Hands `m` to NATS if `term` leads; `None` once the term is over. The
+/// time stamped on it is taken before the last look at the lease, so no copy
+/// says it was sent after the lease ran out.
+async fn send(
+    js: &async_nats::jetstream::Context,
+    m: &Msg,
+    lease: &Lease,
+    term: u64,
+    stop: &CancellationToken,
+) -> Option<Result<AckFuture, String>> {
+    let sent_at = loop {
+        if !lease.leading(term, stop).await {
+            return None;
+        }
+        let now = std::time::SystemTime::now();
+        if lease.standing(term) == Standing::Leading {
+            break now;
+        }
+    };
+    Some(send_now(js, m, sent_at).await)
+}
+
+async fn send_now(
+    js: &async_nats::jetstream::Context,
+    m: &Msg,
+    sent_at: std::time::SystemTime,
+) -> Result<AckFuture, String> {
+    let mut headers = m.headers.clone();
+    let micros = sent_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    headers.insert(SENT_AT, micros.to_string().as_str());
+    let publish = Publish::build().payload(m.payload.clone()).headers(headers).message_id(&m.id);
     let ack: PublishAckFuture = js.send_publish(m.subject.clone(), publish).await.map_err(|e| e.to_string())?;
     Ok(Box::pin(async move { ack.into_future().await.map(|_| ()).map_err(|e| e.to_string()) }))
 }
@@ -282,15 +314,15 @@ async fn publisher(
                     Out::Reset => pending.push_back(Pending::Reset(term)),
                     Out::Event(_) if over => {}
                     Out::Event(event) => {
-                        if !lease.leading(term, &stop).await {
-                            over = true;
-                            tracing::warn!(term, "leadership term over; dropping what it left unpublished (the next leader replays it)");
-                            continue;
-                        }
                         let msg = encode(&origin, event);
-                        let ack = match send(&js, &msg).await {
-                            Ok(ack) => ack,
-                            Err(e) => Box::pin(async move { Err(e) }),
+                        let ack = match send(&js, &msg, &lease, term, &stop).await {
+                            Some(Ok(ack)) => ack,
+                            Some(Err(e)) => Box::pin(async move { Err(e) }),
+                            None => {
+                                over = true;
+                                tracing::warn!(term, "leadership term over; dropping what it left unpublished (the next leader replays it)");
+                                continue;
+                            }
                         };
                         pending.push_back(Pending::Sent(msg, ack, term));
                         in_flight += 1;
@@ -314,13 +346,11 @@ async fn resend(
     'again: loop {
         for p in pending.iter_mut() {
             if let Pending::Sent(msg, ack, term) = p {
-                if !lease.leading(*term, stop).await {
-                    *ack = Box::pin(async { Ok(()) });
-                    continue;
-                }
-                let result = match send(js, msg).await {
-                    Ok(fresh) => fresh.await,
-                    Err(e) => Err(e),
+                let result = match send(js, msg, lease, *term, stop).await {
+                    Some(Ok(fresh)) => fresh.await,
+                    Some(Err(e)) => Err(e),
+                    // Given up: its term is over.
+                    None => Ok(()),
                 };
                 match result {
                     Ok(()) => *ack = Box::pin(async { Ok(()) }),
