@@ -318,6 +318,7 @@ async fn publisher(
                         let ack = match send(&js, &msg, &lease, term, &stop).await {
                             Some(Ok(ack)) => ack,
                             Some(Err(e)) => Box::pin(async move { Err(e) }),
+                            None if stop.is_cancelled() => return,
                             None => {
                                 over = true;
                                 tracing::warn!(term, "leadership term over; dropping what it left unpublished (the next leader replays it)");
@@ -349,6 +350,9 @@ async fn resend(
                 let result = match send(js, msg, lease, *term, stop).await {
                     Some(Ok(fresh)) => fresh.await,
                     Some(Err(e)) => Err(e),
+                    // Stopping: leave it unacknowledged (nothing after it may
+                    // be checkpointed).
+                    None if stop.is_cancelled() => return,
                     // Given up: its term is over.
                     None => Ok(()),
                 };
