@@ -411,11 +411,15 @@ impl ChatSubs {
 
     /// Tells every checked subscriber (but `except`) of a presence change.
     fn announce(&self, chat_id: Uuid, user_id: Uuid, online: bool, except: Option<ConnId>) {
-        for (id, s) in &self.conns {
-            if s.present && Some(*id) != except {
-                s.conn.presence(chat_id, user_id, online);
-            }
+        for conn in self.checked(except) {
+            conn.presence(chat_id, user_id, online);
         }
+    }
+
+    /// Connections of the checked subscriptions (those that count for
+    /// presence and hear of it), but `except`.
+    fn checked(&self, except: Option<ConnId>) -> impl Iterator<Item = &Arc<Conn>> {
+        self.conns.iter().filter(move |(id, s)| s.present && Some(**id) != except).map(|(_, s)| &s.conn)
     }
 }
 
@@ -548,21 +552,19 @@ impl Hub {
     /// chat's other checked subscribers, dropped where a queue is full.
     pub fn typing(&self, chat_id: Uuid, user_id: Uuid, from: ConnId) {
         self.shared.send(PresenceOut::Typing(chat_id, user_id));
-        self.typing_here(chat_id, user_id, from);
+        self.typing_here(chat_id, user_id, Some(from));
     }
 
     /// Typing on another replica: to this replica's subscribers of the chat.
     pub fn remote_typing(&self, chat_id: Uuid, user_id: Uuid) {
-        self.typing_here(chat_id, user_id, ConnId::MAX);
+        self.typing_here(chat_id, user_id, None);
     }
 
-    fn typing_here(&self, chat_id: Uuid, user_id: Uuid, from: ConnId) {
+    fn typing_here(&self, chat_id: Uuid, user_id: Uuid, except: Option<ConnId>) {
         if let Some(subs) = self.chats.get(&chat_id) {
             let frame = Arc::new(EventFrame::typing(chat_id, user_id));
-            for (id, s) in &subs.conns {
-                if s.present && *id != from {
-                    s.conn.offer_ephemeral(&frame);
-                }
+            for conn in subs.checked(except) {
+                conn.offer_ephemeral(&frame);
             }
         }
     }
