@@ -140,14 +140,6 @@ enum Wake {
     Frame(Option<Arc<EventFrame>>),
 }
 
-/// Sleeps until `at`; never wakes when there is none.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// How the connection should end.
 enum End {
     /// Peer gone or socket failed: nothing more to say.
@@ -220,6 +212,7 @@ impl Session {
             }
             let room = self.out.bytes() < HIGH_WATER;
             let table_room = !self.pending.is_empty() && self.out.bytes() < LOW_WATER && self.retry_at.is_none();
+            // Like `stall_at`: only polled when there is one.
             let retry_at = self.retry_at;
             let busy = self.out.busy();
             let stall_at = self.out.last_progress() + patience;
@@ -233,7 +226,7 @@ impl Session {
                 _ = ping.tick() => Wake::Tick,
                 msg = stream.next(), if room => Wake::In(msg),
                 _ = std::future::ready(()), if table_room => Wake::Work,
-                _ = sleep_until_some(retry_at), if retry_at.is_some() => Wake::Retry,
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => Wake::Retry,
                 f = self.rx.recv(), if room => Wake::Frame(f),
             };
             let step: Result<(), End> = match wake {
