@@ -161,7 +161,9 @@ impl Sequencer {
     }
 
     /// Forgets everything: the stream starts over (a new slot or another
-    /// server), so old seqs, ids and positions mean nothing any more.
+    /// server, so old seqs, ids and positions mean nothing any more; or a
+    /// new leadership term, which replays what an earlier one may have
+    /// dropped unpublished).
     pub fn reset(&mut self) {
         *self = Sequencer::new(self.cfg.clone());
     }
