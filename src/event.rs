@@ -10,8 +10,8 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::lsn::Lsn;
 use crate::pgoutput::{datum_to_json, Change, Datum, Row, Transaction};
-use crate::replication::Lsn;
 
 /// Every published column of a message row: the `message` field of the
 /// protocol's frames. Rows from the WAL stay as decoded and are turned into

@@ -49,25 +49,26 @@
 //! ([`cluster::follow`]) offers the frames to its own hub, and step 6 waits
 //! for JetStream's acknowledgement.
 
-pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
-pub mod demo;
 pub mod event;
 pub mod gateway;
 pub mod hub;
 pub mod limits;
+pub mod lsn;
+pub mod membership;
 pub mod metrics;
 pub mod migrate;
 pub mod pgconn;
 pub mod pgoutput;
+pub mod protocol;
 pub mod relay;
 pub mod replication;
-pub mod scratch;
 pub mod sequencer;
 pub mod server;
 pub mod store;
+pub mod tools;
 
 /// `chat-relay migrate`.
 pub async fn run_migrate(args: &config::MigrateArgs) -> anyhow::Result<()> {

@@ -20,11 +20,11 @@ async fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             init_tracing(&args.log, false);
-            chat_relay::demo::run(args).await
+            chat_relay::tools::demo::run(args).await
         }
         Command::Bench(args) => {
             init_tracing(&args.log, false);
-            chat_relay::bench::run(args).await
+            chat_relay::tools::bench::run(args).await
         }
     };
     match result {

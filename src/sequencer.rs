@@ -34,8 +34,8 @@ use lru::LruCache;
 use uuid::Uuid;
 
 use crate::event::{ChatEvent, ChatTxn, MessageRow};
+use crate::lsn::Lsn;
 use crate::metrics::{self as m, DupKey};
-use crate::replication::Lsn;
 
 /// Tunables.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chat_relay::replication::Lsn;
-use chat_relay::scratch::ScratchNats;
+use chat_relay::lsn::Lsn;
+use chat_relay::tools::scratch::ScratchNats;
 use support::{Db, Relay, Ws, PATIENCE};
 use uuid::Uuid;
 

@@ -8,10 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_relay::lsn::Lsn;
 use chat_relay::pgconn::ConnInfo;
 use chat_relay::pgoutput::{Change, Transaction};
 use chat_relay::replication::wire::ReplConnection;
-use chat_relay::replication::{Health, Lsn, Progress, ReplicationConfig, Replicator, StreamEvent};
+use chat_relay::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
 use serde_json::json;
 use support::{insert, Db, Relay, ScratchOptions, PATIENCE};
 use tokio::sync::mpsc;

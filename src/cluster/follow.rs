@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Names;
-use crate::gateway::Membership;
 use crate::hub::{EventFrame, Fanout, FrameKind, Hub};
+use crate::membership::Membership;
 use crate::replication::Health;
 
 /// Consumes until `stop`, restarting with backoff; `health` says whether

@@ -33,7 +33,8 @@ use uuid::Uuid;
 use super::leader::{Lease, Standing};
 use super::Names;
 use crate::hub::{EventFrame, Fanout, FrameKind};
-use crate::replication::{Checkpoint, Lsn, Progress};
+use crate::lsn::Lsn;
+use crate::replication::{Checkpoint, Progress};
 
 /// What the pipeline handed over, in order: events to publish, and
 /// checkpoints that move once everything before them is acknowledged.

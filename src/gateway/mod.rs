@@ -6,9 +6,7 @@
 //! and write buffers, one bounded queue, no per-subscription task.
 
 mod auth;
-mod membership;
 mod outbox;
-pub mod protocol;
 mod session;
 
 use std::collections::HashMap;
@@ -26,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{issue, Auth, AuthConfig, AuthConfigError, Identity};
-pub use membership::Membership;
 pub use session::close;
 
 use crate::delivery::Delivery;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::membership::Membership;
 use crate::store::Store;
 
 /// Gateway tunables.

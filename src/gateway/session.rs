@@ -36,11 +36,11 @@ use uuid::Uuid;
 
 use super::auth::Identity;
 use super::outbox::{Closed, Outbox};
-use super::protocol::{self, ErrorCode, Request};
 use super::Gateway;
 use crate::event::MessageRow;
 use crate::hub::{Behind, Conn, EventFrame, FrameKind};
 use crate::metrics as m;
+use crate::protocol::{self, ErrorCode, Request};
 use crate::store::StoreError;
 
 /// WebSocket close codes of the protocol.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::replication::Lsn;
+use crate::lsn::Lsn;
 pub use spill::{Changes, Spilled, TxnMemory};
 use spill::{Charge, SpillReader, SpillWriter};
 pub use value::{datum_to_json, pg_timestamp, text_to_json};

@@ -17,7 +17,6 @@
 //! Any error or disconnect: log, back off with jitter, reconnect, resume from
 //! the slot; the half-received transaction is dropped and comes again.
 
-mod lsn;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +27,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use lsn::{Lsn, ParseLsnError};
+use crate::lsn::Lsn;
 use wire::{CopyMessage, ReplConnection, WireError};
 
 use crate::metrics as m;

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-pub use chat_relay::scratch::{ScratchOptions, ScratchPostgres};
+pub use chat_relay::tools::scratch::{ScratchOptions, ScratchPostgres};
 
 pub const SECRET: &str = "test-secret";
 /// Upper bound for any single wait; a passing test never comes close.

@@ -21,16 +21,16 @@ use uuid::Uuid;
 
 /// The client's compiled modules, by file name.
 const CLIENT: &[(&str, &str)] = &[
-    ("index.js", include_str!("../../clients/typescript/dist/index.js")),
-    ("client.js", include_str!("../../clients/typescript/dist/client.js")),
-    ("errors.js", include_str!("../../clients/typescript/dist/errors.js")),
-    ("storage.js", include_str!("../../clients/typescript/dist/storage.js")),
-    ("backoff.js", include_str!("../../clients/typescript/dist/backoff.js")),
-    ("emitter.js", include_str!("../../clients/typescript/dist/emitter.js")),
-    ("types.js", include_str!("../../clients/typescript/dist/types.js")),
+    ("index.js", include_str!("../../../clients/typescript/dist/index.js")),
+    ("client.js", include_str!("../../../clients/typescript/dist/client.js")),
+    ("errors.js", include_str!("../../../clients/typescript/dist/errors.js")),
+    ("storage.js", include_str!("../../../clients/typescript/dist/storage.js")),
+    ("backoff.js", include_str!("../../../clients/typescript/dist/backoff.js")),
+    ("emitter.js", include_str!("../../../clients/typescript/dist/emitter.js")),
+    ("types.js", include_str!("../../../clients/typescript/dist/types.js")),
 ];
-const PAGE: &str = include_str!("../../clients/typescript/demo/index.html");
-const APP: &str = include_str!("../../clients/typescript/demo/app.js");
+const PAGE: &str = include_str!("../../../clients/typescript/demo/index.html");
+const APP: &str = include_str!("../../../clients/typescript/demo/app.js");
 
 /// Who the page may sign in as.
 pub struct DemoChat {

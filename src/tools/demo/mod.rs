@@ -1,6 +1,6 @@
 //! demo: `chat-relay demo`, the relay working end to end on one screen.
 //!
-//! Starts a throwaway Postgres ([`crate::scratch`]), migrates it, runs the
+//! Starts a throwaway Postgres ([`crate::tools::scratch`]), migrates it, runs the
 //! relay on a free port, creates a chat for alice and bob (with some older
 //! messages to scroll back to), and serves a browser chat for the two of
 //! them ([`web`]). In the terminal, alice and bob then talk over WebSocket:
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{DbArgs, DemoArgs, ServeArgs};
-use crate::scratch::ScratchPostgres;
+use crate::tools::scratch::ScratchPostgres;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -1,6 +1,6 @@
 //! bench: `chat-relay bench`, the performance scenarios of docs/benchmarks.md.
 //!
-//! Each scenario starts its own throwaway Postgres ([`crate::scratch`]), runs
+//! Each scenario starts its own throwaway Postgres ([`crate::tools::scratch`]), runs
 //! the relay as a separate process (this same binary, `serve`), drives load
 //! from this process, and prints one table row with its figure beside its
 //! target. Everything runs on one machine, so the load generator competes with
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::config::BenchArgs;
 use crate::pgconn::ConnInfo;
-use crate::scratch::{ScratchOptions, ScratchPostgres};
+use crate::tools::scratch::{ScratchOptions, ScratchPostgres};
 
 const SECRET: &str = "bench-secret";
 
@@ -600,7 +600,7 @@ async fn latency_run(args: &BenchArgs, nats: Option<&str>) -> anyhow::Result<(f6
 /// every 10 ms; time from the kill to the first message committed after it
 /// reaching a client of another replica.
 async fn replicas(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
-    let nats = crate::scratch::ScratchNats::start()?;
+    let nats = crate::tools::scratch::ScratchNats::start()?;
     let mut single = Vec::new();
     let mut through = Vec::new();
     for _ in 0..args.reps {
