@@ -53,6 +53,8 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod event;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod gateway;
 pub mod hub;
 pub mod limits;

@@ -599,27 +599,5 @@ fn to_change(relations: &HashMap<u32, Arc<Relation>>, msg: Message) -> Result<Op
     }))
 }
 
-/// Fuzzing entry point (`fuzz/` and a property test share it): `data` is a
-/// stream of pgoutput messages, each a big-endian u32 length and that many
-/// bytes. Every message goes through the decoder, every committed
-/// transaction through the chat-event mapping. Must never panic.
-pub fn fuzz_stream(data: &[u8]) {
-    let mut decoder = Decoder::new();
-    let mut rest = data;
-    while rest.len() >= 4 {
-        let len = (u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize).min(rest.len() - 4);
-        let message = Bytes::copy_from_slice(&rest[4..4 + len]);
-        rest = &rest[4 + len..];
-        match decoder.feed(&message) {
-            Ok(Some(txn)) => {
-                let _ = crate::event::ChatTxn::from_transaction(txn);
-            }
-            Ok(None) => {}
-            // A real stream would reconnect; so does the fuzzed one.
-            Err(_) => decoder.reset(),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

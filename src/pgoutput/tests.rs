@@ -14,7 +14,7 @@ use super::*;
 
 const CAPTURED: &str = include_str!("testdata/captured.txt");
 
-fn captured() -> Vec<(u32, Bytes)> {
+pub(crate) fn captured() -> Vec<(u32, Bytes)> {
     CAPTURED
         .lines()
         .map(|l| {
@@ -327,39 +327,4 @@ fn a_disconnect_drops_the_half_spilled_transaction_and_its_charge() {
     assert!(d.spilled_bytes() > 0);
     d.reset();
     assert_eq!(memory.available_kib(), memory.total_kib());
-}
-
-/// The captured stream in the fuzz target's format (length-prefixed).
-fn captured_stream() -> Vec<u8> {
-    captured().iter().flat_map(|(_, m)| (m.len() as u32).to_be_bytes().into_iter().chain(m.iter().copied())).collect()
-}
-
-#[test]
-fn the_fuzz_entry_point_decodes_the_real_stream() {
-    // Sanity: the seed is understood (so mutations start from real messages).
-    fuzz_stream(&captured_stream());
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
-
-    /// What `cargo fuzz run pgoutput` does, a little, on every `cargo test`.
-    #[test]
-    fn fuzz_stream_survives_mutated_real_streams(
-        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
-        cut in any::<prop::sample::Index>(),
-    ) {
-        let mut stream = captured_stream();
-        for (at, byte) in flips {
-            let i = at.index(stream.len());
-            stream[i] = byte;
-        }
-        let end = cut.index(stream.len() + 1);
-        fuzz_stream(&stream[..end]);
-    }
-
-    #[test]
-    fn fuzz_stream_survives_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        fuzz_stream(&data);
-    }
 }
