@@ -30,15 +30,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Utf8Bytes;
-use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
-use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use crate::event::{MessageRow, Participant, RowBody};
+use crate::protocol::{EventFrame, FrameKind};
 
 /// Connection identifier, unique per process.
 pub type ConnId = u64;
@@ -53,89 +50,6 @@ pub const MAX_REMEMBERED_RECEIPTS: usize = 256;
 /// User ids listed in `subscribed.online`, at most; beyond it the frame says
 /// `online_truncated` and lists this many.
 pub const ONLINE_CAP: usize = 1000;
-
-/// What kind of event a frame carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameKind {
-    Message,
-    Update,
-    Delete,
-    Receipt,
-    /// Ephemeral: someone is typing (`subject`); `seq` is 0.
-    Typing,
-}
-
-/// One event, encoded once, shared by all its recipients.
-#[derive(Debug)]
-pub struct EventFrame {
-    pub chat_id: Uuid,
-    pub seq: i64,
-    pub kind: FrameKind,
-    /// Commit time of the transaction (None for rows read from the table).
-    pub commit_time: Option<DateTime<Utc>>,
-    /// Messages: the sender, so auto-delivered marking can skip them.
-    /// Deletes: the deleted row's id. Receipts: the participant.
-    pub subject: Option<Uuid>,
-    pub text: Utf8Bytes,
-}
-
-impl EventFrame {
-    pub fn message(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        Self::row(FrameKind::Message, "message", row, commit_time)
-    }
-
-    pub fn update(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        Self::row(FrameKind::Update, "update", row, commit_time)
-    }
-
-    fn row(kind: FrameKind, ty: &'static str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        #[derive(serde::Serialize)]
-        struct RowFrame<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            chat_id: Uuid,
-            seq: i64,
-            message: &'a RowBody,
-        }
-        let frame = RowFrame { ty, chat_id: row.chat_id, seq: row.seq, message: &row.body };
-        // Serialising plain data into a String cannot fail.
-        let text = serde_json::to_string(&frame).unwrap_or_default();
-        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, subject: row.sender_id, text: text.into() }
-    }
-
-    pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
-        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text: text.into() }
-    }
-
-    pub fn typing(chat_id: Uuid, user_id: Uuid) -> EventFrame {
-        let text = json!({"type": "typing", "chat_id": chat_id, "user_id": user_id}).to_string();
-        EventFrame {
-            chat_id,
-            seq: 0,
-            kind: FrameKind::Typing,
-            commit_time: None,
-            subject: Some(user_id),
-            text: text.into(),
-        }
-    }
-
-    pub fn receipt(p: &Participant, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        let text = json!({
-            "type": "receipt", "chat_id": p.chat_id, "user_id": p.user_id,
-            "delivered_seq": p.delivered_seq, "read_seq": p.read_seq,
-        })
-        .to_string();
-        EventFrame {
-            chat_id: p.chat_id,
-            seq: p.delivered_seq.max(p.read_seq),
-            kind: FrameKind::Receipt,
-            commit_time,
-            subject: Some(p.user_id),
-            text: text.into(),
-        }
-    }
-}
 
 /// What a behind subscription missed that reading messages after its last
 /// seq from the table would not bring back.
@@ -352,22 +266,6 @@ impl Conn {
             presence,
         }
     }
-}
-
-/// The pipeline's view of fan-out.
-pub trait Fanout: Send + Sync {
-    /// Whether anyone may want events of this chat (a broker-backed fan-out
-    /// answers true); lets the pipeline skip encoding frames nobody reads.
-    fn wants(&self, chat_id: &Uuid) -> bool;
-    /// Offers a frame to every subscriber of its chat. Never waits.
-    fn publish(&self, frame: Arc<EventFrame>);
-    /// `user_id` left `chat_id`: cut their subscriptions to it.
-    fn revoke(&self, chat_id: Uuid, user_id: Uuid);
-    /// `user_id` is (now) a participant of `chat_id`: for membership caches
-    /// elsewhere (replicas); the local one learns it in the pipeline.
-    fn member(&self, _chat_id: Uuid, _user_id: Uuid, _member: bool) {}
-    /// Tell every connection to resynchronise from the tables.
-    fn resync_all(&self);
 }
 
 /// One subscription in the hub: the connection, and whether its membership
@@ -667,20 +565,23 @@ fn remote_dec(r: &mut Remote, chat: Uuid, user: Uuid) -> bool {
     true
 }
 
-impl Fanout for Hub {
-    fn wants(&self, chat_id: &Uuid) -> bool {
+impl Hub {
+    /// Whether any connection is subscribed to the chat.
+    pub fn wants(&self, chat_id: &Uuid) -> bool {
         self.chats.contains_key(chat_id)
     }
 
-    fn publish(&self, frame: Arc<EventFrame>) {
+    /// Offers a frame to every subscriber of its chat. Never waits.
+    pub fn publish(&self, frame: &Arc<EventFrame>) {
         if let Some(subs) = self.chats.get(&frame.chat_id) {
             for s in subs.conns.values() {
-                s.conn.offer(&frame);
+                s.conn.offer(frame);
             }
         }
     }
 
-    fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
+    /// `user_id` left `chat_id`: cuts their subscriptions to it.
+    pub fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
         if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
             let subs = e.get_mut();
             let gone: Vec<ConnId> =
@@ -696,7 +597,8 @@ impl Fanout for Hub {
         }
     }
 
-    fn resync_all(&self) {
+    /// Tells every connection to resynchronise from the tables.
+    pub fn resync_all(&self) {
         let mut told = HashSet::new();
         for subs in self.chats.iter() {
             for conn in subs.conns.values().map(|s| &s.conn) {
@@ -711,7 +613,8 @@ impl Fanout for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
+    use crate::event::{MessageRow, Participant, RowBody};
+    use serde_json::{json, Map};
 
     fn row(chat: Uuid, seq: i64) -> MessageRow {
         let mut json = Map::new();
@@ -741,7 +644,7 @@ mod tests {
         hub.subscribe(chat, &slow);
         hub.subscribe(quiet, &slow);
         for seq in 1..=5 {
-            hub.publish(msg(chat, seq)); // returns at once, whatever the queues
+            hub.publish(&msg(chat, seq)); // returns at once, whatever the queues
             let f = fast_rx.recv().await.unwrap();
             assert_eq!(f.seq, seq);
         }
@@ -750,13 +653,13 @@ mod tests {
         // Nothing is taken before the two queued frames are.
         assert!(slow.take(0).behind.is_empty());
         // Its other chat is behind too now (the queue is full for everyone)...
-        hub.publish(msg(quiet, 1));
+        hub.publish(&msg(quiet, 1));
         assert_eq!(slow_rx.recv().await.unwrap().seq, 1);
         assert_eq!(slow_rx.recv().await.unwrap().seq, 2);
         let ctl = slow.take(2);
         assert_eq!(ctl.behind.keys().copied().collect::<HashSet<_>>(), HashSet::from([chat, quiet]));
         // ... and once taken, live frames are queued again.
-        hub.publish(msg(chat, 6));
+        hub.publish(&msg(chat, 6));
         assert_eq!(slow_rx.recv().await.unwrap().seq, 6);
         assert!(!slow.has_behind());
     }
@@ -767,14 +670,14 @@ mod tests {
         let chat = Uuid::new_v4();
         let (c, _rx) = Conn::new(1, Uuid::new_v4(), 1);
         hub.subscribe(chat, &c);
-        hub.publish(msg(chat, 1)); // fills the queue
-        hub.publish(msg(chat, 2));
-        hub.publish(Arc::new(EventFrame::update(&row(chat, 1), None)));
+        hub.publish(&msg(chat, 1)); // fills the queue
+        hub.publish(&msg(chat, 2));
+        hub.publish(&Arc::new(EventFrame::update(&row(chat, 1), None)));
         let gone = Uuid::new_v4();
-        hub.publish(Arc::new(EventFrame::delete(chat, gone, 1, None)));
+        hub.publish(&Arc::new(EventFrame::delete(chat, gone, 1, None)));
         let who = Uuid::new_v4();
         let p = Participant { chat_id: chat, user_id: who, delivered_seq: 2, read_seq: 1 };
-        hub.publish(Arc::new(EventFrame::receipt(&p, None)));
+        hub.publish(&Arc::new(EventFrame::receipt(&p, None)));
         let b = c.take(1).behind.remove(&chat).unwrap();
         assert_eq!(b.after, 1);
         assert_eq!(b.updates_from, Some(1));
@@ -789,9 +692,9 @@ mod tests {
         let chat = Uuid::new_v4();
         let (c, _rx) = Conn::new(1, Uuid::new_v4(), 1);
         hub.subscribe(chat, &c);
-        hub.publish(msg(chat, 1));
+        hub.publish(&msg(chat, 1));
         for seq in 0..=MAX_REMEMBERED_DELETES as i64 {
-            hub.publish(Arc::new(EventFrame::delete(chat, Uuid::new_v4(), seq, None)));
+            hub.publish(&Arc::new(EventFrame::delete(chat, Uuid::new_v4(), seq, None)));
         }
         assert!(c.take(0).overflow);
     }
@@ -805,11 +708,11 @@ mod tests {
         let (b, _b_rx) = Conn::new(2, Uuid::new_v4(), 8);
         hub.subscribe(chat, &a);
         hub.subscribe(chat, &b);
-        hub.publish(msg(chat, 1));
-        hub.publish(msg(chat, 2)); // alice falls behind
+        hub.publish(&msg(chat, 1));
+        hub.publish(&msg(chat, 2)); // alice falls behind
         hub.revoke(chat, alice);
         assert_eq!(hub.subscribers(&chat), 1);
-        hub.publish(msg(chat, 3));
+        hub.publish(&msg(chat, 3));
         assert_eq!(a_rx.recv().await.unwrap().seq, 1);
         assert!(a_rx.try_recv().is_err(), "nothing after revocation");
         let ctl = a.take(1);

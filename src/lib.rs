@@ -53,6 +53,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod fanout;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod gateway;
@@ -64,6 +65,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pgconn;
 pub mod pgoutput;
+pub mod pipeline;
 pub mod protocol;
 pub mod relay;
 pub mod replication;

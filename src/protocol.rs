@@ -1,6 +1,10 @@
 //! Client frames in, answer frames out (protocol version 1.1).
 
+use axum::extract::ws::Utf8Bytes;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+
+use crate::event::{MessageRow, Participant, RowBody};
 use uuid::Uuid;
 
 /// A parsed client frame.
@@ -15,6 +19,89 @@ pub enum Request {
     History { chat_id: Uuid, before_seq: Option<i64>, limit: i64 },
     Typing { chat_id: Uuid },
     Ping,
+}
+
+/// What kind of event a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Message,
+    Update,
+    Delete,
+    Receipt,
+    /// Ephemeral: someone is typing (`subject`); `seq` is 0.
+    Typing,
+}
+
+/// One event, encoded once, shared by all its recipients.
+#[derive(Debug)]
+pub struct EventFrame {
+    pub chat_id: Uuid,
+    pub seq: i64,
+    pub kind: FrameKind,
+    /// Commit time of the transaction (None for rows read from the table).
+    pub commit_time: Option<DateTime<Utc>>,
+    /// Messages: the sender, so auto-delivered marking can skip them.
+    /// Deletes: the deleted row's id. Receipts: the participant.
+    pub subject: Option<Uuid>,
+    pub text: Utf8Bytes,
+}
+
+impl EventFrame {
+    pub fn message(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        Self::row(FrameKind::Message, "message", row, commit_time)
+    }
+
+    pub fn update(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        Self::row(FrameKind::Update, "update", row, commit_time)
+    }
+
+    fn row(kind: FrameKind, ty: &'static str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        #[derive(serde::Serialize)]
+        struct RowFrame<'a> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            chat_id: Uuid,
+            seq: i64,
+            message: &'a RowBody,
+        }
+        let frame = RowFrame { ty, chat_id: row.chat_id, seq: row.seq, message: &row.body };
+        // Serialising plain data into a String cannot fail.
+        let text = serde_json::to_string(&frame).unwrap_or_default();
+        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, subject: row.sender_id, text: text.into() }
+    }
+
+    pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
+        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text: text.into() }
+    }
+
+    pub fn typing(chat_id: Uuid, user_id: Uuid) -> EventFrame {
+        let text = json!({"type": "typing", "chat_id": chat_id, "user_id": user_id}).to_string();
+        EventFrame {
+            chat_id,
+            seq: 0,
+            kind: FrameKind::Typing,
+            commit_time: None,
+            subject: Some(user_id),
+            text: text.into(),
+        }
+    }
+
+    pub fn receipt(p: &Participant, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        let text = json!({
+            "type": "receipt", "chat_id": p.chat_id, "user_id": p.user_id,
+            "delivered_seq": p.delivered_seq, "read_seq": p.read_seq,
+        })
+        .to_string();
+        EventFrame {
+            chat_id: p.chat_id,
+            seq: p.delivered_seq.max(p.read_seq),
+            kind: FrameKind::Receipt,
+            commit_time,
+            subject: Some(p.user_id),
+            text: text.into(),
+        }
+    }
 }
 
 /// `history` page size when the client names none, and the most it may ask.

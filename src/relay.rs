@@ -1,17 +1,20 @@
 //! relay: `chat-relay serve`, everything wired together.
 //!
 //! ```text
-//! Replicator ──StreamEvent──▶ pipeline (ChatTxn → Sequencer → dispatch) ──▶ Hub ──▶ sessions
-//!      ▲                             │
-//!      └────── Progress (handed-on LSN) ◀┘
+//! Replicator ──StreamEvent──▶ pipeline ──▶ LocalFanout (Hub, Membership) ──▶ sessions (gateway)
+//!      ▲                         │   (replicas: JetStreamFanout ▶ NATS ▶ follow ▶ LocalFanout)
+//!      └── Progress (handed-on LSN) ◀┘
 //! ```
+//!
+//! Nothing here decides anything about an event: this module builds the
+//! stages, connects them, and takes them down in order.
 //!
 //! Shutdown order on SIGTERM/SIGINT: stop accepting, close every WebSocket
 //! with 1001 (and wait for the close frames), flush pending delivered-marks,
 //! then let the replicator confirm the last handed-on LSN, and exit 0.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -22,15 +25,16 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster;
 use crate::config::ServeArgs;
 use crate::delivery::Delivery;
-use crate::event::{push_events, ChatEvent};
+use crate::fanout::LocalFanout;
 use crate::gateway::{self, Auth, Gateway, GatewayConfig, GatewayParts};
-use crate::hub::{EventFrame, Fanout, Hub};
+use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::metrics as m;
 use crate::pgoutput::TxnMemory;
-use crate::replication::{Checkpoint, Health, Progress, ReplicationConfig, Replicator, StreamEvent};
-use crate::sequencer::{Sequenced, Sequencer, SequencerConfig};
+use crate::pipeline::{self, Pipeline};
+use crate::replication::{Health, Progress, ReplicationConfig, Replicator, StreamEvent};
+use crate::sequencer::{Sequencer, SequencerConfig};
 use crate::server::{self, AppState, ClusterState};
 use crate::store::Store;
 
@@ -77,6 +81,9 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let store = Store::new(&info, args.pool_size as usize)?;
     let hub = Arc::new(Hub::new());
     let membership = Arc::new(Membership::new(store.clone(), Duration::from_millis(args.membership_ttl_ms)));
+    // The receiving side: this process's hub and membership, fed by the
+    // local pipeline (one relay) or by the NATS follower (replicas).
+    let local = Arc::new(LocalFanout::new(hub.clone(), membership.clone()));
     let health = Arc::new(Health::default());
     let progress = Progress::default();
     let side_stop = CancellationToken::new();
@@ -102,8 +109,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             m::leader(true);
             let replicator = Replicator::new(replication_cfg, tx, progress.clone(), health.clone());
             let replication = tokio::spawn(replicator.run(replication_stop.clone()));
-            let sink = Sink { fanout: hub.clone(), checkpoint: Arc::new(progress.clone()), backlog: None };
-            let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
+            let stage = Pipeline::new(sequencer, local, Arc::new(progress.clone()));
+            let pipeline = tokio::spawn(pipeline::run(rx, stage, store.clone(), None));
             (replication, pipeline, None)
         }
         Some(url) => {
@@ -129,8 +136,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 progress.clone(),
                 replication_stop.clone(),
             );
-            let sink = Sink { fanout: Arc::new(fanout.clone()), checkpoint: Arc::new(fanout), backlog: Some(backlog) };
-            let pipeline = tokio::spawn(pipeline(rx, sequencer, sink, store.clone(), membership.clone()));
+            let stage = Pipeline::new(sequencer, Arc::new(fanout.clone()), Arc::new(fanout));
+            let pipeline = tokio::spawn(pipeline::run(rx, stage, store.clone(), Some(backlog)));
             let state =
                 ClusterState { leading: Arc::default(), following: Arc::new(Health::default()), nats: client.clone() };
             tokio::spawn(cluster::presence::run(
@@ -140,14 +147,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 hub.clone(),
                 side_stop.clone(),
             ));
-            tokio::spawn(cluster::follow::follow(
-                client,
-                names,
-                hub.clone(),
-                membership.clone(),
-                state.following.clone(),
-                side_stop.clone(),
-            ));
+            tokio::spawn(cluster::follow::follow(client, names, local, state.following.clone(), side_stop.clone()));
             let (progress, health) = (progress.clone(), health.clone());
             let replication = tokio::spawn(cluster::leader::compete(
                 info.clone(),
@@ -176,7 +176,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         let (failed, shutdown) = (failed.clone(), shutdown.clone());
         tokio::spawn(async move {
             let result = match pipeline.await {
-                Ok(r) => r,
+                Ok(r) => r.map_err(anyhow::Error::from),
                 Err(e) => Err(anyhow::anyhow!("pipeline task: {e}")),
             };
             if let Err(e) = result {
@@ -271,152 +271,6 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream) {
     }
     if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SOCKET_SEND_BUFFER) {
         tracing::debug!(error = %e, "SO_SNDBUF");
-    }
-}
-
-/// Where the pipeline's output goes: the local hub and [`Progress`] for a
-/// single relay; JetStream (and its acknowledgements) for a cluster leader.
-struct Sink {
-    fanout: Arc<dyn Fanout>,
-    checkpoint: Arc<dyn Checkpoint>,
-    backlog: Option<Arc<cluster::publish::Backlog>>,
-}
-
-/// Chat state the sequencer keeps is dropped after this long without events.
-const SEQUENCER_IDLE: Duration = Duration::from_secs(300);
-
-/// The pipeline stage: committed transactions → sequencer → fan-out, and the
-/// handed-on LSN back to the replicator. A transaction is taken one change
-/// at a time, so its size never matters here. Ends with an error only when a
-/// spilled transaction cannot be read back: then nothing past it may be
-/// confirmed, and the relay stops so that a restart replays it.
-async fn pipeline(
-    mut rx: mpsc::Receiver<StreamEvent>,
-    mut seq: Sequencer,
-    sink: Sink,
-    store: Store,
-    membership: Arc<Membership>,
-) -> anyhow::Result<()> {
-    let Sink { fanout, checkpoint, backlog } = sink;
-    let mut handed = None;
-    let mut sweep = tokio::time::interval(Duration::from_secs(30));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut events = Vec::new();
-    let mut out = Vec::new();
-    loop {
-        if let Some(backlog) = &backlog {
-            backlog.room().await;
-        }
-        let deadline = seq.next_deadline();
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                None => break,
-                Some(StreamEvent::Transaction(txn)) => {
-                    let commit_lsn = txn.commit_lsn;
-                    seq.begin(commit_lsn, txn.end_lsn, txn.commit_time);
-                    for change in txn.into_changes() {
-                        let change = change.map_err(|e| {
-                            anyhow::anyhow!("transaction at {commit_lsn} cannot be read back: {e}")
-                        })?;
-                        if let Err(table) = push_events(change, &mut events) {
-                            tracing::warn!(table, lsn = %commit_lsn, "skipping a change that lacks ids or seq");
-                        }
-                        let now = Instant::now();
-                        for event in events.drain(..) {
-                            seq.event(event, now, &mut out);
-                        }
-                        for item in out.drain(..) {
-                            dispatch(item, &*fanout, &membership);
-                        }
-                    }
-                    seq.commit();
-                }
-                Some(StreamEvent::Term(term)) => {
-                    // The new term replays the slot from its confirmed
-                    // position; the publisher dropped what an earlier term left
-                    // unpublished, so nothing may be skipped as already seen.
-                    seq.reset();
-                    handed = None;
-                    checkpoint.term(term);
-                }
-                Some(StreamEvent::SlotReset { reason }) => {
-                    tracing::warn!(reason, "telling every connection to resynchronise");
-                    // Seqs, ids and positions of the stream before mean nothing now.
-                    seq.reset();
-                    checkpoint.reset();
-                    handed = None;
-                    membership.clear();
-                    fanout.resync_all();
-                }
-            },
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                for gap in seq.expired(Instant::now()) {
-                    match store.messages_between(gap.chat_id, gap.after, gap.before).await {
-                        Ok(found) => {
-                            for item in seq.fill(gap, found, Instant::now()) {
-                                dispatch(item, &*fanout, &membership);
-                            }
-                        }
-                        Err(e) => {
-                            // Never count a gap we could not check: hold and retry.
-                            tracing::warn!(chat_id = %gap.chat_id, error = %e, "gap lookup failed; retrying");
-                            seq.retry(gap, Instant::now());
-                        }
-                    }
-                }
-            }
-            _ = sweep.tick() => {
-                let dropped = seq.evict_idle(Instant::now(), SEQUENCER_IDLE);
-                if dropped > 0 {
-                    tracing::debug!(dropped, kept = seq.chats(), "forgot quiet chats");
-                }
-            }
-        }
-        let safe = seq.safe_lsn();
-        if handed != Some(safe) {
-            checkpoint.handed_on(safe);
-            handed = Some(safe);
-        }
-    }
-    Ok(())
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Turns one sequenced event into frames and membership updates. Never
-/// waits: a subscriber that cannot take a frame falls behind (see [`crate::hub`]).
-pub fn dispatch(item: Sequenced, fanout: &dyn Fanout, membership: &Membership) {
-    let t = item.commit_time;
-    // Frames for chats nobody is subscribed to are never encoded.
-    let wanted = item.event.chat_id().is_none_or(|c| fanout.wants(&c));
-    match item.event {
-        ChatEvent::Inserted(_) | ChatEvent::Updated(_) | ChatEvent::Deleted { .. } if !wanted => {}
-        ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
-        ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
-        ChatEvent::Deleted { chat_id, id, seq } => {
-            fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, Some(t))))
-        }
-        ChatEvent::ParticipantChanged { now, previous } => {
-            membership.learn(now.chat_id, now.user_id, true);
-            fanout.member(now.chat_id, now.user_id, true);
-            let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
-            if moved && wanted {
-                fanout.publish(Arc::new(EventFrame::receipt(&now, Some(t))))
-            }
-        }
-        ChatEvent::ParticipantRemoved { chat_id, user_id } => {
-            membership.learn(chat_id, user_id, false);
-            fanout.revoke(chat_id, user_id);
-        }
-        ChatEvent::Truncated => {
-            membership.clear();
-            fanout.resync_all();
-        }
     }
 }
 

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Names;
-use crate::hub::{EventFrame, Fanout, FrameKind, Hub};
-use crate::membership::Membership;
+use crate::fanout::{Fanout, LocalFanout};
+use crate::protocol::{EventFrame, FrameKind};
 use crate::replication::Health;
 
 /// Consumes until `stop`, restarting with backoff; `health` says whether
@@ -25,15 +25,14 @@ use crate::replication::Health;
 pub async fn follow(
     client: async_nats::Client,
     names: Names,
-    hub: Arc<Hub>,
-    membership: Arc<Membership>,
+    local: Arc<LocalFanout>,
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
     let mut wait = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
-            r = consume(&client, &names, &hub, &membership, &health) => r,
+            r = consume(&client, &names, &local, &health) => r,
             _ = stop.cancelled() => return,
         };
         let e = match result {
@@ -53,8 +52,7 @@ pub async fn follow(
 async fn consume(
     client: &async_nats::Client,
     names: &Names,
-    hub: &Hub,
-    membership: &Membership,
+    local: &LocalFanout,
     health: &Health,
 ) -> Result<(), async_nats::Error> {
     let js = async_nats::jetstream::new(client.clone());
@@ -70,14 +68,13 @@ async fn consume(
     let mut messages = consumer.messages().await?;
     health.set(true, "following the JetStream stream");
     // Whatever happened while no consumer ran is in the table.
-    membership.clear();
-    hub.resync_all();
+    local.resync_all();
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         if let Ok(info) = msg.info() {
             crate::metrics::jetstream_pending(info.pending);
         }
-        apply(&msg, names, hub, membership);
+        apply(&msg, names, local);
     }
     Ok(())
 }
@@ -92,19 +89,13 @@ fn uuid_header(msg: &async_nats::jetstream::Message, name: &str) -> Option<Uuid>
 
 /// One message into the hub; anything malformed is logged and skipped (the
 /// sessions' seq checks and the table cover it).
-fn apply(msg: &async_nats::jetstream::Message, names: &Names, hub: &Hub, membership: &Membership) {
+fn apply(msg: &async_nats::jetstream::Message, names: &Names, local: &LocalFanout) {
     if msg.subject.as_str() == names.control() {
         let (chat, user) = (uuid_header(msg, "c"), uuid_header(msg, "u"));
         match (header(msg, "op"), chat, user) {
-            (Some("revoke"), Some(c), Some(u)) => {
-                membership.learn(c, u, false);
-                hub.revoke(c, u);
-            }
-            (Some("member"), Some(c), Some(u)) => membership.learn(c, u, header(msg, "in") == Some("1")),
-            (Some("resync"), _, _) => {
-                membership.clear();
-                hub.resync_all();
-            }
+            (Some("revoke"), Some(c), Some(u)) => local.revoke(c, u),
+            (Some("member"), Some(c), Some(u)) => local.member(c, u, header(msg, "in") == Some("1")),
+            (Some("resync"), _, _) => local.resync_all(),
             _ => tracing::warn!(subject = %msg.subject, "unreadable control message skipped"),
         }
         return;
@@ -132,7 +123,7 @@ fn apply(msg: &async_nats::jetstream::Message, names: &Names, hub: &Hub, members
     let commit_time = header(msg, "t")
         .and_then(|t| t.parse::<i64>().ok())
         .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_micros);
-    hub.publish(Arc::new(EventFrame {
+    local.publish(Arc::new(EventFrame {
         chat_id,
         seq,
         kind,

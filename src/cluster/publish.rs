@@ -19,21 +19,21 @@ use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Publish, PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::leader::{Lease, Standing};
 use super::Names;
-use crate::hub::{EventFrame, Fanout, FrameKind};
+use crate::fanout::{Backlog, Fanout};
 use crate::lsn::Lsn;
+use crate::protocol::{EventFrame, FrameKind};
 use crate::replication::{Checkpoint, Progress};
 
 /// What the pipeline handed over, in order: events to publish, and
@@ -54,29 +54,9 @@ enum Event {
     Resync,
 }
 
-/// Items queued but not yet published; the pipeline waits above [`BACKLOG`].
-#[derive(Default)]
-pub struct Backlog {
-    queued: AtomicUsize,
-    drained: Notify,
-}
-
 /// Queued items at most before the pipeline stops taking transactions (and
 /// the replicator, behind it, stops reading the slot).
 pub const BACKLOG: usize = 50_000;
-
-impl Backlog {
-    /// Waits while too much is queued (NATS slow or away).
-    pub async fn room(&self) {
-        while self.queued.load(Ordering::Acquire) > BACKLOG {
-            let notified = self.drained.notified();
-            if self.queued.load(Ordering::Acquire) <= BACKLOG {
-                break;
-            }
-            notified.await;
-        }
-    }
-}
 
 /// The leader pipeline's fan-out: everything goes to JetStream.
 #[derive(Clone)]
@@ -96,16 +76,16 @@ impl JetStreamFanout {
         stop: CancellationToken,
     ) -> (JetStreamFanout, Arc<Backlog>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(Backlog::default());
+        let backlog = Arc::new(Backlog::new(BACKLOG));
         let origin = Origin { names, replica: replica.to_string() };
         let task = tokio::spawn(publisher(js, origin, lease, rx, progress, backlog.clone(), stop));
         (JetStreamFanout { tx, backlog: backlog.clone() }, backlog, task)
     }
 
     fn send(&self, out: Out) {
-        self.backlog.queued.fetch_add(1, Ordering::AcqRel);
+        self.backlog.add();
         if self.tx.send(out).is_err() {
-            self.backlog.queued.fetch_sub(1, Ordering::AcqRel);
+            self.backlog.done();
         }
     }
 }
@@ -307,8 +287,7 @@ async fn publisher(
             },
             out = rx.recv(), if in_flight < IN_FLIGHT => {
                 let Some(out) = out else { return };
-                backlog.queued.fetch_sub(1, Ordering::AcqRel);
-                backlog.drained.notify_waiters();
+                backlog.done();
                 match out {
                     Out::Term(t) => (term, over) = (t, false),
                     Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn, term)),

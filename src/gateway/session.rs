@@ -38,9 +38,10 @@ use super::auth::Identity;
 use super::outbox::{Closed, Outbox};
 use super::Gateway;
 use crate::event::MessageRow;
-use crate::hub::{Behind, Conn, EventFrame, FrameKind};
+use crate::hub::{Behind, Conn};
 use crate::metrics as m;
 use crate::protocol::{self, ErrorCode, Request};
+use crate::protocol::{EventFrame, FrameKind};
 use crate::store::StoreError;
 
 /// WebSocket close codes of the protocol.
