@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::event::ChatTxn;
 use crate::pgoutput::Decoder;
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::{self, ErrorCode, ServerFrame};
 
 /// What [`fuzz_stream`] got through.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,9 @@ pub fn fuzz_frame(data: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(data).ok()?;
     match protocol::parse(text) {
         Ok(_) => None,
-        Err(bad) => Some(protocol::error(ErrorCode::BadRequest, &bad.message, None, &bad.reference)),
+        Err(bad) => Some(
+            ServerFrame::error(ErrorCode::BadRequest, &bad.message, None).encode(bad.reference.as_ref()).to_string(),
+        ),
     }
 }
 

@@ -1,11 +1,20 @@
-//! Client frames in, answer frames out (protocol version 1.1).
+//! protocol: the WebSocket protocol's frames, typed (docs/protocol.md).
+//!
+//! The one place that knows what a frame looks like on the wire. Client
+//! frames are parsed into a [`Request`] ([`parse`]: by hand, so that a bad
+//! frame is answered with the field at fault); every server frame is a
+//! [`ServerFrame`], serialised by serde with its `type` tag, and an event
+//! that many connections receive is encoded once into an [`EventFrame`].
+//! The HTTP error body of a refused upgrade is [`HttpError`]. Nothing else
+//! in the relay writes frame JSON.
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use crate::event::{MessageRow, Participant, RowBody};
-use uuid::Uuid;
 
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,58 +57,44 @@ pub struct EventFrame {
 
 impl EventFrame {
     pub fn message(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        Self::row(FrameKind::Message, "message", row, commit_time)
+        let frame = ServerFrame::Message { chat_id: row.chat_id, seq: row.seq, message: &row.body };
+        Self::row(FrameKind::Message, frame, row, commit_time)
     }
 
     pub fn update(row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        Self::row(FrameKind::Update, "update", row, commit_time)
+        let frame = ServerFrame::Update { chat_id: row.chat_id, seq: row.seq, message: &row.body };
+        Self::row(FrameKind::Update, frame, row, commit_time)
     }
 
-    fn row(kind: FrameKind, ty: &'static str, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        #[derive(serde::Serialize)]
-        struct RowFrame<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            chat_id: Uuid,
-            seq: i64,
-            message: &'a RowBody,
-        }
-        let frame = RowFrame { ty, chat_id: row.chat_id, seq: row.seq, message: &row.body };
-        // Serialising plain data into a String cannot fail.
-        let text = serde_json::to_string(&frame).unwrap_or_default();
-        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, subject: row.sender_id, text: text.into() }
+    fn row(kind: FrameKind, frame: ServerFrame, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
+        let text = frame.encode(None);
+        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, subject: row.sender_id, text }
     }
 
     pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        let text = json!({"type": "delete", "chat_id": chat_id, "seq": seq, "id": id}).to_string();
-        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text: text.into() }
+        let text = ServerFrame::Delete { chat_id, seq, id }.encode(None);
+        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text }
     }
 
     pub fn typing(chat_id: Uuid, user_id: Uuid) -> EventFrame {
-        let text = json!({"type": "typing", "chat_id": chat_id, "user_id": user_id}).to_string();
-        EventFrame {
-            chat_id,
-            seq: 0,
-            kind: FrameKind::Typing,
-            commit_time: None,
-            subject: Some(user_id),
-            text: text.into(),
-        }
+        let text = ServerFrame::Typing { chat_id, user_id }.encode(None);
+        EventFrame { chat_id, seq: 0, kind: FrameKind::Typing, commit_time: None, subject: Some(user_id), text }
     }
 
     pub fn receipt(p: &Participant, commit_time: Option<DateTime<Utc>>) -> EventFrame {
-        let text = json!({
-            "type": "receipt", "chat_id": p.chat_id, "user_id": p.user_id,
-            "delivered_seq": p.delivered_seq, "read_seq": p.read_seq,
-        })
-        .to_string();
+        let frame = ServerFrame::Receipt {
+            chat_id: p.chat_id,
+            user_id: p.user_id,
+            delivered_seq: p.delivered_seq,
+            read_seq: p.read_seq,
+        };
         EventFrame {
             chat_id: p.chat_id,
             seq: p.delivered_seq.max(p.read_seq),
             kind: FrameKind::Receipt,
             commit_time,
             subject: Some(p.user_id),
-            text: text.into(),
+            text: frame.encode(None),
         }
     }
 }
@@ -197,7 +192,8 @@ fn string(obj: &Map<String, Value>, field: &str) -> Result<String, String> {
 }
 
 /// Error codes of the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
@@ -208,55 +204,132 @@ pub enum ErrorCode {
     Unavailable,
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Unavailable => "unavailable",
-        }
+/// Why a subscription ended without the client asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeReason {
+    /// The user is no longer a participant.
+    Forbidden,
+}
+
+/// Every frame the server writes, by its `type`. Event frames that many
+/// connections share are encoded once into an [`EventFrame`]; everything
+/// else is encoded per connection with [`ServerFrame::encode`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Subscribed {
+        chat_id: Uuid,
+        latest_seq: i64,
+        online: &'a [Uuid],
+        /// More users were online than `online` lists.
+        #[serde(skip_serializing_if = "is_false")]
+        online_truncated: bool,
+    },
+    Unsubscribed {
+        chat_id: Uuid,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<UnsubscribeReason>,
+    },
+    Message {
+        chat_id: Uuid,
+        seq: i64,
+        message: &'a RowBody,
+    },
+    Update {
+        chat_id: Uuid,
+        seq: i64,
+        message: &'a RowBody,
+    },
+    Delete {
+        chat_id: Uuid,
+        seq: i64,
+        id: Uuid,
+    },
+    Receipt {
+        chat_id: Uuid,
+        user_id: Uuid,
+        delivered_seq: i64,
+        read_seq: i64,
+    },
+    Typing {
+        chat_id: Uuid,
+        user_id: Uuid,
+    },
+    Presence {
+        chat_id: Uuid,
+        user_id: Uuid,
+        online: bool,
+    },
+    Sent {
+        chat_id: Uuid,
+        client_generated_id: Uuid,
+        id: Uuid,
+        seq: i64,
+        duplicate: bool,
+    },
+    History {
+        chat_id: Uuid,
+        messages: Vec<&'a RowBody>,
+        has_more: bool,
+    },
+    Ok,
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat_id: Option<Uuid>,
+        /// `rate_limited` only: when to try again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A frame with the `ref` of the request it answers.
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(flatten)]
+    frame: &'a ServerFrame<'a>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Value>,
+}
+
+impl ServerFrame<'_> {
+    /// The frame's text, carrying `reference` as `ref` when given.
+    pub fn encode(&self, reference: Option<&Value>) -> Utf8Bytes {
+        // Serialising plain data into a String cannot fail.
+        serde_json::to_string(&Answer { frame: self, reference }).unwrap_or_default().into()
+    }
+
+    /// An `error` frame.
+    pub fn error(code: ErrorCode, message: &str, chat_id: Option<Uuid>) -> ServerFrame<'_> {
+        ServerFrame::Error { code, message, chat_id, retry_after_ms: None }
+    }
+
+    /// `rate_limited`, saying when to try again.
+    pub fn rate_limited(message: &str, chat_id: Option<Uuid>, retry_after: std::time::Duration) -> ServerFrame<'_> {
+        let ms = retry_after.as_millis().clamp(1, u64::MAX as u128) as u64;
+        ServerFrame::Error { code: ErrorCode::RateLimited, message, chat_id, retry_after_ms: Some(ms) }
     }
 }
 
-/// Adds `ref` to an answer when the request had one.
-pub fn with_ref(mut frame: Value, reference: &Option<Value>) -> String {
-    if let (Some(r), Value::Object(map)) = (reference, &mut frame) {
-        map.insert("ref".into(), r.clone());
-    }
-    frame.to_string()
-}
-
-/// `rate_limited`, saying when to try again.
-pub fn rate_limited(
-    message: &str,
-    chat_id: Option<Uuid>,
-    retry_after: std::time::Duration,
-    reference: &Option<Value>,
-) -> String {
-    let mut frame = json!({
-        "type": "error", "code": ErrorCode::RateLimited.as_str(), "message": message,
-        "retry_after_ms": retry_after.as_millis().max(1) as u64,
-    });
-    if let (Some(c), Value::Object(map)) = (chat_id, &mut frame) {
-        map.insert("chat_id".into(), json!(c));
-    }
-    with_ref(frame, reference)
-}
-
-pub fn error(code: ErrorCode, message: &str, chat_id: Option<Uuid>, reference: &Option<Value>) -> String {
-    let mut frame = json!({"type": "error", "code": code.as_str(), "message": message});
-    if let (Some(c), Value::Object(map)) = (chat_id, &mut frame) {
-        map.insert("chat_id".into(), json!(c));
-    }
-    with_ref(frame, reference)
+/// The JSON body of a refused HTTP request (`/v1/ws` before the upgrade).
+#[derive(Debug, Serialize)]
+pub struct HttpError<'a> {
+    /// `unauthorized`, `unavailable`, `too_many_connections`.
+    pub error: &'static str,
+    pub message: &'a str,
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -315,10 +388,91 @@ mod tests {
 
     #[test]
     fn answers_carry_ref() {
-        let s = error(ErrorCode::Forbidden, "no", Some(Uuid::nil()), &Some(json!(1)));
+        let s = ServerFrame::error(ErrorCode::Forbidden, "no", Some(Uuid::nil())).encode(Some(&json!(1)));
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["code"], "forbidden");
         assert_eq!(v["ref"], 1);
         assert_eq!(v["chat_id"], Uuid::nil().to_string());
+    }
+
+    /// Every server frame, as the protocol spells it: optional fields are
+    /// left out, never null.
+    #[test]
+    fn server_frames_encode_as_the_protocol_says() {
+        let c = Uuid::nil();
+        let enc = |f: ServerFrame| -> Value { serde_json::from_str(&f.encode(None)).unwrap() };
+        let z = c.to_string();
+        assert_eq!(
+            enc(ServerFrame::Subscribed { chat_id: c, latest_seq: 4, online: &[c], online_truncated: false }),
+            json!({"type": "subscribed", "chat_id": z, "latest_seq": 4, "online": [z]})
+        );
+        assert_eq!(
+            enc(ServerFrame::Subscribed { chat_id: c, latest_seq: 4, online: &[], online_truncated: true }),
+            json!({"type": "subscribed", "chat_id": z, "latest_seq": 4, "online": [], "online_truncated": true})
+        );
+        assert_eq!(
+            enc(ServerFrame::Unsubscribed { chat_id: c, reason: None }),
+            json!({"type": "unsubscribed", "chat_id": z})
+        );
+        assert_eq!(
+            enc(ServerFrame::Unsubscribed { chat_id: c, reason: Some(UnsubscribeReason::Forbidden) }),
+            json!({"type": "unsubscribed", "chat_id": z, "reason": "forbidden"})
+        );
+        assert_eq!(
+            enc(ServerFrame::Presence { chat_id: c, user_id: c, online: false }),
+            json!({"type": "presence", "chat_id": z, "user_id": z, "online": false})
+        );
+        assert_eq!(
+            enc(ServerFrame::Sent { chat_id: c, client_generated_id: c, id: c, seq: 9, duplicate: true }),
+            json!({"type": "sent", "chat_id": z, "client_generated_id": z, "id": z, "seq": 9, "duplicate": true})
+        );
+        assert_eq!(
+            enc(ServerFrame::History { chat_id: c, messages: vec![], has_more: false }),
+            json!({"type": "history", "chat_id": z, "messages": [], "has_more": false})
+        );
+        assert_eq!(enc(ServerFrame::Ok), json!({"type": "ok"}));
+        assert_eq!(enc(ServerFrame::Pong), json!({"type": "pong"}));
+        assert_eq!(
+            enc(ServerFrame::error(ErrorCode::BadRequest, "why", None)),
+            json!({"type": "error", "code": "bad_request", "message": "why"})
+        );
+        assert_eq!(
+            enc(ServerFrame::rate_limited("slow down", Some(c), std::time::Duration::from_micros(10))),
+            json!({"type": "error", "code": "rate_limited", "message": "slow down", "chat_id": z, "retry_after_ms": 1})
+        );
+        let p = Participant { chat_id: c, user_id: c, delivered_seq: 3, read_seq: 2 };
+        let receipt: Value = serde_json::from_str(&EventFrame::receipt(&p, None).text).unwrap();
+        assert_eq!(receipt, json!({"type": "receipt", "chat_id": z, "user_id": z, "delivered_seq": 3, "read_seq": 2}));
+        let delete: Value = serde_json::from_str(&EventFrame::delete(c, c, 5, None).text).unwrap();
+        assert_eq!(delete, json!({"type": "delete", "chat_id": z, "seq": 5, "id": z}));
+        let typing: Value = serde_json::from_str(&EventFrame::typing(c, c).text).unwrap();
+        assert_eq!(typing, json!({"type": "typing", "chat_id": z, "user_id": z}));
+        assert_eq!(
+            serde_json::to_value(HttpError { error: "unauthorized", message: "no token" }).unwrap(),
+            json!({"error": "unauthorized", "message": "no token"})
+        );
+    }
+
+    #[test]
+    fn an_event_frame_is_the_row_under_its_type() {
+        let mut body = Map::new();
+        body.insert("seq".into(), json!(7));
+        body.insert("content".into(), json!("hi"));
+        let row = MessageRow {
+            id: Uuid::nil(),
+            chat_id: Uuid::nil(),
+            seq: 7,
+            sender_id: None,
+            client_generated_id: None,
+            status: None,
+            body: RowBody::Json(body),
+        };
+        let text = EventFrame::message(&row, None).text;
+        assert_eq!(
+            text.as_str(),
+            format!(r#"{{"type":"message","chat_id":"{}","seq":7,"message":{{"seq":7,"content":"hi"}}}}"#, Uuid::nil())
+        );
+        let v: Value = serde_json::from_str(&EventFrame::update(&row, None).text).unwrap();
+        assert_eq!(v["type"], "update");
     }
 }

@@ -19,7 +19,6 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +29,7 @@ use crate::delivery::Delivery;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::membership::Membership;
+use crate::protocol::HttpError;
 use crate::store::Store;
 
 /// Gateway tunables.
@@ -95,7 +95,7 @@ impl Gateway {
 }
 
 fn unauthorized(message: &str) -> Response {
-    (StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized", "message": message}))).into_response()
+    (StatusCode::UNAUTHORIZED, Json(HttpError { error: "unauthorized", message })).into_response()
 }
 
 /// `GET /v1/ws`
@@ -118,8 +118,8 @@ pub async fn ws_handler(
         Err(why) => return unauthorized(&why),
     };
     if gw.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "unavailable", "message": "shutting down"})))
-            .into_response();
+        let body = HttpError { error: "unavailable", message: "shutting down" };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     let ws = match ws {
         Ok(ws) => ws,
@@ -131,8 +131,8 @@ pub async fn ws_handler(
             "this user already holds {} connections to this relay; close one first",
             gw.cfg.max_connections_per_user
         );
-        return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "too_many_connections", "message": message})))
-            .into_response();
+        let body = HttpError { error: "too_many_connections", message: &message };
+        return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
     };
     let max = gw.cfg.max_frame_bytes;
     ws.max_message_size(max)

@@ -26,11 +26,11 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use rustc_hash::FxHashMap;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -40,8 +40,7 @@ use super::Gateway;
 use crate::event::MessageRow;
 use crate::hub::{Behind, Conn};
 use crate::metrics as m;
-use crate::protocol::{self, ErrorCode, Request};
-use crate::protocol::{EventFrame, FrameKind};
+use crate::protocol::{self, ErrorCode, EventFrame, FrameKind, Request, ServerFrame, UnsubscribeReason};
 use crate::store::StoreError;
 
 /// WebSocket close codes of the protocol.
@@ -316,7 +315,10 @@ impl Session {
         }
         for chat in ctl.revoked {
             if self.end_sub(chat) {
-                self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None);
+                self.answer(
+                    ServerFrame::Unsubscribed { chat_id: chat, reason: Some(UnsubscribeReason::Forbidden) },
+                    &None,
+                );
             }
         }
         if ctl.resync {
@@ -330,8 +332,8 @@ impl Session {
         }
         for (chat, user, online) in ctl.presence {
             if self.subs.contains_key(&chat) {
-                let frame = json!({"type": "presence", "chat_id": chat, "user_id": user, "online": online});
-                self.out.event(frame.to_string().into(), None);
+                let frame = ServerFrame::Presence { chat_id: chat, user_id: user, online };
+                self.out.event(frame.encode(None), None);
             }
         }
         Ok(())
@@ -501,9 +503,8 @@ impl Session {
         self.failing = None;
         self.end_sub(chat);
         match e {
-            StoreError::NotParticipant => {
-                self.answer(json!({"type": "unsubscribed", "chat_id": chat, "reason": "forbidden"}), &None)
-            }
+            StoreError::NotParticipant => self
+                .answer(ServerFrame::Unsubscribed { chat_id: chat, reason: Some(UnsubscribeReason::Forbidden) }, &None),
             e => {
                 tracing::warn!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; subscription ended");
                 self.error(
@@ -528,7 +529,7 @@ impl Session {
                 break;
             }
             if let Some(b) = self.barriers.pop_front() {
-                self.answer(json!({"type": "pong"}), &b.reference);
+                self.answer(ServerFrame::Pong, &b.reference);
             }
         }
     }
@@ -568,13 +569,13 @@ impl Session {
             Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await,
             Request::Unsubscribe { chat_id } => {
                 self.end_sub(chat_id);
-                self.answer(json!({"type": "unsubscribed", "chat_id": chat_id}), &reference);
+                self.answer(ServerFrame::Unsubscribed { chat_id, reason: None }, &reference);
             }
             Request::Auth { access_token } => match self.gw.auth.verify(&access_token).await {
                 Ok(id) if id.user_id == self.identity.user_id => {
                     self.identity = id;
                     expiry.as_mut().reset(tokio::time::Instant::now() + id.remaining());
-                    self.answer(json!({"type": "ok"}), &reference);
+                    self.answer(ServerFrame::Ok, &reference);
                 }
                 Ok(_) => {
                     self.error(ErrorCode::Unauthorized, "token is for another user", None, &reference);
@@ -641,10 +642,12 @@ impl Session {
         };
         // Checked: it counts for presence now, and learns who is here.
         let online = self.gw.hub.present(chat, &self.conn);
-        let mut frame = json!({"type": "subscribed", "chat_id": chat, "latest_seq": latest, "online": online.users});
-        if online.truncated {
-            frame["online_truncated"] = json!(true);
-        }
+        let frame = ServerFrame::Subscribed {
+            chat_id: chat,
+            latest_seq: latest,
+            online: &online.users,
+            online_truncated: online.truncated,
+        };
         self.answer(frame, reference);
         if already {
             return;
@@ -666,15 +669,18 @@ impl Session {
             return self.error(ErrorCode::BadRequest, &why, Some(chat), reference);
         }
         if let Err(wait) = self.gw.limits.send(self.identity.user_id) {
-            let text = protocol::rate_limited("too many sends; nothing was stored", Some(chat), wait, reference);
-            return self.out.text(text.into());
+            let frame = ServerFrame::rate_limited("too many sends; nothing was stored", Some(chat), wait);
+            return self.answer(frame, reference);
         }
         match self.gw.store.send(chat, self.identity.user_id, cgid, &content).await {
             Ok(o) => self.answer(
-                json!({
-                    "type": "sent", "chat_id": chat, "client_generated_id": cgid,
-                    "id": o.id, "seq": o.seq, "duplicate": o.duplicate,
-                }),
+                ServerFrame::Sent {
+                    chat_id: chat,
+                    client_generated_id: cgid,
+                    id: o.id,
+                    seq: o.seq,
+                    duplicate: o.duplicate,
+                },
                 reference,
             ),
             Err(e) => self.store_error(e, Some(chat), reference),
@@ -684,25 +690,8 @@ impl Session {
     async fn history(&mut self, chat: Uuid, before: Option<i64>, limit: i64, reference: &Option<Value>) {
         match self.gw.store.history(chat, self.identity.user_id, before, limit, HISTORY_BYTES).await {
             Ok((rows, has_more)) => {
-                #[derive(serde::Serialize)]
-                struct Page<'a> {
-                    #[serde(rename = "type")]
-                    ty: &'static str,
-                    chat_id: Uuid,
-                    messages: Vec<&'a crate::event::RowBody>,
-                    has_more: bool,
-                    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-                    reference: Option<&'a Value>,
-                }
-                let page = Page {
-                    ty: "history",
-                    chat_id: chat,
-                    messages: rows.iter().map(|r: &MessageRow| &r.body).collect(),
-                    has_more,
-                    reference: reference.as_ref(),
-                };
-                // Serialising plain data into a String cannot fail.
-                self.out.text(serde_json::to_string(&page).unwrap_or_default().into());
+                let messages = rows.iter().map(|r: &MessageRow| &r.body).collect();
+                self.answer(ServerFrame::History { chat_id: chat, messages, has_more }, reference);
             }
             Err(e) => self.store_error(e, Some(chat), reference),
         }
@@ -725,7 +714,7 @@ impl Session {
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, chat: Option<Uuid>, reference: &Option<Value>) {
-        self.out.text(protocol::error(code, message, chat, reference).into());
+        self.answer(ServerFrame::error(code, message, chat), reference);
     }
 
     /// Ends a subscription, however it ends: leaves the hub (a no-op when
@@ -743,8 +732,8 @@ impl Session {
         true
     }
 
-    fn answer(&mut self, frame: Value, reference: &Option<Value>) {
-        self.out.text(Utf8Bytes::from(protocol::with_ref(frame, reference)));
+    fn answer(&mut self, frame: ServerFrame, reference: &Option<Value>) {
+        self.out.text(frame.encode(reference.as_ref()));
     }
 }
 
