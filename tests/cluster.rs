@@ -97,8 +97,8 @@ impl Publishers {
             let _client = client;
             while let Some(msg) = sub.next().await {
                 let header = |k: &str| msg.headers.as_ref().and_then(|h| h.get(k)).map(|v| v.as_str().to_string());
-                let who = header(chat_relay::cluster::publish::PUBLISHER).unwrap_or_default();
-                let at = header(chat_relay::cluster::publish::SENT_AT).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let who = header(chat_relay::cluster::format::PUBLISHER).unwrap_or_default();
+                let at = header(chat_relay::cluster::format::SENT_AT).and_then(|v| v.parse().ok()).unwrap_or(0);
                 seen.lock().unwrap().push((who, msg.subject.to_string(), at));
                 arrived.notify_waiters();
             }

@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
+use super::format::{self, StreamEvent};
 use super::Names;
 use crate::fanout::{Fanout, LocalFanout};
-use crate::protocol::{EventFrame, FrameKind};
 use crate::replication::Health;
 
 /// Consumes until `stop`, restarting with backoff; `health` says whether
@@ -79,56 +77,14 @@ async fn consume(
     Ok(())
 }
 
-fn header<'a>(msg: &'a async_nats::jetstream::Message, name: &str) -> Option<&'a str> {
-    msg.headers.as_ref()?.get(name).map(|v| v.as_str())
-}
-
-fn uuid_header(msg: &async_nats::jetstream::Message, name: &str) -> Option<Uuid> {
-    header(msg, name).and_then(|v| Uuid::parse_str(v).ok())
-}
-
-/// One message into the hub; anything malformed is logged and skipped (the
-/// sessions' seq checks and the table cover it).
+/// One message into the local fan-out; anything unreadable is logged and
+/// skipped (the sessions' seq checks and the table cover it).
 fn apply(msg: &async_nats::jetstream::Message, names: &Names, local: &LocalFanout) {
-    if msg.subject.as_str() == names.control() {
-        let (chat, user) = (uuid_header(msg, "c"), uuid_header(msg, "u"));
-        match (header(msg, "op"), chat, user) {
-            (Some("revoke"), Some(c), Some(u)) => local.revoke(c, u),
-            (Some("member"), Some(c), Some(u)) => local.member(c, u, header(msg, "in") == Some("1")),
-            (Some("resync"), _, _) => local.resync_all(),
-            _ => tracing::warn!(subject = %msg.subject, "unreadable control message skipped"),
-        }
-        return;
+    match format::decode(names, msg.subject.as_str(), msg.headers.as_ref(), &msg.payload) {
+        Ok(StreamEvent::Frame(frame)) => local.publish(frame),
+        Ok(StreamEvent::Revoke { chat_id, user_id }) => local.revoke(chat_id, user_id),
+        Ok(StreamEvent::Member { chat_id, user_id, member }) => local.member(chat_id, user_id, member),
+        Ok(StreamEvent::Resync) => local.resync_all(),
+        Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "stream message skipped"),
     }
-    let Some(chat_id) = msg.subject.as_str().rsplit('.').next().and_then(|c| Uuid::parse_str(c).ok()) else {
-        tracing::warn!(subject = %msg.subject, "message on an unexpected subject skipped");
-        return;
-    };
-    let kind = match header(msg, "k") {
-        Some("m") => FrameKind::Message,
-        Some("u") => FrameKind::Update,
-        Some("d") => FrameKind::Delete,
-        Some("r") => FrameKind::Receipt,
-        _ => {
-            tracing::warn!(subject = %msg.subject, "frame without a kind skipped");
-            return;
-        }
-    };
-    let (Some(seq), Ok(text)) =
-        (header(msg, "s").and_then(|s| s.parse::<i64>().ok()), std::str::from_utf8(&msg.payload))
-    else {
-        tracing::warn!(subject = %msg.subject, "unreadable frame skipped");
-        return;
-    };
-    let commit_time = header(msg, "t")
-        .and_then(|t| t.parse::<i64>().ok())
-        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_micros);
-    local.publish(Arc::new(EventFrame {
-        chat_id,
-        seq,
-        kind,
-        commit_time,
-        subject: uuid_header(msg, "u"),
-        text: Utf8Bytes::from(text),
-    }));
 }

@@ -22,6 +22,7 @@
 //!   with heartbeats so a dead replica's users go offline everywhere.
 
 pub mod follow;
+pub mod format;
 pub mod leader;
 pub mod presence;
 pub mod publish;

@@ -17,41 +17,31 @@
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Publish, PublishAckFuture};
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::format::{self, Outgoing, StreamEvent};
 use super::leader::{Lease, Standing};
 use super::Names;
 use crate::fanout::{Backlog, Fanout};
 use crate::lsn::Lsn;
-use crate::protocol::{EventFrame, FrameKind};
+use crate::protocol::EventFrame;
 use crate::replication::{Checkpoint, Progress};
 
 /// What the pipeline handed over, in order: events to publish, and
 /// checkpoints that move once everything before them is acknowledged.
 enum Out {
-    Event(Event),
+    Event(StreamEvent),
     Handed(Lsn),
     Reset,
     /// What follows belongs to this leadership term.
     Term(u64),
-}
-
-/// One JetStream message's worth.
-enum Event {
-    Frame(Arc<EventFrame>),
-    Revoke(Uuid, Uuid),
-    Member(Uuid, Uuid, bool),
-    Resync,
 }
 
 /// Queued items at most before the pipeline stops taking transactions (and
@@ -95,16 +85,16 @@ impl Fanout for JetStreamFanout {
         true // subscribers are on other replicas too
     }
     fn publish(&self, frame: Arc<EventFrame>) {
-        self.send(Out::Event(Event::Frame(frame)));
+        self.send(Out::Event(StreamEvent::Frame(frame)));
     }
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
-        self.send(Out::Event(Event::Revoke(chat_id, user_id)));
+        self.send(Out::Event(StreamEvent::Revoke { chat_id, user_id }));
     }
     fn member(&self, chat_id: Uuid, user_id: Uuid, member: bool) {
-        self.send(Out::Event(Event::Member(chat_id, user_id, member)));
+        self.send(Out::Event(StreamEvent::Member { chat_id, user_id, member }));
     }
     fn resync_all(&self) {
-        self.send(Out::Event(Event::Resync));
+        self.send(Out::Event(StreamEvent::Resync));
     }
 }
 
@@ -120,87 +110,17 @@ impl Checkpoint for JetStreamFanout {
     }
 }
 
-/// One message to publish (kept until acknowledged, for retries).
-#[derive(Clone)]
-struct Msg {
-    subject: String,
-    id: String,
-    headers: HeaderMap,
-    payload: Bytes,
-}
-
-/// Header naming the replica that published a message (for operators, and
-/// for tests that check who published what).
-pub const PUBLISHER: &str = "l";
-/// Header with when this copy was handed to NATS (Unix microseconds): a
-/// retry carries its own time.
-pub const SENT_AT: &str = "at";
-
-/// Where this replica's messages go, and the id they carry.
+/// Where this replica's messages go, and who it says published them.
 struct Origin {
     names: Names,
     replica: String,
-}
-
-fn encode(origin: &Origin, event: Event) -> Msg {
-    let names = &origin.names;
-    let mut headers = HeaderMap::new();
-    headers.insert(PUBLISHER, origin.replica.as_str());
-    // Control events are not replayed byte for byte: any id will do.
-    let control = |headers: HeaderMap| Msg {
-        subject: names.control(),
-        id: Uuid::new_v4().to_string(),
-        headers,
-        payload: Bytes::new(),
-    };
-    match event {
-        Event::Frame(f) => {
-            let kind = match f.kind {
-                FrameKind::Message => "m",
-                FrameKind::Update => "u",
-                FrameKind::Delete => "d",
-                FrameKind::Receipt => "r",
-                FrameKind::Typing => "y",
-            };
-            headers.insert("k", kind);
-            headers.insert("s", f.seq.to_string().as_str());
-            if let Some(subject) = f.subject {
-                headers.insert("u", subject.to_string().as_str());
-            }
-            if let Some(t) = f.commit_time {
-                headers.insert("t", t.timestamp_micros().to_string().as_str());
-            }
-            // The same event replayed (a new leader, a retry) has the same id.
-            let mut h = rustc_hash::FxHasher::default();
-            f.text.as_str().hash(&mut h);
-            let id = format!("{kind}:{}:{}:{:016x}", f.chat_id, f.seq, h.finish());
-            Msg { subject: names.chat(&f.chat_id), id, headers, payload: Bytes::copy_from_slice(f.text.as_bytes()) }
-        }
-        Event::Revoke(chat, user) => {
-            headers.insert("op", "revoke");
-            headers.insert("c", chat.to_string().as_str());
-            headers.insert("u", user.to_string().as_str());
-            control(headers)
-        }
-        Event::Member(chat, user, member) => {
-            headers.insert("op", "member");
-            headers.insert("c", chat.to_string().as_str());
-            headers.insert("u", user.to_string().as_str());
-            headers.insert("in", if member { "1" } else { "0" });
-            control(headers)
-        }
-        Event::Resync => {
-            headers.insert("op", "resync");
-            control(headers)
-        }
-    }
 }
 
 type AckFuture = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// Each with the term it belongs to.
 enum Pending {
-    Sent(Msg, AckFuture, u64),
+    Sent(Outgoing, AckFuture, u64),
     Handed(Lsn, u64),
     Reset(u64),
 }
@@ -210,7 +130,7 @@ enum Pending {
 /// says it was sent after the lease ran out.
 async fn send(
     js: &async_nats::jetstream::Context,
-    m: &Msg,
+    m: &Outgoing,
     lease: &Lease,
     term: u64,
     stop: &CancellationToken,
@@ -229,12 +149,10 @@ async fn send(
 
 async fn send_now(
     js: &async_nats::jetstream::Context,
-    m: &Msg,
+    m: &Outgoing,
     sent_at: std::time::SystemTime,
 ) -> Result<AckFuture, String> {
-    let mut headers = m.headers.clone();
-    let micros = sent_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
-    headers.insert(SENT_AT, micros.to_string().as_str());
+    let headers = m.headers_sent_at(sent_at);
     let publish = Publish::build().payload(m.payload.clone()).headers(headers).message_id(&m.id);
     let ack: PublishAckFuture = js.send_publish(m.subject.clone(), publish).await.map_err(|e| e.to_string())?;
     Ok(Box::pin(async move { ack.into_future().await.map(|_| ()).map_err(|e| e.to_string()) }))
@@ -294,7 +212,7 @@ async fn publisher(
                     Out::Reset => pending.push_back(Pending::Reset(term)),
                     Out::Event(_) if over => {}
                     Out::Event(event) => {
-                        let msg = encode(&origin, event);
+                        let msg = format::encode(&origin.names, &origin.replica, event);
                         let ack = match send(&js, &msg, &lease, term, &stop).await {
                             Some(Ok(ack)) => ack,
                             Some(Err(e)) => Box::pin(async move { Err(e) }),
