@@ -35,7 +35,8 @@ use rustc_hash::FxBuildHasher;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use crate::protocol::{EventFrame, FrameKind};
+use crate::catchup::Behind;
+use crate::protocol::EventFrame;
 
 /// Connection identifier, unique per process.
 pub type ConnId = u64;
@@ -44,56 +45,9 @@ pub type ConnId = u64;
 /// about 2.4 MB. Past it the connection is closed with 4008 (its unsent data
 /// passed the memory bound) and resumes with `after_seq`.
 pub const MAX_REMEMBERED_DELETES: usize = 100_000;
-/// Users whose dropped receipts are remembered per subscription; past it, the
-/// catch-up sends every participant's watermarks.
-pub const MAX_REMEMBERED_RECEIPTS: usize = 256;
 /// User ids listed in `subscribed.online`, at most; beyond it the frame says
 /// `online_truncated` and lists this many.
 pub const ONLINE_CAP: usize = 1000;
-
-/// What a behind subscription missed that reading messages after its last
-/// seq from the table would not bring back.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Behind {
-    /// Frames of this connection queued before the first drop: they are
-    /// older than anything dropped, so the session handles them first.
-    pub after: u64,
-    /// Lowest seq of a dropped `update`.
-    pub updates_from: Option<i64>,
-    /// Dropped deletes: (seq, id).
-    pub deletes: Vec<(i64, Uuid)>,
-    /// Users whose dropped receipts must be sent again.
-    pub receipts: HashSet<Uuid>,
-    /// More receipts were dropped than remembered: send every participant's.
-    pub all_receipts: bool,
-}
-
-impl Behind {
-    fn note(&mut self, frame: &EventFrame, deletes_left: &mut usize) -> bool {
-        match frame.kind {
-            FrameKind::Message => {}
-            FrameKind::Update => self.updates_from = Some(self.updates_from.map_or(frame.seq, |s| s.min(frame.seq))),
-            FrameKind::Delete => {
-                if *deletes_left == 0 {
-                    return false;
-                }
-                *deletes_left -= 1;
-                self.deletes.push((frame.seq, frame.subject.unwrap_or_default()));
-            }
-            FrameKind::Receipt => {
-                if let Some(user) = frame.subject {
-                    if self.receipts.len() < MAX_REMEMBERED_RECEIPTS {
-                        self.receipts.insert(user);
-                    } else {
-                        self.all_receipts = true;
-                    }
-                }
-            }
-            FrameKind::Typing => {}
-        }
-        true
-    }
-}
 
 /// Requests beside the frame queue, taken by the session.
 #[derive(Debug, Default)]

@@ -49,6 +49,7 @@
 //! ([`cluster::follow`]) offers the frames to its own hub, and step 6 waits
 //! for JetStream's acknowledgement.
 
+pub mod catchup;
 pub mod cluster;
 pub mod config;
 pub mod delivery;

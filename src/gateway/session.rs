@@ -1,35 +1,23 @@
-//! One WebSocket connection.
+//! One WebSocket connection: the protocol's requests, the live frames from
+//! its hub queue, table work, and its socket, in one task.
 //!
-//! Per subscribed chat the session remembers the last message seq it wrote
-//! (`last`). A live message frame at or below it is dropped (the seam between
-//! history and live, or a replay); the next one (`last + 1`) is written; one
-//! further ahead means something is missing, and the chat is read from the
-//! table from `last` on instead. An `update` or `delete` for a seq above
-//! `last` is dropped too: its message has not been written yet, and when it
-//! is read from the table it already shows the change (or is gone). So what
-//! a client sees per chat is contiguous, increasing, never repeated, and no
-//! change ever arrives before its message.
-//!
-//! Table work ([`Work`]) is what a subscription owes its client beyond the
-//! live stream: history after `after_seq`, a gap, a catch-up after it fell
-//! behind in the hub (including the updates, deletes and receipts it missed),
-//! a resynchronisation. It runs a page at a time, only while the socket has
-//! room, and every read checks participation in the same statement: a
-//! removed user, or a check that cannot be made, ends the subscription.
+//! What each subscription still owes, and in which order, is decided by
+//! [`Catchup`] (pure state); the session does the reading (every read
+//! checks participation in the same statement: a removed user, or a check
+//! that cannot be made, ends the subscription) and the writing. Table work
+//! runs a page at a time, only while the socket has room.
 //!
 //! The session never awaits its socket ([`Outbox`]). It stops taking live
 //! frames and requests while too much waits to be written, and closes with
 //! 4008 only when the socket took nothing for `CHAT_RELAY_SLOW_CONSUMER_MS`
 //! while frames waited, or when the unsent data passes [`MAX_UNSENT`].
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
-use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -37,8 +25,9 @@ use uuid::Uuid;
 use super::auth::Identity;
 use super::outbox::{Closed, Outbox};
 use super::Gateway;
+use crate::catchup::{Catchup, Step, Verdict};
 use crate::event::MessageRow;
-use crate::hub::{Behind, Conn};
+use crate::hub::Conn;
 use crate::metrics as m;
 use crate::protocol::{self, ErrorCode, EventFrame, FrameKind, Request, ServerFrame, UnsubscribeReason};
 use crate::store::StoreError;
@@ -71,54 +60,14 @@ pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// What a subscription owes its client beyond the live stream.
-#[derive(Debug, Default)]
-struct Work {
-    /// Messages after `last`, from the table.
-    messages: bool,
-    /// Rows `from..=to` to send again as `update` (updates it missed).
-    updates: Option<(i64, i64)>,
-    /// Deletes it missed, of messages it had.
-    deletes: Vec<(i64, Uuid)>,
-    /// Receipts it missed: of these users, or of everyone (None).
-    receipts: Option<Option<HashSet<Uuid>>>,
-    /// It fell behind in the hub (counted as a catch-up when done).
-    behind: bool,
-    /// Order of creation, for ping barriers.
-    generation: u64,
-}
-
-struct Sub {
-    /// Highest message seq written for this chat.
-    last: i64,
-    work: Option<Work>,
-}
-
-/// A `pong` waiting until what was owed before its `ping` is written.
-struct Barrier {
-    reference: Option<Value>,
-    /// Live frames queued before the ping.
-    dequeued: u64,
-    /// Table work created before the ping.
-    generation: u64,
-}
-
 pub(super) struct Session {
     gw: Arc<Gateway>,
     identity: Identity,
     conn: Arc<Conn>,
     rx: mpsc::Receiver<Arc<EventFrame>>,
-    /// Live frames taken from the queue so far.
-    dequeued: u64,
     out: Outbox,
-    subs: FxHashMap<Uuid, Sub>,
-    /// Highest seq written per chat, kept after unsubscribe: a resubscribe on
-    /// this connection never repeats a message.
-    written: FxHashMap<Uuid, i64>,
-    /// Chats with table work, in the order it arose.
-    pending: VecDeque<Uuid>,
-    next_generation: u64,
-    barriers: VecDeque<Barrier>,
+    /// What each subscription still owes; pongs wait here for their barrier.
+    owed: Catchup<Option<Value>>,
     last_heard: Instant,
     /// Table work failed for a passing reason: when it started failing and
     /// the next pause.
@@ -164,13 +113,8 @@ impl Session {
             identity,
             conn,
             rx,
-            dequeued: 0,
             out: Outbox::new(sink),
-            subs: FxHashMap::default(),
-            written: FxHashMap::default(),
-            pending: VecDeque::new(),
-            next_generation: 0,
-            barriers: VecDeque::new(),
+            owed: Catchup::default(),
             last_heard: Instant::now(),
             failing: None,
             retry_at: None,
@@ -185,8 +129,8 @@ impl Session {
             m::slow_consumer();
             tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
         }
-        for chat in session.subs.keys() {
-            session.gw.hub.unsubscribe(*chat, id);
+        for chat in session.owed.chats() {
+            session.gw.hub.unsubscribe(chat, id);
         }
         if let End::Close { code, reason, flush } = end {
             session.out.close(code, reason, flush, Duration::from_secs(2)).await;
@@ -211,7 +155,7 @@ impl Session {
                 };
             }
             let room = self.out.bytes() < HIGH_WATER;
-            let table_room = !self.pending.is_empty() && self.out.bytes() < LOW_WATER && self.retry_at.is_none();
+            let table_room = self.owed.has_work() && self.out.bytes() < LOW_WATER && self.retry_at.is_none();
             // Like `stall_at`: only polled when there is one.
             let retry_at = self.retry_at;
             let busy = self.out.busy();
@@ -305,7 +249,7 @@ impl Session {
 
     /// Revocations, resynchronisation, subscriptions that fell behind.
     fn control(&mut self) -> Result<(), End> {
-        let ctl = self.conn.take(self.dequeued);
+        let ctl = self.conn.take(self.owed.taken());
         if ctl.overflow {
             return Err(End::Close {
                 code: close::SLOW_CONSUMER,
@@ -322,16 +266,13 @@ impl Session {
             }
         }
         if ctl.resync {
-            let chats: Vec<Uuid> = self.subs.keys().copied().collect();
-            for chat in chats {
-                self.owe(chat, |w, _| w.messages = true);
-            }
+            self.owed.resync();
         }
         for (chat, behind) in ctl.behind {
-            self.owe(chat, |w, last| merge_behind(w, behind, last));
+            self.owed.fell_behind(chat, behind);
         }
         for (chat, user, online) in ctl.presence {
-            if self.subs.contains_key(&chat) {
+            if self.owed.is_subscribed(&chat) {
                 let frame = ServerFrame::Presence { chat_id: chat, user_id: user, online };
                 self.out.event(frame.encode(None), None);
             }
@@ -339,47 +280,14 @@ impl Session {
         Ok(())
     }
 
-    /// Adds table work to a subscription (and queues it).
-    fn owe(&mut self, chat: Uuid, add: impl FnOnce(&mut Work, i64)) {
-        let Some(sub) = self.subs.get_mut(&chat) else { return };
-        let work = sub.work.get_or_insert_with(|| {
-            self.pending.push_back(chat);
-            let generation = self.next_generation;
-            self.next_generation += 1;
-            Work { generation, ..Default::default() }
-        });
-        add(work, sub.last);
-    }
-
     /// A live frame from the hub.
     fn on_frame(&mut self, frame: Arc<EventFrame>) {
-        self.dequeued += 1;
-        let Some(sub) = self.subs.get_mut(&frame.chat_id) else { return };
-        match frame.kind {
-            FrameKind::Message => {
-                if frame.seq <= sub.last {
-                    return; // written already (history seam, replay)
-                }
-                if self.failing.is_some() && sub.work.as_ref().is_some_and(|w| w.messages) {
-                    // Its table read is retrying: nothing of the chat goes
-                    // out unchecked; the read brings this one too.
-                    return;
-                }
-                if frame.seq > sub.last + 1 {
-                    // Something before it is missing: read the chat in order.
-                    let chat = frame.chat_id;
-                    self.owe(chat, |w, _| w.messages = true);
-                    return;
-                }
-                sub.last = frame.seq;
+        if self.owed.live(&frame, self.failing.is_some()) == Verdict::Write {
+            if frame.kind == FrameKind::Message {
                 self.auto_deliver(&frame);
             }
-            // Its message is not written yet: when it is read from the table
-            // it shows this change already (or is gone).
-            FrameKind::Update | FrameKind::Delete if frame.seq > sub.last => return,
-            FrameKind::Update | FrameKind::Delete | FrameKind::Receipt | FrameKind::Typing => {}
+            self.out.event(frame.text.clone(), frame.commit_time);
         }
-        self.out.event(frame.text.clone(), frame.commit_time);
     }
 
     fn auto_deliver(&self, frame: &EventFrame) {
@@ -391,70 +299,36 @@ impl Session {
     /// One step of the oldest table work: a page of messages or updates, the
     /// missed deletes, the missed receipts.
     async fn work_step(&mut self) -> Result<(), End> {
-        enum Step {
-            Messages(i64),
-            Updates(i64, i64),
-            Deletes(Vec<(i64, Uuid)>),
-            Receipts(Option<Vec<Uuid>>),
-            Done(bool),
-        }
-        let Some(&chat) = self.pending.front() else { return Ok(()) };
-        let step = match self.subs.get_mut(&chat) {
-            Some(Sub { last, work: Some(w) }) => {
-                if w.messages {
-                    Step::Messages(*last)
-                } else if let Some((from, to)) = w.updates {
-                    Step::Updates(from, to)
-                } else if !w.deletes.is_empty() {
-                    Step::Deletes(std::mem::take(&mut w.deletes))
-                } else if let Some(users) = w.receipts.take() {
-                    Step::Receipts(users.map(|u| u.into_iter().collect()))
-                } else {
-                    Step::Done(w.behind)
-                }
-            }
-            _ => {
-                self.pending.pop_front();
-                return Ok(());
-            }
-        };
+        let Some((chat, step)) = self.owed.next_step(|_| m::catchup()) else { return Ok(()) };
         let user = self.identity.user_id;
         let (page, store) = (self.gw.cfg.backfill_page, self.gw.store.clone());
         match step {
-            Step::Messages(last) => {
-                let (rows, more) = match store.page(chat, user, last, i64::MAX, page, PAGE_BYTES).await {
+            Step::Messages { after } => {
+                let (rows, more) = match store.page(chat, user, after, i64::MAX, page, PAGE_BYTES).await {
                     Ok(r) => r,
                     Err(e) => return self.work_failed(chat, e),
                 };
                 for row in rows {
-                    let Some(sub) = self.subs.get_mut(&chat) else { break };
-                    if row.seq > sub.last {
-                        sub.last = row.seq;
+                    if self.owed.table_message(chat, row.seq) {
                         let frame = EventFrame::message(&row, None);
                         self.auto_deliver(&frame);
                         self.out.event(frame.text, None);
                     }
                 }
-                if let Some(w) = self.work(chat) {
-                    w.messages = more;
-                }
+                self.owed.messages_read(chat, more);
             }
-            Step::Updates(from, to) => {
+            Step::Updates { from, to } => {
                 let (rows, more) = match store.page(chat, user, from - 1, to, page, PAGE_BYTES).await {
                     Ok(r) => r,
                     Err(e) => return self.work_failed(chat, e),
                 };
-                let next = rows.last().filter(|_| more).map(|r| (r.seq + 1, to));
+                let rest = rows.last().filter(|_| more).map(|r| (r.seq + 1, to));
                 for row in rows {
                     self.out.event(EventFrame::update(&row, None).text, None);
                 }
-                if let Some(w) = self.work(chat) {
-                    w.updates = next;
-                }
+                self.owed.updates_read(chat, rest);
             }
-            Step::Deletes(mut deletes) => {
-                deletes.sort_unstable();
-                deletes.dedup();
+            Step::Deletes(deletes) => {
                 for (seq, id) in deletes {
                     self.out.event(EventFrame::delete(chat, id, seq, None).text, None);
                 }
@@ -467,22 +341,9 @@ impl Session {
                 }
                 Err(e) => return self.work_failed(chat, e),
             },
-            Step::Done(behind) => {
-                if behind {
-                    m::catchup();
-                }
-                if let Some(sub) = self.subs.get_mut(&chat) {
-                    sub.work = None;
-                }
-                self.pending.pop_front();
-            }
         }
         self.failing = None;
         Ok(())
-    }
-
-    fn work(&mut self, chat: Uuid) -> Option<&mut Work> {
-        self.subs.get_mut(&chat).and_then(|s| s.work.as_mut())
     }
 
     /// Table work for `chat` could not be done. A database that is
@@ -520,17 +381,8 @@ impl Session {
 
     /// Writes the pongs whose barriers have passed.
     fn release_barriers(&mut self) {
-        let oldest_work =
-            self.pending.iter().filter_map(|c| self.subs.get(c)?.work.as_ref().map(|w| w.generation)).min();
-        while let Some(b) = self.barriers.front() {
-            let frames_done = self.dequeued >= b.dequeued;
-            let work_done = oldest_work.is_none_or(|g| g >= b.generation);
-            if !(frames_done && work_done) {
-                break;
-            }
-            if let Some(b) = self.barriers.pop_front() {
-                self.answer(ServerFrame::Pong, &b.reference);
-            }
+        while let Some(reference) = self.owed.pong() {
+            self.answer(ServerFrame::Pong, &reference);
         }
     }
 
@@ -560,11 +412,7 @@ impl Session {
             Request::Ping => {
                 // Answered once everything owed before it is written: the
                 // live frames queued so far and the table work asked for.
-                self.barriers.push_back(Barrier {
-                    reference,
-                    dequeued: self.dequeued + self.rx.len() as u64,
-                    generation: self.next_generation,
-                });
+                self.owed.ping(reference, self.rx.len() as u64);
             }
             Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await,
             Request::Unsubscribe { chat_id } => {
@@ -598,7 +446,7 @@ impl Session {
             }
             Request::Typing { chat_id } => {
                 let user = self.identity.user_id;
-                if !self.subs.contains_key(&chat_id) {
+                if !self.owed.is_subscribed(&chat_id) {
                     self.error(
                         ErrorCode::Forbidden,
                         "subscribe to the chat before typing in it",
@@ -624,7 +472,7 @@ impl Session {
 
     async fn subscribe(&mut self, chat: Uuid, after_seq: Option<i64>, reference: &Option<Value>) {
         let user = self.identity.user_id;
-        let already = self.subs.contains_key(&chat);
+        let already = self.owed.is_subscribed(&chat);
         if !already {
             // Register first, then check and read: whatever commits after the
             // read is certain to arrive through the hub.
@@ -652,12 +500,7 @@ impl Session {
         if already {
             return;
         }
-        let floor = self.written.get(&chat).copied().unwrap_or(i64::MIN);
-        let start = after_seq.unwrap_or(latest).max(floor);
-        self.subs.insert(chat, Sub { last: start, work: None });
-        if after_seq.is_some_and(|a| a < latest) {
-            self.owe(chat, |w, _| w.messages = true);
-        }
+        self.owed.start(chat, latest, after_seq);
     }
 
     async fn send(&mut self, chat: Uuid, cgid: Uuid, content: String, reference: &Option<Value>) {
@@ -723,41 +566,11 @@ impl Session {
     /// repeats a message. Returns whether the chat was subscribed.
     fn end_sub(&mut self, chat: Uuid) -> bool {
         self.gw.hub.unsubscribe(chat, self.conn.id);
-        let Some(sub) = self.subs.remove(&chat) else { return false };
-        if sub.work.is_some() {
-            self.pending.retain(|c| *c != chat);
-        }
-        let e = self.written.entry(chat).or_insert(sub.last);
-        *e = (*e).max(sub.last);
-        true
+        self.owed.end(chat)
     }
 
     fn answer(&mut self, frame: ServerFrame, reference: &Option<Value>) {
         self.out.text(frame.encode(reference.as_ref()));
-    }
-}
-
-/// Adds what a subscription missed while behind to its table work.
-fn merge_behind(w: &mut Work, b: Behind, last: i64) {
-    w.behind = true;
-    w.messages = true;
-    // Messages after `last` are read from the table as they are now; rows up
-    // to it the client has, and may have missed updates of.
-    if let Some(from) = b.updates_from.filter(|f| *f <= last) {
-        w.updates = Some(match w.updates {
-            Some((f, t)) => (f.min(from), t.max(last)),
-            None => (from, last),
-        });
-    }
-    w.deletes.extend(b.deletes.into_iter().filter(|(seq, _)| *seq <= last));
-    if b.all_receipts {
-        w.receipts = Some(None);
-    } else if !b.receipts.is_empty() {
-        match &mut w.receipts {
-            Some(None) => {}
-            Some(Some(users)) => users.extend(b.receipts),
-            None => w.receipts = Some(Some(b.receipts)),
-        }
     }
 }
 
