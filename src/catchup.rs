@@ -126,7 +126,28 @@ struct Sub {
     /// Highest message seq written for this chat.
     last: i64,
     work: Option<Work>,
+    /// Seqs at or below `last` that a table read stepped over (deleted
+    /// before it read them, or never stored): the client never had those
+    /// messages, so no update or delete of them may reach it. The newest
+    /// [`MAX_SKIPPED`] ranges, inclusive.
+    skipped: VecDeque<(i64, i64)>,
 }
+
+impl Sub {
+    fn new(last: i64) -> Sub {
+        Sub { last, work: None, skipped: VecDeque::new() }
+    }
+
+    /// Whether the client was given message `seq` (or had it before).
+    fn has(&self, seq: i64) -> bool {
+        seq <= self.last && !self.skipped.iter().any(|(from, to)| (*from..=*to).contains(&seq))
+    }
+}
+
+/// Ranges of stepped-over seqs remembered per subscription. Past it the
+/// oldest is forgotten: a change of a message that old and never delivered
+/// may then reach the client, which has nothing to apply it to.
+pub const MAX_SKIPPED: usize = 64;
 
 /// The next piece of table work, for one chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +208,9 @@ impl<R> Default for Catchup<R> {
             subs: FxHashMap::default(),
             written: FxHashMap::default(),
             pending: VecDeque::new(),
-            next_generation: 0,
+            // Barriers take the next generation; work older than a barrier
+            // has a lower one (see `live`), so it starts above 0.
+            next_generation: 1,
             barriers: VecDeque::new(),
             taken: 0,
         }
@@ -216,7 +239,7 @@ impl<R> Catchup<R> {
     pub fn start(&mut self, chat: Uuid, latest: i64, after_seq: Option<i64>) {
         let floor = self.written.get(&chat).copied().unwrap_or(i64::MIN);
         let start = after_seq.unwrap_or(latest).max(floor);
-        self.subs.insert(chat, Sub { last: start, work: None });
+        self.subs.insert(chat, Sub::new(start));
         if after_seq.is_some_and(|a| a < latest) {
             self.owe(chat, |w, _| w.messages = true);
         }
@@ -243,15 +266,24 @@ impl<R> Catchup<R> {
     }
 
     /// The subscription fell behind in the hub and missed `behind`.
-    pub fn fell_behind(&mut self, chat: Uuid, behind: Behind) {
+    pub fn fell_behind(&mut self, chat: Uuid, mut behind: Behind) {
+        if let Some(sub) = self.subs.get(&chat) {
+            behind.deletes.retain(|(seq, _)| sub.has(*seq));
+        }
         self.owe(chat, |w, last| w.merge_behind(behind, last));
     }
 
     fn owe(&mut self, chat: Uuid, add: impl FnOnce(&mut Work, i64)) {
+        let generation = self.next_generation;
+        self.owe_as_of(chat, generation, add);
+    }
+
+    /// Adds table work; new work counts as created at `generation` (for
+    /// ping barriers).
+    fn owe_as_of(&mut self, chat: Uuid, generation: u64, add: impl FnOnce(&mut Work, i64)) {
         let Some(sub) = self.subs.get_mut(&chat) else { return };
         let work = sub.work.get_or_insert_with(|| {
             self.pending.push_back(chat);
-            let generation = self.next_generation;
             self.next_generation += 1;
             Work { generation, ..Default::default() }
         });
@@ -273,13 +305,22 @@ impl<R> Catchup<R> {
                     return Verdict::Drop;
                 }
                 if frame.seq > sub.last + 1 {
-                    self.owe(frame.chat_id, |w, _| w.messages = true);
+                    // The read it needs is owed since the frame was queued:
+                    // before any ping that counted the frame.
+                    let generation = self
+                        .barriers
+                        .iter()
+                        .find(|b| b.taken >= self.taken)
+                        .map_or(self.next_generation, |b| b.generation - 1);
+                    self.owe_as_of(frame.chat_id, generation, |w, _| w.messages = true);
                     return Verdict::Gap;
                 }
                 sub.last = frame.seq;
                 Verdict::Write
             }
-            FrameKind::Update | FrameKind::Delete if frame.seq > sub.last => Verdict::Drop,
+            // Its message is not written yet (a table read brings the row as
+            // it is then), or never will be.
+            FrameKind::Update | FrameKind::Delete if !sub.has(frame.seq) => Verdict::Drop,
             FrameKind::Update | FrameKind::Delete | FrameKind::Receipt | FrameKind::Typing => Verdict::Write,
         }
     }
@@ -294,7 +335,7 @@ impl<R> Catchup<R> {
     /// catch-up counted through `caught_up` when it had fallen behind).
     pub fn next_step(&mut self, mut caught_up: impl FnMut(Uuid)) -> Option<(Uuid, Step)> {
         while let Some(&chat) = self.pending.front() {
-            let Some(Sub { last, work: Some(w) }) = self.subs.get_mut(&chat) else {
+            let Some(Sub { last, work: Some(w), .. }) = self.subs.get_mut(&chat) else {
                 self.pending.pop_front();
                 continue;
             };
@@ -329,6 +370,12 @@ impl<R> Catchup<R> {
     pub fn table_message(&mut self, chat: Uuid, seq: i64) -> bool {
         match self.subs.get_mut(&chat) {
             Some(sub) if seq > sub.last => {
+                if seq > sub.last + 1 {
+                    if sub.skipped.len() == MAX_SKIPPED {
+                        sub.skipped.pop_front();
+                    }
+                    sub.skipped.push_back((sub.last + 1, seq - 1));
+                }
                 sub.last = seq;
                 true
             }

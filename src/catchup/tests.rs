@@ -120,6 +120,50 @@ fn a_pong_waits_for_queued_frames_and_older_work_only() {
     assert_eq!(c.pongs_waiting(), 0);
 }
 
+/// A message that was missing when a later one came live, and deleted
+/// before the table read: the client never has it, so its delete must not
+/// reach the client either.
+#[test]
+fn no_change_of_a_message_the_client_never_had() {
+    let chat = Uuid::new_v4();
+    let mut c = Catchup::<u32>::default();
+    c.start(chat, 5, None);
+    assert_eq!(c.live(&frame(chat, FrameKind::Message, 7), false), Verdict::Gap);
+    assert_eq!(c.next_step(|_| ()), Some((chat, Step::Messages { after: 5 })));
+    // 7 was deleted before the read: the table has 6 and 8.
+    assert!(c.table_message(chat, 6));
+    assert!(c.table_message(chat, 8));
+    c.messages_read(chat, false);
+    assert_eq!(c.live(&frame(chat, FrameKind::Delete, 7), false), Verdict::Drop);
+    assert_eq!(c.live(&frame(chat, FrameKind::Update, 7), false), Verdict::Drop);
+    assert_eq!(c.live(&frame(chat, FrameKind::Delete, 6), false), Verdict::Write);
+    // Nor through a catch-up of deletes missed while behind.
+    let mut b = Behind::default();
+    let mut left = 10;
+    b.note(&frame(chat, FrameKind::Delete, 7), &mut left);
+    c.fell_behind(chat, b);
+    c.next_step(|_| ());
+    c.messages_read(chat, false);
+    assert_eq!(c.next_step(|_| ()), None, "no delete of 7 owed");
+}
+
+/// A frame queued before a ping that turns out to need a table read: the
+/// pong waits for that read.
+#[test]
+fn a_gap_found_in_a_frame_queued_before_a_ping_holds_its_pong() {
+    let chat = Uuid::new_v4();
+    let mut c = Catchup::<u32>::default();
+    c.start(chat, 3, None);
+    c.ping(1, 1); // message 5 is queued; 4 will never come (deleted)
+    assert_eq!(c.live(&frame(chat, FrameKind::Message, 5), false), Verdict::Gap);
+    assert_eq!(c.pong(), None, "5 is not written yet");
+    assert_eq!(c.next_step(|_| ()), Some((chat, Step::Messages { after: 3 })));
+    assert!(c.table_message(chat, 5));
+    c.messages_read(chat, false);
+    assert_eq!(c.next_step(|_| ()), None);
+    assert_eq!(c.pong(), Some(1));
+}
+
 #[test]
 fn ending_a_subscription_drops_its_work_and_frees_pongs() {
     let chat = Uuid::new_v4();
@@ -266,7 +310,9 @@ impl Model {
                 assert!(m.has.insert(seq), "message {seq} twice");
                 m.messages.push(seq);
             }
-            FrameKind::Update | FrameKind::Delete => {}
+            FrameKind::Update | FrameKind::Delete => {
+                assert!(m.has.contains(&seq), "{kind:?} {seq} before its message");
+            }
             _ => {}
         }
     }
@@ -313,7 +359,14 @@ impl Model {
                 self.c.ping((self.pings, latest), self.queue.len() as u64);
             }
         }
-        while self.c.pong().is_some() {}
+        while let Some((_, latest)) = self.c.pong() {
+            for (i, chat) in self.chats.iter().enumerate() {
+                let m = &self.table[chat];
+                for seq in m.rows.range(..=latest[i]) {
+                    assert!(m.has.contains(seq), "pong before message {seq} of chat {i}");
+                }
+            }
+        }
     }
 
     fn work(&mut self) {
