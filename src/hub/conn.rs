@@ -1,0 +1,196 @@
+//! One connection's side of the hub: a bounded queue of frames, and what
+//! travels beside it (revocations, resync requests, subscriptions that fell
+//! behind, presence changes), which is never dropped and never waits
+//! behind frames.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxBuildHasher;
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use crate::catchup::Behind;
+use crate::protocol::EventFrame;
+
+/// Connection identifier, unique per process.
+pub type ConnId = u64;
+
+/// Deletes remembered for one connection's behind subscriptions, at most:
+/// about 2.4 MB. Past it the connection is closed with 4008 (its unsent data
+/// passed the memory bound) and resumes with `after_seq`.
+pub const MAX_REMEMBERED_DELETES: usize = 100_000;
+
+/// Requests beside the frame queue, taken by the session.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// The user was removed from these chats: say `unsubscribed` (forbidden).
+    pub revoked: Vec<Uuid>,
+    /// The stream lost continuity (slot recreated, table truncated): check
+    /// membership again and catch every subscription up from the table.
+    pub resync: bool,
+    /// Behind subscriptions whose earlier frames the session has taken.
+    pub behind: HashMap<Uuid, Behind>,
+    /// Too much was remembered for this connection: close it (4008).
+    pub overflow: bool,
+    /// Presence changes, latest state per (chat, user).
+    pub presence: Vec<(Uuid, Uuid, bool)>,
+}
+
+#[derive(Default)]
+struct ControlState {
+    revoked: Vec<Uuid>,
+    resync: bool,
+    behind: HashMap<Uuid, Behind>,
+    deletes_left: usize,
+    overflow: bool,
+    presence: HashMap<(Uuid, Uuid), bool, FxBuildHasher>,
+}
+
+/// The hub's side of one connection: its queue, and what travels beside it.
+pub struct Conn {
+    pub id: ConnId,
+    pub user_id: Uuid,
+    queue: mpsc::Sender<Arc<EventFrame>>,
+    /// Frames queued so far (written by the pipeline only).
+    enqueued: AtomicU64,
+    /// Chats currently behind: the fast path of [`Conn::offer`] skips the lock at 0.
+    behind_chats: AtomicUsize,
+    control: Mutex<ControlState>,
+    /// Signalled when something was put into `control`.
+    pub wake: Notify,
+}
+
+impl Conn {
+    /// A connection's hub side plus the receiving end of its queue.
+    pub fn new(id: ConnId, user_id: Uuid, queue: usize) -> (Arc<Conn>, mpsc::Receiver<Arc<EventFrame>>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let conn = Conn {
+            id,
+            user_id,
+            queue: tx,
+            enqueued: AtomicU64::new(0),
+            behind_chats: AtomicUsize::new(0),
+            control: Mutex::new(ControlState { deletes_left: MAX_REMEMBERED_DELETES, ..Default::default() }),
+            wake: Notify::new(),
+        };
+        (Arc::new(conn), rx)
+    }
+
+    /// Queues a frame without ever waiting; when the queue is full the
+    /// frame's subscription falls behind.
+    pub fn offer(&self, frame: &Arc<EventFrame>) {
+        if self.behind_chats.load(Ordering::Acquire) > 0 {
+            if let Ok(mut ctl) = self.control.lock() {
+                let ControlState { behind, deletes_left, overflow, .. } = &mut *ctl;
+                if let Some(b) = behind.get_mut(&frame.chat_id) {
+                    if !b.note(frame, deletes_left) {
+                        *overflow = true;
+                        drop(ctl);
+                        self.wake.notify_one();
+                    }
+                    return;
+                }
+            }
+        }
+        match self.queue.try_send(frame.clone()) {
+            Ok(()) => {
+                self.enqueued.fetch_add(1, Ordering::Release);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.fall_behind(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Queues an ephemeral frame (typing) if there is room; never falls
+    /// behind for it and never remembers it.
+    pub(super) fn offer_ephemeral(&self, frame: &Arc<EventFrame>) {
+        if self.queue.try_send(frame.clone()).is_ok() {
+            self.enqueued.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// A user's presence in a chat changed (coalesced with any change not
+    /// taken yet).
+    pub(super) fn presence(&self, chat_id: Uuid, user_id: Uuid, online: bool) {
+        if let Ok(mut ctl) = self.control.lock() {
+            ctl.presence.insert((chat_id, user_id), online);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Forgets presence changes of a chat not taken yet (a fresh snapshot
+    /// supersedes them).
+    pub(super) fn forget_presence(&self, chat_id: Uuid) {
+        if let Ok(mut ctl) = self.control.lock() {
+            if !ctl.presence.is_empty() {
+                ctl.presence.retain(|(c, _), _| *c != chat_id);
+            }
+        }
+    }
+
+    fn fall_behind(&self, frame: &EventFrame) {
+        let Ok(mut ctl) = self.control.lock() else { return };
+        let after = self.enqueued.load(Ordering::Acquire);
+        let ControlState { behind, deletes_left, overflow, .. } = &mut *ctl;
+        let b = behind.entry(frame.chat_id).or_insert_with(|| {
+            self.behind_chats.fetch_add(1, Ordering::AcqRel);
+            Behind { after, ..Default::default() }
+        });
+        if !b.note(frame, deletes_left) {
+            *overflow = true;
+        }
+        drop(ctl);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn revoke(&self, chat_id: Uuid) {
+        if let Ok(mut ctl) = self.control.lock() {
+            if let Some(b) = ctl.behind.remove(&chat_id) {
+                self.behind_chats.fetch_sub(1, Ordering::AcqRel);
+                ctl.deletes_left += b.deletes.len();
+            }
+            ctl.revoked.push(chat_id);
+        }
+        self.wake.notify_one();
+    }
+
+    pub(super) fn resync(&self) {
+        if let Ok(mut ctl) = self.control.lock() {
+            ctl.resync = true;
+        }
+        self.wake.notify_one();
+    }
+
+    /// True when behind subscriptions are waiting to be taken.
+    pub fn has_behind(&self) -> bool {
+        self.behind_chats.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes what is pending beside the queue. Behind subscriptions are taken
+    /// only once the session has taken (`dequeued`) every frame queued before
+    /// they fell behind, so nothing older overtakes the catch-up; from the
+    /// moment one is taken, its live frames are queued again.
+    pub fn take(&self, dequeued: u64) -> Control {
+        let Ok(mut ctl) = self.control.lock() else { return Control::default() };
+        // Taken, not drained: an idle connection keeps no table behind.
+        let presence = std::mem::take(&mut ctl.presence).into_iter().map(|((c, u), online)| (c, u, online)).collect();
+        let ready: Vec<Uuid> = ctl.behind.iter().filter(|(_, b)| b.after <= dequeued).map(|(c, _)| *c).collect();
+        let mut behind = HashMap::with_capacity(ready.len());
+        for chat in ready {
+            if let Some(b) = ctl.behind.remove(&chat) {
+                self.behind_chats.fetch_sub(1, Ordering::AcqRel);
+                ctl.deletes_left += b.deletes.len();
+                behind.insert(chat, b);
+            }
+        }
+        Control {
+            revoked: std::mem::take(&mut ctl.revoked),
+            resync: std::mem::take(&mut ctl.resync),
+            behind,
+            overflow: ctl.overflow,
+            presence,
+        }
+    }
+}

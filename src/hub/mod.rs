@@ -1,0 +1,323 @@
+//! hub: who is subscribed to which chat, and fan-out that never waits.
+//!
+//! Every event is encoded to its JSON frame once ([`EventFrame`]) and the same
+//! `Arc` is offered to every subscriber of its chat: nothing is serialised per
+//! subscriber. Each connection ([`Conn`]) has a bounded queue of frames.
+//! Offering a frame never blocks: when a connection's queue is full, the
+//! subscription is *behind* ([`Behind`]): its live frames are dropped, and the
+//! few facts a later table read could not recover are noted (which deletes
+//! it missed, from which seq it missed updates, whose receipts). The session
+//! catches the subscription up from the table once its socket has room, then
+//! takes live frames again. So one slow reader costs the pipeline nothing,
+//! and no other connection or chat waits for it.
+//!
+//! Revocations and resynchronisation requests travel beside the queue (they
+//! are never dropped and never wait behind frames).
+//!
+//! The hub also keeps the live part of a chat that is not in the table:
+//! *presence* (per chat, how many checked subscriptions each user holds;
+//! the first and the last one are announced) and *typing* (offered like an
+//! event, but never remembered when a queue is full). Presence changes
+//! travel beside the queue too, coalesced per chat and user, so a reader
+//! that is behind gets the latest state, not a history of flickers.
+//!
+//! By job: this file holds the chats and their subscribers; [`conn`] one
+//! connection's queue and what travels beside it; [`presence`] who is
+//! online and typing, here and on other replicas. The pipeline reaches the
+//! hub only through [`crate::fanout::LocalFanout`].
+
+mod conn;
+mod presence;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+use uuid::Uuid;
+
+pub use conn::{Conn, ConnId, Control, MAX_REMEMBERED_DELETES};
+pub use presence::{Online, PresenceOut, ONLINE_CAP};
+
+use crate::protocol::EventFrame;
+use presence::Shared;
+
+/// One subscription in the hub: the connection, and whether its membership
+/// was checked (only then does it count for presence and hear of it).
+struct Subscription {
+    conn: Arc<Conn>,
+    present: bool,
+}
+
+/// A chat's subscribers, by connection (O(1) to add and remove: a mass
+/// disconnect from a big chat stays linear), and its presence: checked
+/// subscriptions per user.
+#[derive(Default)]
+struct ChatSubs {
+    conns: HashMap<ConnId, Subscription, FxBuildHasher>,
+    online: HashMap<Uuid, u32, FxBuildHasher>,
+}
+
+impl ChatSubs {
+    /// Removes a subscription; a user's last checked one ends their presence.
+    fn remove(&mut self, chat_id: Uuid, conn: ConnId, shared: &Shared) -> Option<Subscription> {
+        let sub = self.conns.remove(&conn)?;
+        if sub.present {
+            self.leave(chat_id, sub.conn.user_id, shared);
+        }
+        Some(sub)
+    }
+
+    /// Connections of the checked subscriptions (those that count for
+    /// presence and hear of it), but `except`.
+    fn checked(&self, except: Option<ConnId>) -> impl Iterator<Item = &Arc<Conn>> {
+        self.conns.iter().filter(move |(id, s)| s.present && Some(**id) != except).map(|(_, s)| &s.conn)
+    }
+}
+
+/// In-process subscriptions.
+#[derive(Default)]
+pub struct Hub {
+    chats: DashMap<Uuid, ChatSubs, FxBuildHasher>,
+    shared: Shared,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// Registers a connection for a chat's events (its membership is checked
+    /// afterwards: see [`Hub::present`]).
+    pub fn subscribe(&self, chat_id: Uuid, conn: &Arc<Conn>) {
+        self.chats
+            .entry(chat_id)
+            .or_default()
+            .conns
+            .entry(conn.id)
+            .or_insert_with(|| Subscription { conn: conn.clone(), present: false });
+    }
+
+    pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId) {
+        if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
+            e.get_mut().remove(chat_id, conn, &self.shared);
+            if e.get().conns.is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Number of subscriptions to a chat.
+    pub fn subscribers(&self, chat_id: &Uuid) -> usize {
+        self.chats.get(chat_id).map(|s| s.conns.len()).unwrap_or(0)
+    }
+}
+
+impl Hub {
+    /// Whether any connection is subscribed to the chat.
+    pub fn wants(&self, chat_id: &Uuid) -> bool {
+        self.chats.contains_key(chat_id)
+    }
+
+    /// Offers a frame to every subscriber of its chat. Never waits.
+    pub fn publish(&self, frame: &Arc<EventFrame>) {
+        if let Some(subs) = self.chats.get(&frame.chat_id) {
+            for s in subs.conns.values() {
+                s.conn.offer(frame);
+            }
+        }
+    }
+
+    /// `user_id` left `chat_id`: cuts their subscriptions to it.
+    pub fn revoke(&self, chat_id: Uuid, user_id: Uuid) {
+        if let dashmap::Entry::Occupied(mut e) = self.chats.entry(chat_id) {
+            let subs = e.get_mut();
+            let gone: Vec<ConnId> =
+                subs.conns.iter().filter(|(_, s)| s.conn.user_id == user_id).map(|(id, _)| *id).collect();
+            for id in gone {
+                if let Some(s) = subs.remove(chat_id, id, &self.shared) {
+                    s.conn.revoke(chat_id);
+                }
+            }
+            if e.get().conns.is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Tells every connection to resynchronise from the tables.
+    pub fn resync_all(&self) {
+        let mut told = HashSet::new();
+        for subs in self.chats.iter() {
+            for conn in subs.conns.values().map(|s| &s.conn) {
+                if told.insert(conn.id) {
+                    conn.resync();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{MessageRow, Participant, RowBody};
+    use serde_json::{json, Map};
+
+    fn row(chat: Uuid, seq: i64) -> MessageRow {
+        let mut json = Map::new();
+        json.insert("seq".into(), json!(seq));
+        MessageRow {
+            id: Uuid::new_v4(),
+            chat_id: chat,
+            seq,
+            sender_id: None,
+            client_generated_id: None,
+            status: None,
+            body: RowBody::Json(json),
+        }
+    }
+
+    fn msg(chat: Uuid, seq: i64) -> Arc<EventFrame> {
+        Arc::new(EventFrame::message(&row(chat, seq), None))
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_one_encoding_and_a_full_queue_falls_behind_without_waiting() {
+        let hub = Hub::new();
+        let (chat, quiet) = (Uuid::new_v4(), Uuid::new_v4());
+        let (fast, mut fast_rx) = Conn::new(1, Uuid::new_v4(), 8);
+        let (slow, mut slow_rx) = Conn::new(2, Uuid::new_v4(), 2);
+        hub.subscribe(chat, &fast);
+        hub.subscribe(chat, &slow);
+        hub.subscribe(quiet, &slow);
+        for seq in 1..=5 {
+            hub.publish(&msg(chat, seq)); // returns at once, whatever the queues
+            let f = fast_rx.recv().await.unwrap();
+            assert_eq!(f.seq, seq);
+        }
+        // The slow connection took 2; chat fell behind at seq 3.
+        assert!(slow.has_behind());
+        // Nothing is taken before the two queued frames are.
+        assert!(slow.take(0).behind.is_empty());
+        // Its other chat is behind too now (the queue is full for everyone)...
+        hub.publish(&msg(quiet, 1));
+        assert_eq!(slow_rx.recv().await.unwrap().seq, 1);
+        assert_eq!(slow_rx.recv().await.unwrap().seq, 2);
+        let ctl = slow.take(2);
+        assert_eq!(ctl.behind.keys().copied().collect::<HashSet<_>>(), HashSet::from([chat, quiet]));
+        // ... and once taken, live frames are queued again.
+        hub.publish(&msg(chat, 6));
+        assert_eq!(slow_rx.recv().await.unwrap().seq, 6);
+        assert!(!slow.has_behind());
+    }
+
+    #[tokio::test]
+    async fn behind_notes_what_a_table_read_cannot_recover() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 1);
+        hub.subscribe(chat, &c);
+        hub.publish(&msg(chat, 1)); // fills the queue
+        hub.publish(&msg(chat, 2));
+        hub.publish(&Arc::new(EventFrame::update(&row(chat, 1), None)));
+        let gone = Uuid::new_v4();
+        hub.publish(&Arc::new(EventFrame::delete(chat, gone, 1, None)));
+        let who = Uuid::new_v4();
+        let p = Participant { chat_id: chat, user_id: who, delivered_seq: 2, read_seq: 1 };
+        hub.publish(&Arc::new(EventFrame::receipt(&p, None)));
+        let b = c.take(1).behind.remove(&chat).unwrap();
+        assert_eq!(b.after, 1);
+        assert_eq!(b.updates_from, Some(1));
+        assert_eq!(b.deletes, vec![(1, gone)]);
+        assert_eq!(b.receipts, HashSet::from([who]));
+        assert!(!b.all_receipts);
+    }
+
+    #[tokio::test]
+    async fn too_many_remembered_deletes_overflow_the_connection() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 1);
+        hub.subscribe(chat, &c);
+        hub.publish(&msg(chat, 1));
+        for seq in 0..=MAX_REMEMBERED_DELETES as i64 {
+            hub.publish(&Arc::new(EventFrame::delete(chat, Uuid::new_v4(), seq, None)));
+        }
+        assert!(c.take(0).overflow);
+    }
+
+    #[tokio::test]
+    async fn revoke_cuts_only_that_user_and_forgets_their_backlog() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let alice = Uuid::new_v4();
+        let (a, mut a_rx) = Conn::new(1, alice, 1);
+        let (b, _b_rx) = Conn::new(2, Uuid::new_v4(), 8);
+        hub.subscribe(chat, &a);
+        hub.subscribe(chat, &b);
+        hub.publish(&msg(chat, 1));
+        hub.publish(&msg(chat, 2)); // alice falls behind
+        hub.revoke(chat, alice);
+        assert_eq!(hub.subscribers(&chat), 1);
+        hub.publish(&msg(chat, 3));
+        assert_eq!(a_rx.recv().await.unwrap().seq, 1);
+        assert!(a_rx.try_recv().is_err(), "nothing after revocation");
+        let ctl = a.take(1);
+        assert_eq!(ctl.revoked, vec![chat]);
+        assert!(ctl.behind.is_empty(), "no catch-up for a revoked chat");
+    }
+
+    #[tokio::test]
+    async fn resync_reaches_each_connection_once() {
+        let hub = Hub::new();
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 4);
+        hub.subscribe(Uuid::new_v4(), &c);
+        hub.subscribe(Uuid::new_v4(), &c);
+        hub.resync_all();
+        assert!(c.take(0).resync);
+        assert!(!c.take(0).resync);
+    }
+
+    #[tokio::test]
+    async fn presence_counts_users_once_coalesces_and_caps_the_snapshot() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, _a_rx) = Conn::new(1, alice, 4);
+        hub.subscribe(chat, &a);
+        assert_eq!(hub.present(chat, &a).users, vec![alice]);
+        // Bob's tab comes, goes and comes again before Alice's session looks:
+        // she is told once, of the latest state.
+        let (b1, _b1_rx) = Conn::new(2, bob, 4);
+        hub.subscribe(chat, &b1);
+        hub.present(chat, &b1);
+        hub.unsubscribe(chat, 2);
+        let (b2, _b2_rx) = Conn::new(3, bob, 4);
+        hub.subscribe(chat, &b2);
+        let snap = hub.present(chat, &b2);
+        assert_eq!(snap.users[0], bob, "the newcomer is listed first");
+        assert_eq!(snap.users.iter().copied().collect::<HashSet<_>>(), HashSet::from([alice, bob]));
+        assert_eq!(a.take(0).presence, vec![(chat, bob, true)]);
+        // A subscription not yet checked is neither counted nor told.
+        let (c, _c_rx) = Conn::new(4, Uuid::new_v4(), 4);
+        hub.subscribe(chat, &c);
+        assert_eq!(hub.online(&chat), 2);
+        hub.unsubscribe(chat, 3);
+        assert!(c.take(0).presence.is_empty());
+        assert_eq!(a.take(0).presence, vec![(chat, bob, false)]);
+        // Past the cap the snapshot says so and still lists the newcomer.
+        let mut keep = Vec::new();
+        for id in 10..(10 + ONLINE_CAP as u64) {
+            let (conn, rx) = Conn::new(id, Uuid::new_v4(), 1);
+            hub.subscribe(chat, &conn);
+            hub.present(chat, &conn);
+            keep.push((conn, rx));
+        }
+        let (last, _rx) = Conn::new(5, Uuid::new_v4(), 1);
+        let snap = hub.present(chat, &last);
+        assert!(snap.truncated);
+        assert_eq!(snap.users.len(), ONLINE_CAP);
+        assert_eq!(snap.users[0], last.user_id);
+    }
+}
