@@ -423,6 +423,7 @@ impl<R> Catchup<R> {
     }
 
     /// Pongs not yet due.
+    #[cfg(test)]
     pub fn pongs_waiting(&self) -> usize {
         self.barriers.len()
     }

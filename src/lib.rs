@@ -49,30 +49,30 @@
 //! ([`cluster::follow`]) offers the frames to its own hub, and step 6 waits
 //! for JetStream's acknowledgement.
 
-pub mod catchup;
+pub(crate) mod catchup;
 pub mod cluster;
 pub mod config;
-pub mod delivery;
-pub mod event;
-pub mod fanout;
+pub(crate) mod delivery;
+pub(crate) mod event;
+pub(crate) mod fanout;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-pub mod gateway;
-pub mod hub;
-pub mod limits;
+pub(crate) mod gateway;
+pub(crate) mod hub;
+pub(crate) mod limits;
 pub mod lsn;
-pub mod membership;
+pub(crate) mod membership;
 pub mod metrics;
 pub mod migrate;
 pub mod pgconn;
 pub mod pgoutput;
-pub mod pipeline;
-pub mod protocol;
+pub(crate) mod pipeline;
+pub(crate) mod protocol;
 pub mod relay;
 pub mod replication;
 pub mod sequencer;
-pub mod server;
-pub mod store;
+pub(crate) mod server;
+pub(crate) mod store;
 pub mod tools;
 
 /// `chat-relay migrate`.

@@ -76,6 +76,7 @@ impl Limits {
     }
 
     /// Connections `user` holds now.
+    #[cfg(test)]
     pub fn connections(&self, user: &Uuid) -> u32 {
         self.connections.get(user).map(|n| *n).unwrap_or(0)
     }

@@ -198,6 +198,8 @@ pub enum ErrorCode {
     BadRequest,
     Unauthorized,
     Forbidden,
+    /// In the protocol; no request of this relay answers it today.
+    #[allow(dead_code)]
     NotFound,
     RateLimited,
     Internal,

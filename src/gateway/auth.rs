@@ -104,11 +104,6 @@ impl Auth {
         Ok(Auth { hmac, jwks, audience: cfg.audience.clone(), issuer: cfg.issuer.clone() })
     }
 
-    /// HS256 only (tests, demo, bench).
-    pub fn hs256(secret: &str) -> Auth {
-        Auth { hmac: Some(DecodingKey::from_secret(secret.as_bytes())), jwks: None, audience: None, issuer: None }
-    }
-
     /// Keeps the JWKS fresh until `stop` (no-op without a JWKS URL).
     pub async fn refresh_jwks(self: Arc<Self>, stop: CancellationToken) {
         let Some(jwks) = &self.jwks else { return };

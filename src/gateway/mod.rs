@@ -22,8 +22,7 @@ use axum::Json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{issue, Auth, AuthConfig, AuthConfigError, Identity};
-pub use session::close;
+pub use auth::{issue, Auth, AuthConfig};
 
 use crate::delivery::Delivery;
 use crate::hub::Hub;
@@ -46,22 +45,6 @@ pub struct GatewayConfig {
     pub max_connections_per_user: u32,
 }
 
-/// Shared state of all sessions.
-pub struct Gateway {
-    pub hub: Arc<Hub>,
-    pub store: Store,
-    pub membership: Arc<Membership>,
-    pub auth: Arc<Auth>,
-    pub delivery: Delivery,
-    pub limits: Arc<Limits>,
-    pub cfg: GatewayConfig,
-    /// Cancelled on SIGTERM: sessions close with 1001.
-    pub shutdown: CancellationToken,
-    /// Every session task, so shutdown can wait for their close frames.
-    pub sessions: TaskTracker,
-    next_id: AtomicU64,
-}
-
 /// What the gateway works with, built by the relay's wiring.
 pub struct GatewayParts {
     pub hub: Arc<Hub>,
@@ -72,21 +55,20 @@ pub struct GatewayParts {
     pub limits: Arc<Limits>,
 }
 
+/// Shared state of all sessions.
+pub struct Gateway {
+    pub parts: GatewayParts,
+    pub cfg: GatewayConfig,
+    /// Cancelled on SIGTERM: sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for their close frames.
+    pub sessions: TaskTracker,
+    next_id: AtomicU64,
+}
+
 impl Gateway {
     pub fn new(parts: GatewayParts, cfg: GatewayConfig, shutdown: CancellationToken) -> Gateway {
-        let GatewayParts { hub, store, membership, auth, delivery, limits } = parts;
-        Gateway {
-            hub,
-            store,
-            membership,
-            auth,
-            delivery,
-            limits,
-            cfg,
-            shutdown,
-            sessions: TaskTracker::new(),
-            next_id: AtomicU64::new(1),
-        }
+        Gateway { parts, cfg, shutdown, sessions: TaskTracker::new(), next_id: AtomicU64::new(1) }
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -113,7 +95,7 @@ pub async fn ws_handler(
     let Some(token) = params.get("access_token").cloned().or(bearer) else {
         return unauthorized("missing token: pass access_token=<jwt> or Authorization: Bearer <jwt>");
     };
-    let identity = match gw.auth.verify(&token).await {
+    let identity = match gw.parts.auth.verify(&token).await {
         Ok(id) => id,
         Err(why) => return unauthorized(&why),
     };
@@ -126,7 +108,7 @@ pub async fn ws_handler(
         Err(rejection) => return rejection.into_response(),
     };
     // Held by the session; given back when it ends, or here if the upgrade fails.
-    let Some(slot) = gw.limits.connect(identity.user_id) else {
+    let Some(slot) = gw.parts.limits.connect(identity.user_id) else {
         let message = format!(
             "this user already holds {} connections to this relay; close one first",
             gw.cfg.max_connections_per_user

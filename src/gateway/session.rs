@@ -130,7 +130,7 @@ impl Session {
             tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
         }
         for chat in session.owed.chats() {
-            session.gw.hub.unsubscribe(chat, id);
+            session.gw.parts.hub.unsubscribe(chat, id);
         }
         if let End::Close { code, reason, flush } = end {
             session.out.close(code, reason, flush, Duration::from_secs(2)).await;
@@ -292,7 +292,7 @@ impl Session {
 
     fn auto_deliver(&self, frame: &EventFrame) {
         if self.gw.cfg.auto_delivered && frame.subject != Some(self.identity.user_id) {
-            self.gw.delivery.delivered(frame.chat_id, self.identity.user_id, frame.seq);
+            self.gw.parts.delivery.delivered(frame.chat_id, self.identity.user_id, frame.seq);
         }
     }
 
@@ -301,7 +301,7 @@ impl Session {
     async fn work_step(&mut self) -> Result<(), End> {
         let Some((chat, step)) = self.owed.next_step(|_| m::catchup()) else { return Ok(()) };
         let user = self.identity.user_id;
-        let (page, store) = (self.gw.cfg.backfill_page, self.gw.store.clone());
+        let (page, store) = (self.gw.cfg.backfill_page, self.gw.parts.store.clone());
         match step {
             Step::Messages { after } => {
                 let (rows, more) = match store.page(chat, user, after, i64::MAX, page, PAGE_BYTES).await {
@@ -419,7 +419,7 @@ impl Session {
                 self.end_sub(chat_id);
                 self.answer(ServerFrame::Unsubscribed { chat_id, reason: None }, &reference);
             }
-            Request::Auth { access_token } => match self.gw.auth.verify(&access_token).await {
+            Request::Auth { access_token } => match self.gw.parts.auth.verify(&access_token).await {
                 Ok(id) if id.user_id == self.identity.user_id => {
                     self.identity = id;
                     expiry.as_mut().reset(tokio::time::Instant::now() + id.remaining());
@@ -453,15 +453,15 @@ impl Session {
                         Some(chat_id),
                         &reference,
                     );
-                } else if self.gw.limits.typing(user, chat_id) {
-                    self.gw.hub.typing(chat_id, user, self.conn.id);
+                } else if self.gw.parts.limits.typing(user, chat_id) {
+                    self.gw.parts.hub.typing(chat_id, user, self.conn.id);
                 }
             }
             Request::Ack { chat_id, seq } | Request::Read { chat_id, seq } => {
                 let read = matches!(request, Request::Read { .. });
-                match self.gw.membership.check(chat_id, self.identity.user_id).await {
-                    Ok(true) if read => self.gw.delivery.read(chat_id, self.identity.user_id, seq),
-                    Ok(true) => self.gw.delivery.delivered(chat_id, self.identity.user_id, seq),
+                match self.gw.parts.membership.check(chat_id, self.identity.user_id).await {
+                    Ok(true) if read => self.gw.parts.delivery.read(chat_id, self.identity.user_id, seq),
+                    Ok(true) => self.gw.parts.delivery.delivered(chat_id, self.identity.user_id, seq),
                     Ok(false) => self.forbidden(chat_id, &reference),
                     Err(e) => self.store_error(e, Some(chat_id), &reference),
                 }
@@ -476,20 +476,20 @@ impl Session {
         if !already {
             // Register first, then check and read: whatever commits after the
             // read is certain to arrive through the hub.
-            self.gw.hub.subscribe(chat, &self.conn);
+            self.gw.parts.hub.subscribe(chat, &self.conn);
         }
         // Always asked of the database itself, never of a cache.
-        let latest = match self.gw.store.subscribe_check(chat, user).await {
+        let latest = match self.gw.parts.store.subscribe_check(chat, user).await {
             Ok(latest) => latest,
             Err(e) => {
                 if !already {
-                    self.gw.hub.unsubscribe(chat, self.conn.id);
+                    self.gw.parts.hub.unsubscribe(chat, self.conn.id);
                 }
                 return self.store_error(e, Some(chat), reference);
             }
         };
         // Checked: it counts for presence now, and learns who is here.
-        let online = self.gw.hub.present(chat, &self.conn);
+        let online = self.gw.parts.hub.present(chat, &self.conn);
         let frame = ServerFrame::Subscribed {
             chat_id: chat,
             latest_seq: latest,
@@ -511,11 +511,11 @@ impl Session {
             let why = format!("content is longer than {} bytes", self.gw.cfg.max_content_bytes);
             return self.error(ErrorCode::BadRequest, &why, Some(chat), reference);
         }
-        if let Err(wait) = self.gw.limits.send(self.identity.user_id) {
+        if let Err(wait) = self.gw.parts.limits.send(self.identity.user_id) {
             let frame = ServerFrame::rate_limited("too many sends; nothing was stored", Some(chat), wait);
             return self.answer(frame, reference);
         }
-        match self.gw.store.send(chat, self.identity.user_id, cgid, &content).await {
+        match self.gw.parts.store.send(chat, self.identity.user_id, cgid, &content).await {
             Ok(o) => self.answer(
                 ServerFrame::Sent {
                     chat_id: chat,
@@ -531,7 +531,7 @@ impl Session {
     }
 
     async fn history(&mut self, chat: Uuid, before: Option<i64>, limit: i64, reference: &Option<Value>) {
-        match self.gw.store.history(chat, self.identity.user_id, before, limit, HISTORY_BYTES).await {
+        match self.gw.parts.store.history(chat, self.identity.user_id, before, limit, HISTORY_BYTES).await {
             Ok((rows, has_more)) => {
                 let messages = rows.iter().map(|r: &MessageRow| &r.body).collect();
                 self.answer(ServerFrame::History { chat_id: chat, messages, has_more }, reference);
@@ -565,7 +565,7 @@ impl Session {
     /// last seq written, so a later subscribe on this connection never
     /// repeats a message. Returns whether the chat was subscribed.
     fn end_sub(&mut self, chat: Uuid) -> bool {
-        self.gw.hub.unsubscribe(chat, self.conn.id);
+        self.gw.parts.hub.unsubscribe(chat, self.conn.id);
         self.owed.end(chat)
     }
 

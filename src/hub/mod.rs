@@ -36,8 +36,8 @@ use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 use uuid::Uuid;
 
-pub use conn::{Conn, ConnId, Control, MAX_REMEMBERED_DELETES};
-pub use presence::{Online, PresenceOut, ONLINE_CAP};
+pub use conn::{Conn, ConnId};
+pub use presence::PresenceOut;
 
 use crate::protocol::EventFrame;
 use presence::Shared;
@@ -160,6 +160,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use super::conn::MAX_REMEMBERED_DELETES;
+    use super::presence::ONLINE_CAP;
     use super::*;
     use crate::event::{MessageRow, Participant, RowBody};
     use serde_json::{json, Map};
