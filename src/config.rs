@@ -80,7 +80,7 @@ pub struct ServeArgs {
     pub jwt_secret: Option<String>,
 
     /// JWKS URL whose keys (by `kid`) verify RS256, ES256 and EdDSA tokens, as Supabase Auth
-    /// publishes them (https://<project>.supabase.co/auth/v1/.well-known/jwks.json). Fetched at
+    /// publishes them (`https://<project>.supabase.co/auth/v1/.well-known/jwks.json`). Fetched at
     /// start, every 10 minutes, and again (at most every 30 s) when a token names an unknown kid.
     #[arg(long, env = "CHAT_RELAY_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,

@@ -3,27 +3,46 @@
 //!
 //! # Layout
 //!
-//! The relay is a pipeline; each stage is a module with one job.
+//! The relay is a pipeline; each stage is a module with one job and a small
+//! typed interface to the next. Read top to bottom:
+//!
+//! ```text
+//!  replication ─Transaction─▶ pipeline ─Sequenced─▶ dyn Fanout ─────────────────────▶ hub ─EventFrame─▶ gateway
+//!  (slot, wire)   (pgoutput)   event → sequencer     fanout::LocalFanout (one relay)     conn queues      sessions, catchup
+//!       ▲                           │                cluster::publish → NATS → follow ─┘                  │
+//!       └──── Checkpoint (LSN) ◀────┘                                                                 protocol (frames)
+//! ```
 //!
 //! | module | job |
 //! |---|---|
+//! | [`lsn`] | WAL positions (a leaf: everything below the relay uses it) |
 //! | [`replication`] | replication connection (own wire client), slot, START_REPLICATION, LSN feedback, reconnects |
 //! | [`pgoutput`] | decode pgoutput bytes; hand on whole transactions only at Commit, in bounded memory (spilling beyond it) |
 //! | [`event`] | see decoded rows as chat events (message insert/update/delete, participant changes and moves) |
-//! | [`sequencer`] | drop duplicates (id, client_generated_id, seq), keep each chat's seq increasing, repair gaps |
-//! | [`hub`] | who is subscribed to which chat; encode once, fan out without ever waiting; note who fell behind; presence and typing |
-//! | [`gateway`] | `/v1/ws`: JWT (HS256, JWKS), sessions, the protocol, history, catch-up from the table, 4008 |
+//! | [`sequencer`] | drop duplicates (id, client_generated_id, seq), keep each chat's seq increasing, hold early messages, ask for gaps |
+//! | [`pipeline`] | the stage: transactions → events → sequencer → fan-out; gap reads; the safe LSN back to the replicator |
+//! | [`fanout`] | the seam behind the pipeline; [`fanout::LocalFanout`] is this process's receiving side (hub and membership) |
+//! | [`hub`] | who is subscribed to which chat; offer each frame to every subscriber without waiting; per-connection queues; presence and typing |
+//! | [`catchup`] | what each subscription still owes its client (table reads, missed changes, ping barriers), as pure state |
+//! | [`protocol`] | the wire codec: client frames parsed into requests, every server frame typed, HTTP error bodies |
+//! | [`gateway`] | `/v1/ws`: JWT (HS256, JWKS), sessions, history, catch-up from the table, 4008 |
 //!
-//! Side paths: [`store`] (all SQL: backfill, history, membership, send, marking, lag),
-//! [`delivery`] (debounced delivered/read marking), [`limits`] (per-user
-//! connection cap and send rate, beside the gateway), [`metrics`] (every
-//! Prometheus name), [`config`] (flags and env), [`pgconn`] (URL and TLS),
-//! [`migrate`] (the `sql/` migrations), [`server`] (healthz, readyz, metrics),
-//! [`relay`] (wiring for `serve`), [`scratch`] (throwaway Postgres for demo,
-//! tests, benchmarks), [`cluster`] (replicas: leadership through Postgres,
-//! the leader's events through NATS JetStream into every replica's hub,
-//! behind the hub's `Fanout` seam), [`demo`] (terminal demo, and the browser chat built
-//! from the TypeScript client in `clients/typescript/`), [`bench`].
+//! Side paths: [`store`] (all SQL: backfill, history, membership, send,
+//! marking, lag), [`membership`] (the brief cache of who is in which chat,
+//! corrected by the WAL), [`delivery`] (debounced delivered/read marking),
+//! [`limits`] (per-user connection cap and send rate), [`metrics`] (every
+//! Prometheus name; takes plain values), [`config`] (flags and env),
+//! [`pgconn`] (URL, TLS, quoting), [`migrate`] (the `sql/` migrations),
+//! [`server`] (healthz, readyz, metrics), and [`relay`], which only wires
+//! the stages for `serve` and takes them down in order. [`cluster`] sits
+//! behind the fan-out seam: leadership through Postgres, the leader's
+//! events through NATS JetStream (one module, `cluster::format`, owns the
+//! message format) into every replica's local fan-out.
+//!
+//! Apart from the stages: [`tools`] (`scratch` Postgres and NATS for the
+//! demo, the tests and the benchmarks; `chat-relay demo`; `chat-relay
+//! bench`) and `fuzzing` (the entry points of `fuzz/`, built for tests).
+//! Nothing in a stage imports from them.
 //!
 //! # The path of one message
 //!
@@ -32,22 +51,29 @@
 //! 2. [`replication::Replicator`] receives its XLogData and feeds
 //!    [`pgoutput::Decoder`], which returns the [`pgoutput::Transaction`] at
 //!    Commit (its changes in memory, or spilled to a file past the budget).
-//! 3. [`relay`]'s pipeline maps each change to [`event::ChatEvent`]s and feeds
-//!    them through [`sequencer::Sequencer`], which lets the insert pass once and in order.
-//! 4. [`relay::dispatch`] encodes it once as a [`hub::EventFrame`];
-//!    [`hub::Hub`] offers that frame to every subscribed connection, never
-//!    waiting: a connection whose queue is full falls behind instead.
-//! 5. The connection's session in [`gateway`] drops it if already written
-//!    (history seam, replay), reads the table instead when something is
-//!    missing or the subscription fell behind, and hands it to its outbox,
-//!    which writes when the socket takes it.
-//! 6. The pipeline reports the transaction's end LSN through
-//!    [`replication::Progress`]; the replicator confirms it to the slot.
+//! 3. [`pipeline::Pipeline`] maps each change to chat events and feeds them
+//!    through [`sequencer::Sequencer`], which lets the insert pass once and
+//!    in order; [`pipeline::dispatch`] encodes it once as an
+//!    [`protocol::EventFrame`] and hands it to the [`fanout::Fanout`].
+//! 4. [`fanout::LocalFanout`] gives it to [`hub::Hub`], which offers that
+//!    frame to every subscribed connection's queue, never waiting: a
+//!    connection whose queue is full falls behind instead.
+//! 5. The connection's session in [`gateway`] asks [`catchup::Catchup`]
+//!    what to do with it: write it, drop it (already written: the history
+//!    seam, a replay), or read the table first (something is missing, or
+//!    the subscription fell behind). What is written goes to the session's
+//!    outbox, which writes when the socket takes it.
+//! 6. The pipeline reports the safe LSN through a
+//!    [`replication::Checkpoint`]; the replicator confirms it to the slot.
 //!
-//! With replicas ([`cluster`]), only the leader runs steps 2 and 3; in step 4
-//! its fan-out is JetStream ([`cluster::publish`]), every replica's consumer
-//! ([`cluster::follow`]) offers the frames to its own hub, and step 6 waits
-//! for JetStream's acknowledgement.
+//! With replicas ([`cluster`]), only the leader runs steps 2 and 3; its
+//! fan-out is JetStream ([`cluster::publish`]), every replica's consumer
+//! ([`cluster::follow`]) hands the frames to its own local fan-out (step
+//! 4), and step 6 waits for JetStream's acknowledgement.
+
+// The map above names the crate-private stages too (read it with
+// `cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub(crate) mod catchup;
 pub mod cluster;

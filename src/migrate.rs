@@ -13,8 +13,8 @@
 
 use tokio_postgres::Client;
 
+use crate::pgconn::quote_ident;
 use crate::pgconn::{self, ConnInfo};
-use crate::replication::quote_ident;
 
 /// One embedded migration.
 pub struct Migration {

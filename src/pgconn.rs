@@ -364,6 +364,16 @@ pub fn make_tls(config: Arc<ClientConfig>) -> tokio_postgres_rustls::MakeRustlsC
     tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone())
 }
 
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,9 +22,9 @@ use tokio_postgres::SimpleQueryMessage;
 use uuid::Uuid;
 
 use crate::event::{MessageRow, Participant};
+use crate::pgconn::quote_ident;
 use crate::pgconn::{self, ConnInfo};
 use crate::pgoutput::text_to_json;
-use crate::replication::quote_ident;
 
 /// What a query can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@
 //!   slot). Losing the lock connection stops its stream at once. Each
 //!   leadership is a term vouched for by a [`leader::Lease`].
 //! - [`publish`]: the leader's pipeline hands each sequenced event to
-//!   [`publish::JetStreamFanout`] (the hub's [`crate::hub::Fanout`] seam)
+//!   [`publish::JetStreamFanout`] (the [`crate::fanout::Fanout`] seam)
 //!   instead of its hub: one JetStream message per frame, subject per chat,
 //!   message id from the commit LSN, so a replayed WAL range is dropped by
 //!   JetStream's duplicate window. The slot is confirmed only up to what

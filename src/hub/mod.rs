@@ -24,7 +24,7 @@
 //! By job: this file holds the chats and their subscribers; [`conn`] one
 //! connection's queue and what travels beside it; [`presence`] who is
 //! online and typing, here and on other replicas. The pipeline reaches the
-//! hub only through [`crate::fanout::LocalFanout`].
+//! hub only through the local fan-out (`fanout::LocalFanout`).
 
 mod conn;
 mod presence;

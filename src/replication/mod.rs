@@ -31,7 +31,7 @@ use crate::lsn::Lsn;
 use wire::{CopyMessage, ReplConnection, WireError};
 
 use crate::metrics as m;
-use crate::pgconn::ConnInfo;
+use crate::pgconn::{quote_ident, quote_literal, ConnInfo};
 use crate::pgoutput::{DecodeError, Decoder, Transaction, TxnMemory};
 
 /// Microseconds between 1970-01-01 and Postgres's epoch 2000-01-01.
@@ -696,16 +696,6 @@ fn parse_pg_duration(v: &str) -> Option<Duration> {
 
 fn now_pg_micros() -> i64 {
     chrono::Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'text'` with embedded quotes doubled.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Exponential backoff with full jitter.

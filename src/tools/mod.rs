@@ -2,7 +2,7 @@
 //!
 //! [`scratch`] starts throwaway Postgres clusters and NATS servers (the demo,
 //! the benchmarks and the tests use them); [`demo`] is `chat-relay demo`;
-//! [`bench`] is `chat-relay bench`. Nothing in the relay's stages imports
+//! [`bench`](mod@bench) is `chat-relay bench`. Nothing in the relay's stages imports
 //! from here.
 
 pub mod bench;
