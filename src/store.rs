@@ -187,7 +187,7 @@ impl Store {
 
     /// For `user_id`, who must be a participant: up to `limit` messages with
     /// `after < seq <= until`, oldest first, cut after about `max_bytes` of
-    /// row text (always at least one row); and whether more may follow.
+    /// row JSON (always at least one row); and whether more may follow.
     pub async fn page(
         &self,
         chat_id: Uuid,
@@ -205,7 +205,7 @@ impl Store {
 
     /// For `user_id`, who must be a participant: the `limit` newest messages
     /// with `seq < before` (all when None), returned oldest first, cut after
-    /// about `max_bytes` of row text; and whether older ones exist.
+    /// about `max_bytes` of row JSON; and whether older ones exist.
     pub async fn history(
         &self,
         chat_id: Uuid,
@@ -241,10 +241,13 @@ impl Store {
             let order = if range.newest_first { "DESC" } else { "ASC" };
             // Simple (text) protocol: the inlined values are uuids and
             // integers, never user text. The window runs over the LIMITed
-            // rows only; each row's text length is what it costs to send.
+            // rows only; each row costs what its JSON does (Postgres escapes
+            // control characters as \u00XX like the relay, so a row of them
+            // costs six times its text).
             let rows_sql = format!(
                 "SELECT {list}, x.chat_relay_n FROM ( \
-                   SELECT w.*, sum(octet_length(w::text)) OVER (ORDER BY w.seq {order}) - octet_length(w::text) AS chat_relay_before, \
+                   SELECT w.*, sum(octet_length(to_jsonb(w)::text)) OVER (ORDER BY w.seq {order}) \
+                          - octet_length(to_jsonb(w)::text) AS chat_relay_before, \
                           count(*) OVER () AS chat_relay_n \
                    FROM (SELECT m.* FROM chat_messages m WHERE m.chat_id = '{chat_id}' AND m.seq > {after} AND m.seq <= {until} \
                          ORDER BY m.seq {order} LIMIT {limit}) w \

@@ -104,3 +104,81 @@ async fn history_of_big_rows_is_cut_by_size_and_says_so() {
     }
     assert_eq!(all, (1..=100).collect::<Vec<_>>());
 }
+
+/// Issue #17, item 2: rows whose JSON is much bigger than their text (every
+/// control character becomes `\u00XX`, six bytes) must not close the reader.
+/// 60 messages of 16 KiB of control characters: about 5.6 MiB as JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_that_grow_as_json_are_paged_not_a_reason_to_close() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) \
+         SELECT $1, $2, repeat(chr(1), 16384) FROM generate_series(1, 60)",
+        &[&chat, &alice],
+    )
+    .await
+    .unwrap();
+
+    // History, newest first, page by page: every message once, no close.
+    let mut ws = relay.ws(bob).await;
+    let mut all = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut ask = json!({"type": "history", "chat_id": chat, "limit": 60});
+        if let Some(b) = before {
+            ask["before_seq"] = json!(b);
+        }
+        ws.send(ask).await;
+        let page = match ws.next_or_end().await {
+            Ok(page) => page,
+            Err(end) => panic!("history closed the connection: {end:?}"),
+        };
+        assert_eq!(page["type"], "history", "{}", page["type"]);
+        let s = seqs(&page);
+        assert!(!s.is_empty() || page["has_more"] == false);
+        all.splice(0..0, s.clone());
+        if page["has_more"] == false {
+            break;
+        }
+        before = s.first().copied();
+    }
+    assert_eq!(all, (1..=60).collect::<Vec<_>>());
+
+    // Resuming from the start: the catch-up delivers all 60, then live.
+    let mut ws = relay.ws(bob).await;
+    ws.subscribe(chat, Some(0)).await;
+    assert_eq!(ws.messages(chat, 60).await, (1..=60).collect::<Vec<_>>());
+    let seq = insert(&c, chat, alice, "after").await;
+    assert_eq!(ws.messages(chat, 1).await, vec![seq]);
+}
+
+/// A single row bigger than the relay's bound on unsent data is still
+/// delivered to a reader that reads (4008 is for a client that takes
+/// nothing, not for a big frame).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_bigger_than_the_unsent_bound_is_delivered() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_MAX_FRAME_BYTES", "65536")]).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let c = db.client().await;
+    let mut live = relay.ws(bob).await;
+    live.subscribe(chat, None).await;
+    // 1 MiB of control characters: 6 MiB of JSON, past the 4 MiB bound.
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, repeat(chr(2), 1048576))",
+        &[&chat, &alice],
+    )
+    .await
+    .unwrap();
+    let v = live.expect("message").await;
+    assert_eq!(v["message"]["content"].as_str().map(str::len), Some(1048576));
+    let mut reader = relay.ws(bob).await;
+    reader.send(json!({"type": "history", "chat_id": chat})).await;
+    let page = reader.expect("history").await;
+    assert_eq!(seqs(&page), vec![1]);
+}

@@ -61,6 +61,14 @@ impl Outbox {
         self.bytes
     }
 
+    /// Bytes waiting beside the biggest waiting frame: a single frame may be
+    /// bigger than any bound on unsent data and still be delivered, but
+    /// nothing may pile up behind it. O(frames waiting): call it only once
+    /// [`Outbox::bytes`] is past a bound.
+    pub(super) fn bytes_beside_biggest(&self) -> usize {
+        self.bytes - self.queue.iter().map(|i| i.len).max().unwrap_or(0)
+    }
+
     /// Frames are waiting, or a flush is.
     pub(super) fn busy(&self) -> bool {
         !self.queue.is_empty() || self.unflushed

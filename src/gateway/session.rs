@@ -10,7 +10,8 @@
 //! The session never awaits its socket ([`Outbox`]). It stops taking live
 //! frames and requests while too much waits to be written, and closes with
 //! 4008 only when the socket took nothing for `CHAT_RELAY_SLOW_CONSUMER_MS`
-//! while frames waited, or when the unsent data passes [`MAX_UNSENT`].
+//! while frames waited, or when the unsent data beside its biggest waiting
+//! frame passes [`MAX_UNSENT`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,11 +46,12 @@ pub mod close {
 pub const HIGH_WATER: usize = 256 * 1024;
 /// Table work (catch-up pages) runs only below this.
 pub const LOW_WATER: usize = 64 * 1024;
-/// A connection whose unsent data passes this is closed with 4008.
+/// A connection whose unsent data, beside its biggest waiting frame, passes
+/// this is closed with 4008 (one frame may be bigger and is still written).
 pub const MAX_UNSENT: usize = 4 * 1024 * 1024;
-/// Row text read per catch-up page, at most (and at least one row).
+/// Row JSON read per catch-up page, at most (and at least one row).
 pub const PAGE_BYTES: i64 = 256 * 1024;
-/// Row text in one `history` answer, at most (`has_more` says if cut).
+/// Row JSON in one `history` answer, at most (`has_more` says if cut).
 pub const HISTORY_BYTES: i64 = 1024 * 1024;
 /// Live frames taken from the queue per wake-up before looking around.
 const BATCH: usize = 64;
@@ -147,7 +149,7 @@ impl Session {
         let mut expiry = Box::pin(tokio::time::sleep(self.identity.remaining()));
         loop {
             self.release_barriers();
-            if self.out.bytes() > MAX_UNSENT {
+            if self.out.bytes() > MAX_UNSENT && self.out.bytes_beside_biggest() > MAX_UNSENT {
                 return End::Close {
                     code: close::SLOW_CONSUMER,
                     reason: "slow consumer: unsent data over the limit; resubscribe with after_seq",
