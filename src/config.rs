@@ -174,6 +174,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_SEND_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_rate: u32,
 
+    /// `subscribe`, `history`, `ack` and `read` frames per user per second, with bursts
+    /// of as many; beyond it the frame is refused with `rate_limited` and
+    /// `retry_after_ms` (an `ack` or `read` refused is not applied). Per relay process.
+    #[arg(long, env = "CHAT_RELAY_REQUEST_RATE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub request_rate: u32,
+
     /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
     #[arg(long, env = "CHAT_RELAY_PING_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_secs: u64,
@@ -201,6 +207,7 @@ impl ServeArgs {
         crate::limits::LimitsConfig {
             max_connections_per_user: self.max_connections_per_user,
             send_per_second: self.send_rate,
+            requests_per_second: self.request_rate,
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Beside the gateway: a cap on open connections per user (further upgrades
 //! get HTTP 429), a `send` rate per user (GCRA from `governor`: a steady
-//! `CHAT_RELAY_SEND_RATE` per second with a burst of as many), and `typing`
+//! `CHAT_RELAY_SEND_RATE` per second with a burst of as many), a rate for
+//! every other request that costs a database query or a cache entry
+//! (`subscribe`, `history`, `ack`, `read`: `CHAT_RELAY_REQUEST_RATE`), and `typing`
 //! at most once per second per user and chat. Limits are per relay process;
 //! with replicas, a user spread over several replicas gets each one's share.
 //! Limiter state is swept of users idle long enough to be back at full
@@ -24,6 +26,7 @@ use crate::metrics as m;
 pub struct LimitsConfig {
     pub max_connections_per_user: u32,
     pub send_per_second: u32,
+    pub requests_per_second: u32,
 }
 
 /// The per-user limits of one relay process.
@@ -31,6 +34,7 @@ pub struct Limits {
     cfg: LimitsConfig,
     connections: Arc<DashMap<Uuid, u32>>,
     sends: DefaultKeyedRateLimiter<Uuid>,
+    requests: DefaultKeyedRateLimiter<Uuid>,
     typing: DefaultKeyedRateLimiter<(Uuid, Uuid)>,
 }
 
@@ -53,11 +57,12 @@ impl Drop for ConnectionSlot {
 
 impl Limits {
     pub fn new(cfg: LimitsConfig) -> Limits {
-        let per_second = NonZeroU32::new(cfg.send_per_second).unwrap_or(NonZeroU32::MIN);
+        let rate = |n: u32| Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         Limits {
             cfg,
             connections: Arc::default(),
-            sends: RateLimiter::keyed(Quota::per_second(per_second)),
+            sends: RateLimiter::keyed(rate(cfg.send_per_second)),
+            requests: RateLimiter::keyed(rate(cfg.requests_per_second)),
             typing: RateLimiter::keyed(Quota::per_second(NonZeroU32::MIN)),
         }
     }
@@ -83,7 +88,17 @@ impl Limits {
 
     /// Ok when `user` may send now; else how long until they may (counted).
     pub fn send(&self, user: Uuid) -> Result<(), Duration> {
-        self.sends.check_key(&user).map_err(|not_until| {
+        Self::check(&self.sends, user)
+    }
+
+    /// Ok when `user` may make another `subscribe`, `history`, `ack` or
+    /// `read` now; else how long until they may (counted).
+    pub fn request(&self, user: Uuid) -> Result<(), Duration> {
+        Self::check(&self.requests, user)
+    }
+
+    fn check(limiter: &DefaultKeyedRateLimiter<Uuid>, user: Uuid) -> Result<(), Duration> {
+        limiter.check_key(&user).map_err(|not_until| {
             m::rate_limited();
             not_until.wait_time_from(DefaultClock::default().now())
         })
@@ -99,6 +114,8 @@ impl Limits {
     pub fn sweep(&self) {
         self.sends.retain_recent();
         self.sends.shrink_to_fit();
+        self.requests.retain_recent();
+        self.requests.shrink_to_fit();
         self.typing.retain_recent();
         self.typing.shrink_to_fit();
     }
@@ -109,7 +126,7 @@ mod tests {
     use super::*;
 
     fn limits(max: u32, rate: u32) -> Limits {
-        Limits::new(LimitsConfig { max_connections_per_user: max, send_per_second: rate })
+        Limits::new(LimitsConfig { max_connections_per_user: max, send_per_second: rate, requests_per_second: rate })
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub enum Request {
     Ping,
 }
 
+impl Request {
+    /// The chat of a request that costs a database query or a cache entry
+    /// and is limited per user (`send` has a limit of its own).
+    pub fn costly(&self) -> Option<Uuid> {
+        match self {
+            Request::Subscribe { chat_id, .. }
+            | Request::History { chat_id, .. }
+            | Request::Ack { chat_id, .. }
+            | Request::Read { chat_id, .. } => Some(*chat_id),
+            Request::Unsubscribe { .. }
+            | Request::Send { .. }
+            | Request::Auth { .. }
+            | Request::Typing { .. }
+            | Request::Ping => None,
+        }
+    }
+}
+
 /// What kind of event a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {

@@ -530,3 +530,43 @@ async fn sends_beyond_the_rate_are_refused_with_retry_after_and_not_stored() {
     ws.send(send(6)).await;
     assert_eq!(ws.expect("sent").await["ref"], 6);
 }
+
+/// Issue #17, item 11: `subscribe`, `history`, `ack` and `read` are limited
+/// per user like `send`; ack/read of made-up chats cannot churn the
+/// membership cache at wire speed.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_beyond_the_per_user_rate_are_refused_with_retry_after() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_REQUEST_RATE", "5")]).await;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[user, other]).await;
+    let mut ws = relay.ws(user).await;
+    // A burst of acks for made-up chats, then the rest: everything past the
+    // allowance is refused, each with when to try again.
+    for i in 0..10 {
+        ws.send(json!({"type": "ack", "chat_id": Uuid::new_v4(), "seq": 1, "ref": format!("a{i}")})).await;
+    }
+    for (i, ty) in ["subscribe", "history", "read"].iter().enumerate() {
+        ws.send(json!({"type": ty, "chat_id": chat, "seq": 0, "ref": format!("r{i}")})).await;
+    }
+    let mut refused = Vec::new();
+    let mut wait = 0;
+    for v in ws.barrier().await {
+        if v["code"] == "rate_limited" {
+            wait = v["retry_after_ms"].as_u64().unwrap_or(0);
+            assert!(wait >= 1, "{v}");
+            refused.push(v["ref"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for r in ["r0", "r1", "r2"] {
+        assert!(refused.iter().any(|x| x == r), "{r} not refused: {refused:?}");
+    }
+    assert!(refused.len() >= 8, "{refused:?}");
+    assert!(relay.metric("chat_relay_rate_limited_total").await >= 8.0);
+    // Another user is not affected.
+    let mut o = relay.ws(other).await;
+    o.subscribe(chat, None).await;
+    // And the allowance comes back when the refusal said it would.
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    ws.subscribe(chat, None).await;
+}

@@ -410,6 +410,13 @@ impl Session {
                 return Ok(true);
             }
         };
+        if let Some(chat) = request.costly() {
+            if let Err(wait) = self.gw.parts.limits.request(self.identity.user_id) {
+                let frame = ServerFrame::rate_limited("too many requests; try again later", Some(chat), wait);
+                self.answer(frame, &reference);
+                return Ok(true);
+            }
+        }
         match request {
             Request::Ping => {
                 // Answered once everything owed before it is written: the

@@ -194,6 +194,7 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
         backfill_page: 500,
         max_connections_per_user: 50,
         send_rate: 20,
+        request_rate: 200,
         ping_interval_secs: 30,
         auto_delivered: false,
         log: "warn".into(),
