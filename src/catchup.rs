@@ -423,7 +423,6 @@ impl<R> Catchup<R> {
     }
 
     /// Pongs not yet due.
-    #[cfg(test)]
     pub fn pongs_waiting(&self) -> usize {
         self.barriers.len()
     }

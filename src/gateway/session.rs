@@ -53,6 +53,10 @@ pub const MAX_UNSENT: usize = 4 * 1024 * 1024;
 pub const PAGE_BYTES: i64 = 256 * 1024;
 /// Row JSON in one `history` answer, at most (`has_more` says if cut).
 pub const HISTORY_BYTES: i64 = 1024 * 1024;
+/// Pongs waiting for their barrier, at most; past it the session reads no
+/// more client frames until some are written (a ping costs memory until
+/// then, like anything else unsent).
+pub const MAX_WAITING_PONGS: usize = 64;
 /// Live frames taken from the queue per wake-up before looking around.
 const BATCH: usize = 64;
 /// How long table work keeps retrying a database that is restarting or
@@ -157,6 +161,8 @@ impl Session {
                 };
             }
             let room = self.out.bytes() < HIGH_WATER;
+            // Requests wait too while too many pongs wait for their barriers.
+            let read_room = room && self.owed.pongs_waiting() < MAX_WAITING_PONGS;
             let table_room = self.owed.has_work() && self.out.bytes() < LOW_WATER && self.retry_at.is_none();
             // Like `stall_at`: only polled when there is one.
             let retry_at = self.retry_at;
@@ -170,7 +176,7 @@ impl Session {
                 r = futures_util::future::poll_fn(|cx| self.out.poll_write(cx)), if busy => Wake::Wrote(r),
                 _ = tokio::time::sleep_until(stall_at.into()), if busy => Wake::Stalled,
                 _ = ping.tick() => Wake::Tick,
-                msg = stream.next(), if room => Wake::In(msg),
+                msg = stream.next(), if read_room => Wake::In(msg),
                 _ = std::future::ready(()), if table_room => Wake::Work,
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => Wake::Retry,
                 f = self.rx.recv(), if room => Wake::Frame(f),
@@ -181,7 +187,11 @@ impl Session {
                 }
                 Wake::Expired => return End::Close { code: close::UNAUTHORIZED, reason: "token expired", flush: true },
                 Wake::Control => self.control(),
-                Wake::Wrote(r) => r.map_err(End::from),
+                Wake::Wrote(r) => match r {
+                    // Room again: presence changes that waited for it.
+                    Ok(()) if self.out.bytes() < HIGH_WATER && self.conn.presence_waiting() => self.control(),
+                    r => r.map_err(End::from),
+                },
                 Wake::Stalled => {
                     if self.out.busy() && self.out.last_progress().elapsed() >= patience {
                         return End::Close {
@@ -251,7 +261,8 @@ impl Session {
 
     /// Revocations, resynchronisation, subscriptions that fell behind.
     fn control(&mut self) -> Result<(), End> {
-        let ctl = self.conn.take(self.owed.taken());
+        let room = self.out.bytes() < HIGH_WATER;
+        let ctl = self.conn.take(self.owed.taken(), room);
         if ctl.overflow {
             return Err(End::Close {
                 code: close::SLOW_CONSUMER,

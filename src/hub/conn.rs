@@ -120,6 +120,11 @@ impl Conn {
         self.wake.notify_one();
     }
 
+    /// Presence changes wait to be taken.
+    pub fn presence_waiting(&self) -> bool {
+        self.control.lock().is_ok_and(|ctl| !ctl.presence.is_empty())
+    }
+
     /// Forgets presence changes of a chat not taken yet (a fresh snapshot
     /// supersedes them).
     pub(super) fn forget_presence(&self, chat_id: Uuid) {
@@ -172,10 +177,18 @@ impl Conn {
     /// only once the session has taken (`dequeued`) every frame queued before
     /// they fell behind, so nothing older overtakes the catch-up; from the
     /// moment one is taken, its live frames are queued again.
-    pub fn take(&self, dequeued: u64) -> Control {
+    ///
+    /// Presence changes are taken only `with_presence`: the session asks for
+    /// them when its socket has room, and until then they stay here,
+    /// coalesced per chat and user (so a reader that is behind costs one
+    /// entry per user present in its chats, never a backlog of frames).
+    pub fn take(&self, dequeued: u64, with_presence: bool) -> Control {
         let Ok(mut ctl) = self.control.lock() else { return Control::default() };
         // Taken, not drained: an idle connection keeps no table behind.
-        let presence = std::mem::take(&mut ctl.presence).into_iter().map(|((c, u), online)| (c, u, online)).collect();
+        let presence = match with_presence {
+            true => std::mem::take(&mut ctl.presence).into_iter().map(|((c, u), online)| (c, u, online)).collect(),
+            false => Vec::new(),
+        };
         let ready: Vec<Uuid> = ctl.behind.iter().filter(|(_, b)| b.after <= dequeued).map(|(c, _)| *c).collect();
         let mut behind = HashMap::with_capacity(ready.len());
         for chat in ready {

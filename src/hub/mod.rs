@@ -201,12 +201,12 @@ mod tests {
         // The slow connection took 2; chat fell behind at seq 3.
         assert!(slow.has_behind());
         // Nothing is taken before the two queued frames are.
-        assert!(slow.take(0).behind.is_empty());
+        assert!(slow.take(0, true).behind.is_empty());
         // Its other chat is behind too now (the queue is full for everyone)...
         hub.publish(&msg(quiet, 1));
         assert_eq!(slow_rx.recv().await.unwrap().seq, 1);
         assert_eq!(slow_rx.recv().await.unwrap().seq, 2);
-        let ctl = slow.take(2);
+        let ctl = slow.take(2, true);
         assert_eq!(ctl.behind.keys().copied().collect::<HashSet<_>>(), HashSet::from([chat, quiet]));
         // ... and once taken, live frames are queued again.
         hub.publish(&msg(chat, 6));
@@ -228,7 +228,7 @@ mod tests {
         let who = Uuid::new_v4();
         let p = Participant { chat_id: chat, user_id: who, delivered_seq: 2, read_seq: 1 };
         hub.publish(&Arc::new(EventFrame::receipt(&p, None)));
-        let b = c.take(1).behind.remove(&chat).unwrap();
+        let b = c.take(1, true).behind.remove(&chat).unwrap();
         assert_eq!(b.after, 1);
         assert_eq!(b.updates_from, Some(1));
         assert_eq!(b.deletes, vec![(1, gone)]);
@@ -246,7 +246,7 @@ mod tests {
         for seq in 0..=MAX_REMEMBERED_DELETES as i64 {
             hub.publish(&Arc::new(EventFrame::delete(chat, Uuid::new_v4(), seq, None)));
         }
-        assert!(c.take(0).overflow);
+        assert!(c.take(0, true).overflow);
     }
 
     #[tokio::test]
@@ -265,7 +265,7 @@ mod tests {
         hub.publish(&msg(chat, 3));
         assert_eq!(a_rx.recv().await.unwrap().seq, 1);
         assert!(a_rx.try_recv().is_err(), "nothing after revocation");
-        let ctl = a.take(1);
+        let ctl = a.take(1, true);
         assert_eq!(ctl.revoked, vec![chat]);
         assert!(ctl.behind.is_empty(), "no catch-up for a revoked chat");
     }
@@ -277,8 +277,32 @@ mod tests {
         hub.subscribe(Uuid::new_v4(), &c);
         hub.subscribe(Uuid::new_v4(), &c);
         hub.resync_all();
-        assert!(c.take(0).resync);
-        assert!(!c.take(0).resync);
+        assert!(c.take(0, true).resync);
+        assert!(!c.take(0, true).resync);
+    }
+
+    /// Presence changes wait beside the queue, coalesced, until the session
+    /// has room for them: a reader that is behind holds one entry per user,
+    /// not a frame per change.
+    #[tokio::test]
+    async fn presence_waits_coalesced_until_taken_with_room() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (a, _a_rx) = Conn::new(1, Uuid::new_v4(), 4);
+        hub.subscribe(chat, &a);
+        hub.present(chat, &a);
+        let bob = Uuid::new_v4();
+        for id in 0..50 {
+            let (b, _rx) = Conn::new(100 + id, bob, 4);
+            hub.subscribe(chat, &b);
+            hub.present(chat, &b);
+            hub.unsubscribe(chat, 100 + id);
+        }
+        assert!(a.presence_waiting());
+        assert!(a.take(0, false).presence.is_empty(), "no room: nothing taken");
+        assert!(a.presence_waiting());
+        assert_eq!(a.take(0, true).presence, vec![(chat, bob, false)], "one entry, the latest");
+        assert!(!a.presence_waiting());
     }
 
     #[tokio::test]
@@ -300,14 +324,14 @@ mod tests {
         let snap = hub.present(chat, &b2);
         assert_eq!(snap.users[0], bob, "the newcomer is listed first");
         assert_eq!(snap.users.iter().copied().collect::<HashSet<_>>(), HashSet::from([alice, bob]));
-        assert_eq!(a.take(0).presence, vec![(chat, bob, true)]);
+        assert_eq!(a.take(0, true).presence, vec![(chat, bob, true)]);
         // A subscription not yet checked is neither counted nor told.
         let (c, _c_rx) = Conn::new(4, Uuid::new_v4(), 4);
         hub.subscribe(chat, &c);
         assert_eq!(hub.online(&chat), 2);
         hub.unsubscribe(chat, 3);
-        assert!(c.take(0).presence.is_empty());
-        assert_eq!(a.take(0).presence, vec![(chat, bob, false)]);
+        assert!(c.take(0, true).presence.is_empty());
+        assert_eq!(a.take(0, true).presence, vec![(chat, bob, false)]);
         // Past the cap the snapshot says so and still lists the newcomer.
         let mut keep = Vec::new();
         for id in 10..(10 + ONLINE_CAP as u64) {
