@@ -1,0 +1,76 @@
+//! Holes in the promise: what the app's SQL can do to the seq sequence and
+//! to the relay's view of it. An id conflict must burn no seq, a message
+//! cannot move between chats, and the relay refuses a publication that
+//! would hide changes from it.
+
+mod support;
+
+use support::{insert, Db, Relay};
+use uuid::Uuid;
+
+async fn seqs_in_db(c: &tokio_postgres::Client, chat: Uuid) -> Vec<i64> {
+    c.query("SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_conflict_burns_no_seq() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
+    let c = db.client().await;
+    let id = Uuid::new_v4();
+    let ins = "INSERT INTO chat_messages (id, chat_id, sender_id, content) VALUES ($1, $2, $3, 'x')";
+    c.execute(ins, &[&id, &chat, &user]).await.unwrap();
+    // What an app retrying a send by message id does.
+    let skipped =
+        c.query(&format!("{ins} ON CONFLICT (id) DO NOTHING RETURNING seq"), &[&id, &chat, &user]).await.unwrap();
+    assert!(skipped.is_empty(), "the conflicting row was stored");
+    let bare = c.query(&format!("{ins} ON CONFLICT DO NOTHING RETURNING seq"), &[&id, &chat, &user]).await.unwrap();
+    assert!(bare.is_empty());
+    // An upsert by id keeps the row's seq and takes no new one.
+    let upserted: i64 = c
+        .query_one(
+            &format!("{ins} ON CONFLICT (id) DO UPDATE SET content = 'edited' RETURNING seq"),
+            &[&id, &chat, &user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(upserted, 1);
+    // The next plain insert gets the next seq: no hole.
+    assert_eq!(insert(&c, chat, user, "next").await, 2, "an id conflict burned a seq");
+    // A multi-row statement mixing the old id and new rows numbers only the new ones.
+    let rows = c
+        .query(
+            "INSERT INTO chat_messages (id, chat_id, sender_id, content)
+             VALUES (gen_random_uuid(), $2, $3, 'a'), ($1, $2, $3, 'dup'), (gen_random_uuid(), $2, $3, 'b')
+             ON CONFLICT (id) DO NOTHING RETURNING seq",
+            &[&id, &chat, &user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), [3, 4]);
+    // The id of a message in another chat: skipped there too, no number taken.
+    let other = db.chat(&[user]).await;
+    assert!(c
+        .query(&format!("{ins} ON CONFLICT (id) DO NOTHING RETURNING seq"), &[&id, &other, &user])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(insert(&c, other, user, "first").await, 1);
+    // Without ON CONFLICT a repeated id still fails, naming the primary key.
+    let err = c.execute(ins, &[&id, &chat, &user]).await.unwrap_err();
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code().code(), "23505", "{db_err}");
+    assert_eq!(db_err.constraint(), Some("chat_messages_pkey"));
+    assert_eq!(insert(&c, chat, user, "last").await, 5);
+    assert_eq!(seqs_in_db(&c, chat).await, [1, 2, 3, 4, 5]);
+    // The relay saw no hole: everything arrives, and no gap was counted.
+    assert_eq!(ws.messages(chat, 5).await, [1, 2, 3, 4, 5]);
+    assert_eq!(relay.metric("chat_relay_seq_gaps_total").await, 0.0);
+}
