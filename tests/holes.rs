@@ -74,3 +74,56 @@ async fn an_id_conflict_burns_no_seq() {
     assert_eq!(ws.messages(chat, 5).await, [1, 2, 3, 4, 5]);
     assert_eq!(relay.metric("chat_relay_seq_gaps_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moving_a_message_between_chats_is_refused_and_both_chats_stay_intact() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let user = Uuid::new_v4();
+    let (from, to) = (db.chat(&[user]).await, db.chat(&[user]).await);
+    let mut ws_from = relay.ws(user).await;
+    ws_from.subscribe(from, None).await;
+    let mut ws_to = relay.ws(user).await;
+    ws_to.subscribe(to, None).await;
+    let c = db.client().await;
+    for _ in 0..3 {
+        insert(&c, from, user, "from").await;
+    }
+    for _ in 0..2 {
+        insert(&c, to, user, "to").await;
+    }
+    let moved = c.execute("UPDATE chat_messages SET chat_id = $1 WHERE chat_id = $2 AND seq = 3", &[&to, &from]).await;
+    let err = match moved {
+        Ok(n) => {
+            let next = c
+                .query_one(
+                    "INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'after') RETURNING seq",
+                    &[&to, &user],
+                )
+                .await;
+            panic!("the move succeeded ({n} row); target chat now has seqs {:?}; its next insert: {next:?}", {
+                seqs_in_db(&c, to).await
+            });
+        }
+        Err(e) => e,
+    };
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code().code(), "0A000", "{db_err}");
+    let text = format!("{} {}", db_err.message(), db_err.hint().unwrap_or_default());
+    assert!(text.contains("INSERT") && text.contains("DELETE"), "the error says what to do instead: {text}");
+    // The same UPDATE that leaves chat_id alone still works.
+    c.execute(
+        "UPDATE chat_messages SET content = 'edited', chat_id = chat_id WHERE chat_id = $1 AND seq = 3",
+        &[&from],
+    )
+    .await
+    .unwrap();
+    // Both chats are intact: the next inserts get the next seqs.
+    assert_eq!(insert(&c, from, user, "from").await, 4);
+    assert_eq!(insert(&c, to, user, "to").await, 3);
+    assert_eq!(seqs_in_db(&c, from).await, [1, 2, 3, 4]);
+    assert_eq!(seqs_in_db(&c, to).await, [1, 2, 3]);
+    // And subscribers of each see a gapless sequence.
+    assert_eq!(ws_from.messages(from, 4).await, [1, 2, 3, 4]);
+    assert_eq!(ws_to.messages(to, 3).await, [1, 2, 3]);
+}
