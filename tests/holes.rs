@@ -5,7 +5,9 @@
 
 mod support;
 
-use support::{insert, Db, Relay};
+use std::time::Duration;
+
+use support::{insert, Db, Relay, PATIENCE};
 use uuid::Uuid;
 
 async fn seqs_in_db(c: &tokio_postgres::Client, chat: Uuid) -> Vec<i64> {
@@ -126,4 +128,54 @@ async fn moving_a_message_between_chats_is_refused_and_both_chats_stay_intact() 
     // And subscribers of each see a gapless sequence.
     assert_eq!(ws_from.messages(from, 4).await, [1, 2, 3, 4]);
     assert_eq!(ws_to.messages(to, 3).await, [1, 2, 3]);
+}
+
+/// Polls /readyz until it answers 503 with a body containing every one of
+/// `needles`; returns that body.
+async fn not_ready_saying(relay: &Relay, needles: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let last = match support::http_get(relay.port, "/readyz").await {
+            Ok((503, body)) if needles.iter().all(|n| body.contains(n)) => return body,
+            Ok((status, body)) => format!("{status} {body}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(tokio::time::Instant::now() < deadline, "readyz never said {needles:?}; last answer: {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_a_publication_that_hides_truncates_rows_or_columns() {
+    let db = Db::start().await;
+    let c = db.client().await;
+    // Without truncate, `TRUNCATE chat_participants` would revoke nobody.
+    c.batch_execute("ALTER PUBLICATION chat_relay SET (publish = 'insert, update, delete')").await.unwrap();
+    let relay = Relay::spawn(&db, &[]);
+    let body = not_ready_saying(&relay, &["chat_relay", "does not publish truncate"]).await;
+    assert!(body.contains("ALTER PUBLICATION"), "the reason says the fix: {body}");
+    c.batch_execute("ALTER PUBLICATION chat_relay SET (publish = 'insert, update, truncate')").await.unwrap();
+    not_ready_saying(&relay, &["chat_relay", "does not publish delete"]).await;
+    c.batch_execute("ALTER PUBLICATION chat_relay SET (publish = 'insert, update, delete, truncate')").await.unwrap();
+    relay.wait_ready().await;
+    // A row filter hides some rows' changes (here: removals of some users).
+    c.batch_execute(
+        "ALTER PUBLICATION chat_relay SET TABLE chat_messages, \
+         chat_participants WHERE (user_id <> '00000000-0000-0000-0000-000000000001')",
+    )
+    .await
+    .unwrap();
+    // Readiness is only checked again when a session starts: make one start.
+    drop(relay);
+    let relay = Relay::spawn(&db, &[]);
+    let body = not_ready_saying(&relay, &["chat_relay", "chat_participants", "row filter"]).await;
+    assert!(body.contains("ALTER PUBLICATION"), "the reason says the fix: {body}");
+    // A column list hides columns the relay reads.
+    c.batch_execute("ALTER PUBLICATION chat_relay SET TABLE chat_messages (id, chat_id, seq), chat_participants")
+        .await
+        .unwrap();
+    not_ready_saying(&relay, &["chat_relay", "chat_messages", "column list"]).await;
+    // The advice works, without a restart.
+    c.batch_execute("ALTER PUBLICATION chat_relay SET TABLE chat_messages, chat_participants").await.unwrap();
+    relay.wait_ready().await;
 }
