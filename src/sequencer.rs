@@ -10,6 +10,9 @@
 //! hands the result to [`Sequencer::fill`]: what exists is inserted in order,
 //! what does not is counted as a gap and skipped. Other chats never wait.
 //!
+//! Held events are kept in a map ordered by seq, so holding and releasing
+//! cost O(log n) per event however many wait behind a hole.
+//!
 //! Non-insert events (updates, deletes, participant changes) keep their place
 //! relative to the inserts of their chat; replays of them (a transaction at or
 //! below the last seen LSN) are dropped.
@@ -24,6 +27,7 @@
 //! The state machine is synchronous and takes `now` as an argument, so it can
 //! be driven by property tests; [`crate::relay`] drives it for real.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::num::NonZeroUsize;
@@ -36,6 +40,19 @@ use uuid::Uuid;
 use crate::event::{ChatEvent, ChatTxn, MessageRow};
 use crate::metrics::{self as m, DupKey};
 use crate::replication::Lsn;
+
+// Counts units of work on held events (a comparison, a visit), so tests can
+// tell linear from quadratic without timing anything.
+#[cfg(test)]
+thread_local! {
+    static WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn tally() {
+    #[cfg(test)]
+    WORK.with(|w| w.set(w.get() + 1));
+}
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -70,9 +87,28 @@ pub struct GapFill {
     pub before: i64,
 }
 
-struct Held {
-    /// Inserts: their seq. Others: the seq of the insert they followed.
+/// Where a held event waits: inserts at their seq, other events at the seq
+/// of the last insert held before them; events with one key in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
     key: i64,
+    arrival: u64,
+}
+
+impl Ord for Slot {
+    fn cmp(&self, other: &Self) -> Ordering {
+        tally();
+        self.key.cmp(&other.key).then(self.arrival.cmp(&other.arrival))
+    }
+}
+
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct Held {
     commit_lsn: Lsn,
     item: Sequenced,
 }
@@ -80,7 +116,7 @@ struct Held {
 struct ChatState {
     /// Highest seq handed on; None until the first insert is seen.
     high_water: Option<i64>,
-    held: Vec<Held>,
+    held: BTreeMap<Slot, Held>,
     deadline: Option<Instant>,
     fill_requested: bool,
     /// Last event seen, for eviction.
@@ -89,7 +125,27 @@ struct ChatState {
 
 impl ChatState {
     fn new(now: Instant) -> ChatState {
-        ChatState { high_water: None, held: Vec::new(), deadline: None, fill_requested: false, active: now }
+        ChatState { high_water: None, held: BTreeMap::new(), deadline: None, fill_requested: false, active: now }
+    }
+
+    /// Whether an insert with this seq is held.
+    fn holds_insert(&self, seq: i64) -> bool {
+        self.held
+            .range(Slot { key: seq, arrival: 0 }..=Slot { key: seq, arrival: u64::MAX })
+            .any(|(_, h)| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == seq))
+    }
+}
+
+fn pin(lsns: &mut BTreeMap<Lsn, usize>, lsn: Lsn) {
+    *lsns.entry(lsn).or_default() += 1;
+}
+
+fn unpin(lsns: &mut BTreeMap<Lsn, usize>, lsn: Lsn) {
+    if let Some(n) = lsns.get_mut(&lsn) {
+        *n -= 1;
+        if *n == 0 {
+            lsns.remove(&lsn);
+        }
     }
 }
 
@@ -144,6 +200,10 @@ pub struct Sequencer {
     /// the per-transaction cost does not grow with the number of chats.
     holding: HashSet<Uuid>,
     current: Option<Current>,
+    /// Events held across chats.
+    held_total: usize,
+    /// Arrival counter of held events.
+    arrivals: u64,
 }
 
 impl Sequencer {
@@ -157,7 +217,14 @@ impl Sequencer {
             held_lsns: BTreeMap::new(),
             holding: HashSet::new(),
             current: None,
+            held_total: 0,
+            arrivals: 0,
         }
+    }
+
+    /// Events held now, across chats.
+    pub fn held_events(&self) -> usize {
+        self.held_total
     }
 
     /// Forgets everything: the stream starts over (a new slot or another
@@ -238,14 +305,21 @@ impl Sequencer {
             ChatEvent::Inserted(_) => self.on_insert(item, cur.commit_lsn, now, out),
             _ if cur.replay => tracing::debug!(lsn = %cur.commit_lsn, "dropping replayed change"),
             _ => {
-                let chat = item.event.chat_id();
-                if let Some(state) = chat.and_then(|c| self.chats.get_mut(&c)) {
+                let Some(chat) = item.event.chat_id() else {
+                    out.push(item);
+                    return;
+                };
+                if let Some(state) = self.chats.get_mut(&chat) {
                     state.active = now;
-                    if !state.held.is_empty() {
-                        let key = state.held.last().map(|h| h.key).unwrap_or(0);
-                        state.held.push(Held { key, commit_lsn: cur.commit_lsn, item });
-                        *self.held_lsns.entry(cur.commit_lsn).or_default() += 1;
-                        self.holding.extend(chat);
+                    if let Some((last, _)) = state.held.last_key_value() {
+                        let key = last.key;
+                        self.arrivals += 1;
+                        state
+                            .held
+                            .insert(Slot { key, arrival: self.arrivals }, Held { commit_lsn: cur.commit_lsn, item });
+                        pin(&mut self.held_lsns, cur.commit_lsn);
+                        self.held_total += 1;
+                        self.holding.insert(chat);
                         return;
                     }
                 }
@@ -277,9 +351,7 @@ impl Sequencer {
         }
         let state = self.chats.entry(msg.chat_id).or_insert_with(|| ChatState::new(now));
         state.active = now;
-        if state.high_water.is_some_and(|hw| msg.seq <= hw)
-            || state.held.iter().any(|h| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == msg.seq))
-        {
+        if state.high_water.is_some_and(|hw| msg.seq <= hw) || state.holds_insert(msg.seq) {
             m::duplicate(DupKey::Seq);
             return;
         }
@@ -298,8 +370,10 @@ impl Sequencer {
         if state.deadline.is_none() {
             state.deadline = Some(now + self.cfg.gap_window);
         }
-        state.held.push(Held { key: seq, commit_lsn, item });
-        *self.held_lsns.entry(commit_lsn).or_default() += 1;
+        self.arrivals += 1;
+        state.held.insert(Slot { key: seq, arrival: self.arrivals }, Held { commit_lsn, item });
+        pin(&mut self.held_lsns, commit_lsn);
+        self.held_total += 1;
         self.holding.insert(chat);
         out.extend(self.release(chat, Vec::new(), None, now));
     }
@@ -319,14 +393,14 @@ impl Sequencer {
             if state.fill_requested || state.deadline.is_none_or(|d| d > now) {
                 continue;
             }
-            let first_held = state
-                .held
-                .iter()
-                .filter_map(|h| match &h.item.event {
+            // Held inserts are in seq order: the first is the lowest.
+            let first_held = state.held.values().find_map(|h| {
+                tally();
+                match &h.item.event {
                     ChatEvent::Inserted(m) => Some(m.seq),
                     _ => None,
-                })
-                .min();
+                }
+            });
             match (state.high_water, first_held) {
                 (Some(after), Some(before)) => {
                     state.fill_requested = true;
@@ -369,32 +443,30 @@ impl Sequencer {
         let Some(state) = self.chats.get_mut(&chat_id) else {
             return Vec::new();
         };
-        let mut held = std::mem::take(&mut state.held);
-        let commit_time = held.first().map(|h| h.item.commit_time).unwrap_or_else(Utc::now);
+        let commit_time = state.held.first_key_value().map(|(_, h)| h.item.commit_time).unwrap_or_else(Utc::now);
         let mut repaired = 0u64;
         for row in found {
-            held.push(Held {
-                key: row.seq,
-                commit_lsn: Lsn(0),
-                item: Sequenced { commit_time, event: ChatEvent::Inserted(row) },
-            });
+            self.arrivals += 1;
+            self.held_total += 1;
+            state.held.insert(
+                Slot { key: row.seq, arrival: self.arrivals },
+                Held { commit_lsn: Lsn(0), item: Sequenced { commit_time, event: ChatEvent::Inserted(row) } },
+            );
         }
-        held.sort_by_key(|h| h.key); // stable: followers stay after their insert
         let mut out = Vec::new();
-        let mut rest = Vec::new();
-        let mut blocked = false;
-        for h in held {
-            if blocked {
-                rest.push(h);
-                continue;
-            }
+        // In key order; followers stay after their insert. Stops at the first
+        // insert that may not pass yet: what follows it waits too.
+        while let Some(entry) = state.held.first_entry() {
+            tally();
+            let h = entry.get();
             let lsn = h.commit_lsn;
-            match &h.item.event {
+            let pass = match &h.item.event {
                 ChatEvent::Inserted(msg) => {
                     let hw = state.high_water;
                     let stale = hw.is_some_and(|hw| msg.seq <= hw);
                     if stale || self.ids.contains(&msg.id, msg.seq, now) {
                         m::duplicate(if stale { DupKey::Seq } else { DupKey::Id });
+                        false
                     } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
                         if hw.is_some_and(|hw| msg.seq > hw + 1) {
                             m::seq_gap();
@@ -408,28 +480,25 @@ impl Sequencer {
                         if let Some(c) = msg.client_generated_id {
                             self.client_ids.insert((chat_id, c), msg.seq, now);
                         }
-                        out.push(h.item);
+                        true
                     } else {
-                        blocked = true;
-                        rest.push(h);
-                        continue;
+                        break;
                     }
                 }
-                _ => out.push(h.item),
+                _ => true,
+            };
+            let h = entry.remove();
+            self.held_total -= 1;
+            if pass {
+                out.push(h.item);
             }
             if lsn != Lsn(0) {
-                if let Some(n) = self.held_lsns.get_mut(&lsn) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.held_lsns.remove(&lsn);
-                    }
-                }
+                unpin(&mut self.held_lsns, lsn);
             }
         }
         if repaired > 0 {
             m::gap_repaired(repaired);
         }
-        state.held = rest;
         if state.held.is_empty() {
             state.deadline = None;
             state.fill_requested = false;
