@@ -11,7 +11,14 @@
 //! what does not is counted as a gap and skipped. Other chats never wait.
 //!
 //! Held events are kept in a map ordered by seq, so holding and releasing
-//! cost O(log n) per event however many wait behind a hole.
+//! cost O(log n) per event however many wait behind a hole. Their number is
+//! bounded across chats ([`Sequencer::set_held_budget`]): a chat whose hold
+//! would go past it drops its held messages and takes them, and the rest of
+//! its messages up to the highest seq seen, from the table instead, through
+//! the same [`GapFill`] lookups (at most the budget's worth of seqs each).
+//! Until it has caught up, its new messages are dropped the same way, its
+//! updates and deletes of those messages too (the table has the rows as they
+//! are now), and its other events pass at once.
 //!
 //! Non-insert events (updates, deletes, participant changes) keep their place
 //! relative to the inserts of their chat; replays of them (a transaction at or
@@ -53,6 +60,10 @@ fn tally() {
     #[cfg(test)]
     WORK.with(|w| w.set(w.get() + 1));
 }
+
+/// Events held across chats, by default: past it a chat's held messages are
+/// read back from the table instead (see the module docs).
+pub const DEFAULT_HELD_BUDGET: usize = 10_000;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -113,10 +124,21 @@ struct Held {
     item: Sequenced,
 }
 
+/// A chat that went past the held budget: its messages up to `until` come
+/// from the table.
+#[derive(Debug, Clone, Copy)]
+struct Spill {
+    until: i64,
+    /// Commit LSN of the oldest transaction whose events were dropped: not
+    /// confirmed until the table has been read.
+    lsn: Lsn,
+}
+
 struct ChatState {
     /// Highest seq handed on; None until the first insert is seen.
     high_water: Option<i64>,
     held: BTreeMap<Slot, Held>,
+    spill: Option<Spill>,
     deadline: Option<Instant>,
     fill_requested: bool,
     /// Last event seen, for eviction.
@@ -125,7 +147,14 @@ struct ChatState {
 
 impl ChatState {
     fn new(now: Instant) -> ChatState {
-        ChatState { high_water: None, held: BTreeMap::new(), deadline: None, fill_requested: false, active: now }
+        ChatState {
+            high_water: None,
+            held: BTreeMap::new(),
+            spill: None,
+            deadline: None,
+            fill_requested: false,
+            active: now,
+        }
     }
 
     /// Whether an insert with this seq is held.
@@ -133,6 +162,20 @@ impl ChatState {
         self.held
             .range(Slot { key: seq, arrival: 0 }..=Slot { key: seq, arrival: u64::MAX })
             .any(|(_, h)| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == seq))
+    }
+
+    /// Whether the table read of a spilled chat will answer for this update
+    /// or delete (its message is among those the table is to be read for).
+    fn spill_covers(&self, event: &ChatEvent) -> bool {
+        let (Some(spill), Some(hw)) = (self.spill, self.high_water) else {
+            return false;
+        };
+        let seq = match event {
+            ChatEvent::Updated(m) => m.seq,
+            ChatEvent::Deleted { seq, .. } => *seq,
+            _ => return false,
+        };
+        seq > hw && seq <= spill.until
     }
 }
 
@@ -200,8 +243,9 @@ pub struct Sequencer {
     /// the per-transaction cost does not grow with the number of chats.
     holding: HashSet<Uuid>,
     current: Option<Current>,
-    /// Events held across chats.
+    /// Events held across chats, and the most that may be.
     held_total: usize,
+    held_budget: usize,
     /// Arrival counter of held events.
     arrivals: u64,
 }
@@ -218,8 +262,14 @@ impl Sequencer {
             holding: HashSet::new(),
             current: None,
             held_total: 0,
+            held_budget: DEFAULT_HELD_BUDGET,
             arrivals: 0,
         }
+    }
+
+    /// Sets the most events held across chats (at least 1).
+    pub fn set_held_budget(&mut self, events: usize) {
+        self.held_budget = events.max(1);
     }
 
     /// Events held now, across chats.
@@ -232,7 +282,9 @@ impl Sequencer {
     /// new leadership term, which replays what an earlier one may have
     /// dropped unpublished).
     pub fn reset(&mut self) {
+        let budget = self.held_budget;
         *self = Sequencer::new(self.cfg.clone());
+        self.held_budget = budget;
     }
 
     /// Declares a chat's high-water mark (everything up to `seq` is handed on).
@@ -250,7 +302,8 @@ impl Sequencer {
     /// Returns how many were dropped.
     pub fn evict_idle(&mut self, now: Instant, idle: Duration) -> usize {
         let before = self.chats.len();
-        self.chats.retain(|_, c| !c.held.is_empty() || now.saturating_duration_since(c.active) < idle);
+        self.chats
+            .retain(|_, c| !c.held.is_empty() || c.spill.is_some() || now.saturating_duration_since(c.active) < idle);
         before - self.chats.len()
     }
 
@@ -311,6 +364,9 @@ impl Sequencer {
                 };
                 if let Some(state) = self.chats.get_mut(&chat) {
                     state.active = now;
+                    if state.spill_covers(&item.event) {
+                        return;
+                    }
                     if let Some((last, _)) = state.held.last_key_value() {
                         let key = last.key;
                         self.arrivals += 1;
@@ -320,6 +376,9 @@ impl Sequencer {
                         pin(&mut self.held_lsns, cur.commit_lsn);
                         self.held_total += 1;
                         self.holding.insert(chat);
+                        if self.held_total > self.held_budget {
+                            self.spill(chat, cur.commit_lsn, now, out);
+                        }
                         return;
                     }
                 }
@@ -355,6 +414,11 @@ impl Sequencer {
             m::duplicate(DupKey::Seq);
             return;
         }
+        if let Some(spill) = state.spill.as_mut() {
+            // The table will be read for it (and for anything below it).
+            spill.until = spill.until.max(msg.seq);
+            return;
+        }
         let in_order = state.high_water.is_none_or(|hw| msg.seq == hw + 1);
         if state.held.is_empty() && in_order {
             let (id, chat, cgid, seq) = (msg.id, msg.chat_id, msg.client_generated_id, msg.seq);
@@ -376,6 +440,56 @@ impl Sequencer {
         self.held_total += 1;
         self.holding.insert(chat);
         out.extend(self.release(chat, Vec::new(), None, now));
+        if self.held_total > self.held_budget {
+            self.spill(chat, commit_lsn, now, out);
+        }
+    }
+
+    /// The chat's hold went past the budget: drop its held messages (and
+    /// their updates and deletes) for the table to answer for, and hand on
+    /// its other held events now, in order.
+    fn spill(&mut self, chat_id: Uuid, commit_lsn: Lsn, now: Instant, out: &mut Vec<Sequenced>) {
+        let Some(state) = self.chats.get_mut(&chat_id) else {
+            return;
+        };
+        let Some(hw) = state.high_water.filter(|_| !state.held.is_empty()) else {
+            return; // nothing held, or nothing to read the table after
+        };
+        let mut spill = state.spill.unwrap_or(Spill { until: hw, lsn: commit_lsn });
+        let was_spilled = state.spill.is_some();
+        let mut oldest = spill.lsn;
+        for (_, h) in std::mem::take(&mut state.held) {
+            tally();
+            self.held_total -= 1;
+            unpin(&mut self.held_lsns, h.commit_lsn);
+            match &h.item.event {
+                ChatEvent::Inserted(msg) => {
+                    spill.until = spill.until.max(msg.seq);
+                    oldest = oldest.min(h.commit_lsn);
+                }
+                // The table has these rows as they are now (or not at all).
+                ChatEvent::Updated(MessageRow { seq, .. }) | ChatEvent::Deleted { seq, .. } if *seq > hw => {
+                    spill.until = spill.until.max(*seq);
+                    oldest = oldest.min(h.commit_lsn);
+                }
+                _ => out.push(h.item),
+            }
+        }
+        if was_spilled {
+            unpin(&mut self.held_lsns, spill.lsn);
+        }
+        spill.lsn = oldest;
+        pin(&mut self.held_lsns, spill.lsn);
+        tracing::warn!(
+            chat_id = %chat_id,
+            after = hw,
+            until = spill.until,
+            budget = self.held_budget,
+            "too many events held behind a seq gap; reading the chat's messages from the table"
+        );
+        state.spill = Some(spill);
+        state.deadline.get_or_insert(now + self.cfg.gap_window);
+        self.holding.insert(chat_id);
     }
 
     fn remember(&mut self, id: Uuid, chat: Uuid, cgid: Option<Uuid>, seq: i64, now: Instant) {
@@ -391,6 +505,14 @@ impl Sequencer {
         for chat_id in &self.holding {
             let Some(state) = self.chats.get_mut(chat_id) else { continue };
             if state.fill_requested || state.deadline.is_none_or(|d| d > now) {
+                continue;
+            }
+            if let (Some(spill), Some(after)) = (state.spill, state.high_water) {
+                // Spilled: read the table in ranges of at most the budget.
+                let width = i64::try_from(self.held_budget).unwrap_or(i64::MAX);
+                let before = spill.until.min(after.saturating_add(width)).saturating_add(1);
+                state.fill_requested = true;
+                fills.push(GapFill { chat_id: *chat_id, after, before });
                 continue;
             }
             // Held inserts are in seq order: the first is the lowest.
@@ -427,7 +549,40 @@ impl Sequencer {
     pub fn fill(&mut self, gap: GapFill, found: Vec<MessageRow>, now: Instant) -> Vec<Sequenced> {
         let found =
             found.into_iter().filter(|r| r.chat_id == gap.chat_id && r.seq > gap.after && r.seq < gap.before).collect();
-        self.release(gap.chat_id, found, Some(gap.before), now)
+        let out = self.release(gap.chat_id, found, Some(gap.before), now);
+        self.advance_spill(gap, now);
+        out
+    }
+
+    /// After a lookup for a spilled chat: everything below `gap.before` is
+    /// now handed on or a real gap. Done once the table has been read up to
+    /// the highest seq dropped; until then, the next range is due at once.
+    fn advance_spill(&mut self, gap: GapFill, now: Instant) {
+        let Some(state) = self.chats.get_mut(&gap.chat_id) else {
+            return;
+        };
+        let Some(spill) = state.spill else {
+            return;
+        };
+        let end = gap.before.saturating_sub(1);
+        let hw = state.high_water.unwrap_or(gap.after);
+        if end > hw {
+            m::seq_gap();
+            tracing::warn!(chat_id = %gap.chat_id, after = hw, next = end + 1, "seq gap: missing messages not found");
+            state.high_water = Some(end);
+        }
+        state.fill_requested = false;
+        if state.high_water.is_some_and(|hw| hw >= spill.until) {
+            state.spill = None;
+            unpin(&mut self.held_lsns, spill.lsn);
+            if state.held.is_empty() {
+                state.deadline = None;
+                self.holding.remove(&gap.chat_id);
+            }
+        } else {
+            state.deadline = Some(now);
+            self.holding.insert(gap.chat_id);
+        }
     }
 
     /// Hands on held events in order. Inserts pass when contiguous, or when

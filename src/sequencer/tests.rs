@@ -247,6 +247,7 @@ proptest! {
         order in prop::collection::vec(any::<u32>(), 80),
         dups in prop::collection::vec(any::<u16>(), 0..10),
         steps in prop::collection::vec(0u64..80, 80),
+        budget in prop_oneof![Just(usize::MAX), 1usize..6],
     ) {
         let mut db = HashMap::new();
         let mut wal_msgs = Vec::new();
@@ -274,6 +275,8 @@ proptest! {
             }
         }
         let mut s = Sequencer::new(cfg());
+        // A small budget sends chats to the table often.
+        s.set_held_budget(budget);
         for c in 0..sizes.len() { s.set_high_water(chat(c as u8), 0); }
         let mut now = Instant::now();
         let mut out = Vec::new();
@@ -286,6 +289,7 @@ proptest! {
             out.extend(s.push(txn(k as u64 + 1, vec![ChatEvent::Inserted(m)]), now));
         }
         drain(&mut s, &db, now, &mut out);
+        prop_assert!(s.held_events() <= budget);
         check_order_and_uniqueness(&out);
         let got: BTreeSet<(Uuid, i64)> = inserted(&out).into_iter().collect();
         for key in db.keys().filter(|(c, q)| wal_top.get(c).is_some_and(|t| q < t)) {
@@ -331,6 +335,7 @@ fn work() -> u64 {
 /// (held-event comparisons and visits) to take them in and release them.
 fn work_for_rows_after_a_hole(n: i64) -> u64 {
     let mut s = Sequencer::new(cfg());
+    s.set_held_budget(usize::MAX);
     let t0 = Instant::now();
     s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
     let start = work();
@@ -361,15 +366,72 @@ fn a_hole_followed_by_many_rows_is_not_quadratic() {
     assert!(big < 8_000 * 200, "8,000 rows took {big} units of work");
 }
 
+/// Drives `s` to quiescence like [`drain`], and returns the ranges asked for.
+fn drain_recording(
+    s: &mut Sequencer,
+    db: &HashMap<(Uuid, i64), MessageRow>,
+    mut now: Instant,
+    out: &mut Vec<Sequenced>,
+) -> Vec<GapFill> {
+    let mut asked = Vec::new();
+    for _ in 0..10_000 {
+        let Some(deadline) = s.next_deadline() else {
+            return asked;
+        };
+        now = now.max(deadline);
+        for gap in s.expired(now) {
+            asked.push(gap);
+            let found = (gap.after + 1..gap.before).filter_map(|q| db.get(&(gap.chat_id, q)).cloned()).collect();
+            out.extend(s.fill(gap, found, now));
+        }
+    }
+    panic!("sequencer never settled");
+}
+
+#[test]
+fn past_the_held_budget_a_chat_falls_back_to_the_table() {
+    let budget = 100;
+    let mut s = Sequencer::new(cfg());
+    s.set_held_budget(budget);
+    let t0 = Instant::now();
+    // Seq 2 was burned; 1 and 3..=1000 are in the table and the WAL.
+    let db: HashMap<(Uuid, i64), MessageRow> =
+        (1..=1000).filter(|&q| q != 2).map(|q| ((chat(1), q), msg(1, q))).collect();
+    let mut out = s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
+    s.begin(Lsn(200), Lsn(210), Utc::now());
+    for q in 3..=1000 {
+        s.event(ChatEvent::Inserted(msg(1, q)), t0, &mut out);
+        assert!(s.held_events() <= budget, "{} events held after seq {q}", s.held_events());
+    }
+    s.commit();
+    // Nothing past the hole was confirmed: a restart would replay it.
+    assert_eq!(s.safe_lsn(), Lsn(200));
+    let asked = drain_recording(&mut s, &db, t0, &mut out);
+    check_order_and_uniqueness(&out);
+    let expected: Vec<(Uuid, i64)> = (1..=1000).filter(|&q| q != 2).map(|q| (chat(1), q)).collect();
+    assert_eq!(inserted(&out), expected, "everything exactly once, in order");
+    assert!(asked.len() > 1, "{asked:?}");
+    for gap in &asked {
+        assert!(gap.before - gap.after - 1 <= budget as i64, "one lookup asked for {gap:?}");
+    }
+    assert_eq!(s.safe_lsn(), Lsn(210));
+    assert_eq!(s.high_water(&chat(1)), Some(1000));
+    // The chat is back to normal: the next row passes at once.
+    let next = s.push(txn(3, vec![ChatEvent::Inserted(msg(1, 1001))]), t0);
+    assert_eq!(inserted(&next), vec![(chat(1), 1001)]);
+    assert_eq!(s.next_deadline(), None);
+}
+
 #[test]
 fn a_hole_in_one_chat_never_delays_another() {
     let mut s = Sequencer::new(cfg());
+    s.set_held_budget(50);
     let t0 = Instant::now();
     let db: HashMap<(Uuid, i64), MessageRow> =
         (1..=300).filter(|&q| q != 2).map(|q| ((chat(1), q), msg(1, q))).collect();
     s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
     s.push(txn(2, vec![ChatEvent::Inserted(msg(2, 1))]), t0);
-    // Chat 1 has a hole at 2 and holds; chat 2's events pass
+    // Chat 1 has a hole at 2 and holds, then spills; chat 2's events pass
     // in the call that brings them, whatever chat 1 is doing.
     let mut chat1 = Vec::new();
     for q in 3..=300 {
@@ -408,7 +470,7 @@ fn a_hole_in_one_chat_never_delays_another() {
 
 /// The sequencer as it was before held events moved into a map (a Vec,
 /// re-sorted on every release), kept as the reference the map version must
-/// agree with.
+/// agree with while under its budget (set to usize::MAX there).
 #[allow(dead_code)]
 mod reference {
     use super::*;
@@ -744,7 +806,7 @@ fn events(out: Vec<Sequenced>) -> Vec<ChatEvent> {
 }
 
 proptest! {
-    /// The map-based sequencer does exactly what the
+    /// Under its budget the map-based sequencer does exactly what the
     /// Vec-based one did: same events out, in the same order, same lookups,
     /// same deadlines, same safe position, on streams with holes (filled
     /// late, or from the table, or never), replays, updates and deletes of
@@ -754,6 +816,7 @@ proptest! {
         ops in prop::collection::vec((0u8..8, 0u8..3, any::<u8>()), 1..150),
     ) {
         let mut new = Sequencer::new(cfg());
+        new.set_held_budget(usize::MAX);
         let mut old = reference::Sequencer::new(cfg());
         let mut now = Instant::now();
         let mut next = [1i64; 3];
@@ -834,4 +897,48 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_spilled_chat_hands_on_other_events_and_leaves_updates_of_dropped_messages_to_the_table() {
+    let mut s = Sequencer::new(cfg());
+    s.set_held_budget(5);
+    let t0 = Instant::now();
+    let user = chat(9);
+    let joined = crate::event::Participant { chat_id: chat(1), user_id: user, delivered_seq: 0, read_seq: 0 };
+    s.push(txn(1, vec![ChatEvent::Inserted(msg(1, 1))]), t0);
+    // Seq 2 is missing: 3..=6 and an update of 1 are held (5 events).
+    for q in 3..=6 {
+        assert!(s.push(txn(q as u64, vec![ChatEvent::Inserted(msg(1, q))]), t0).is_empty());
+    }
+    assert!(s.push(txn(7, vec![ChatEvent::Updated(msg(1, 1))]), t0).is_empty());
+    assert_eq!(s.held_events(), 5);
+    // The sixth goes past the budget: held messages are dropped, the rest
+    // is handed on now, in order.
+    let out = s.push(txn(8, vec![ChatEvent::ParticipantRemoved { chat_id: chat(1), user_id: user }]), t0);
+    assert_eq!(
+        events(out),
+        vec![ChatEvent::Updated(msg(1, 1)), ChatEvent::ParticipantRemoved { chat_id: chat(1), user_id: user }]
+    );
+    assert_eq!(s.held_events(), 0);
+    assert_eq!(s.safe_lsn(), Lsn(300), "the oldest dropped transaction is not confirmed");
+    // Until the table has been read: updates and deletes of the dropped
+    // messages are left to it, others pass, new messages join the read.
+    assert!(s.push(txn(9, vec![ChatEvent::Updated(msg(1, 4))]), t0).is_empty());
+    let deleted = ChatEvent::Deleted { chat_id: chat(1), id: msg(1, 5).id, seq: 5 };
+    assert!(s.push(txn(10, vec![deleted]), t0).is_empty());
+    let passing = vec![ChatEvent::Updated(msg(1, 1)), ChatEvent::ParticipantChanged { now: joined, previous: None }];
+    assert_eq!(events(s.push(txn(11, passing.clone()), t0)), passing);
+    assert!(s.push(txn(12, vec![ChatEvent::Inserted(msg(1, 7))]), t0).is_empty());
+    // The table has 1, 3, 4 (as updated), 6 and 7; 5 was deleted.
+    let db: HashMap<(Uuid, i64), MessageRow> = [1, 3, 4, 6, 7].map(|q| ((chat(1), q), msg(1, q))).into();
+    let mut out = Vec::new();
+    let asked = drain_recording(&mut s, &db, t0, &mut out);
+    assert_eq!(
+        asked,
+        vec![GapFill { chat_id: chat(1), after: 1, before: 7 }, GapFill { chat_id: chat(1), after: 6, before: 8 }]
+    );
+    assert_eq!(inserted(&out), vec![(chat(1), 3), (chat(1), 4), (chat(1), 6), (chat(1), 7)]);
+    assert_eq!(s.safe_lsn(), Lsn(1210));
+    assert_eq!(inserted(&s.push(txn(13, vec![ChatEvent::Inserted(msg(1, 8))]), t0)), vec![(chat(1), 8)]);
 }
