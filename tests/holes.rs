@@ -179,3 +179,32 @@ async fn serve_refuses_a_publication_that_hides_truncates_rows_or_columns() {
     c.batch_execute("ALTER PUBLICATION chat_relay SET TABLE chat_messages, chat_participants").await.unwrap();
     relay.wait_ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hole_then_more_rows_than_the_relay_holds_arrive_exactly_once_in_order() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
+    let (other_user, other, mut ws_other) = relay.subscriber(&db).await;
+    let c = db.client().await;
+    assert_eq!(insert(&c, chat, user, "before").await, 1);
+    // A seq taken and never used: what a burned number looked like.
+    c.execute("UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1", &[&chat]).await.unwrap();
+    // One statement of more rows than the sequencer holds (10,000): they are
+    // read back from the table instead.
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) \
+         SELECT $1, $2, 'bulk ' || g FROM generate_series(1, 12000) g",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    assert_eq!(insert(&c, other, other_user, "meanwhile").await, 1);
+    assert_eq!(insert(&c, chat, user, "after").await, 12003);
+    assert_eq!(ws_other.messages(other, 1).await, [1]);
+    let seqs = ws.messages(chat, 12002).await;
+    let expected: Vec<i64> = std::iter::once(1).chain(3..=12003).collect();
+    assert!(seqs == expected, "{} messages, first {:?}, last {:?}", seqs.len(), &seqs[..5], &seqs[seqs.len() - 5..]);
+    assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "a message twice");
+    assert_eq!(relay.metric("chat_relay_seq_gaps_total").await, 1.0);
+}
