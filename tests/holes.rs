@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{insert, Db, Relay, PATIENCE};
 use uuid::Uuid;
@@ -207,4 +207,39 @@ async fn a_hole_then_more_rows_than_the_relay_holds_arrive_exactly_once_in_order
     assert!(seqs == expected, "{} messages, first {:?}, last {:?}", seqs.len(), &seqs[..5], &seqs[seqs.len() - 5..]);
     assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "a message twice");
     assert_eq!(relay.metric("chat_relay_seq_gaps_total").await, 1.0);
+}
+
+/// A measurement, not a check (run it by hand): a hole, then one statement of
+/// HOLES_ROWS rows (50,000 by default) into that chat; how long after the
+/// commit another chat's next message, and then the last row, arrive.
+/// `HOLES_ROWS=50000 cargo test --test holes measure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement; run by hand"]
+async fn measure_a_hole_then_a_big_statement() {
+    let n: i32 = std::env::var("HOLES_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let (user, chat, mut ws) = relay.subscriber(&db).await;
+    let (other_user, other, mut ws_other) = relay.subscriber(&db).await;
+    let c = db.client().await;
+    insert(&c, chat, user, "before").await;
+    assert_eq!(ws.messages(chat, 1).await, [1]);
+    c.execute("UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1", &[&chat]).await.unwrap();
+    let started = Instant::now();
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) \
+         SELECT $1, $2, 'bulk ' || g FROM generate_series(1, $3) g",
+        &[&chat, &user, &n],
+    )
+    .await
+    .unwrap();
+    let statement = started.elapsed();
+    insert(&c, other, other_user, "meanwhile").await;
+    let committed = Instant::now();
+    ws_other.messages(other, 1).await;
+    let other_chat = committed.elapsed();
+    let seqs = ws.messages(chat, n as usize).await;
+    let all = committed.elapsed();
+    assert_eq!(seqs.last().copied(), Some(i64::from(n) + 2));
+    eprintln!("rows={n} statement={statement:?} other chat's message after {other_chat:?}, the last row after {all:?}");
 }
