@@ -57,6 +57,17 @@ async fn an_id_conflict_burns_no_seq() {
         .await
         .unwrap();
     assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), [3, 4]);
+    // The taken id first: it gives back the number the statement's first row counted.
+    let rows = c
+        .query(
+            "INSERT INTO chat_messages (id, chat_id, sender_id, content)
+             VALUES ($1, $2, $3, 'dup'), (gen_random_uuid(), $2, $3, 'c')
+             ON CONFLICT (id) DO NOTHING RETURNING seq",
+            &[&id, &chat, &user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), [5]);
     // The id of a message in another chat: skipped there too, no number taken.
     let other = db.chat(&[user]).await;
     assert!(c
@@ -70,10 +81,10 @@ async fn an_id_conflict_burns_no_seq() {
     let db_err = err.as_db_error().expect("a database error");
     assert_eq!(db_err.code().code(), "23505", "{db_err}");
     assert_eq!(db_err.constraint(), Some("chat_messages_pkey"));
-    assert_eq!(insert(&c, chat, user, "last").await, 5);
-    assert_eq!(seqs_in_db(&c, chat).await, [1, 2, 3, 4, 5]);
+    assert_eq!(insert(&c, chat, user, "last").await, 6);
+    assert_eq!(seqs_in_db(&c, chat).await, [1, 2, 3, 4, 5, 6]);
     // The relay saw no hole: everything arrives, and no gap was counted.
-    assert_eq!(ws.messages(chat, 5).await, [1, 2, 3, 4, 5]);
+    assert_eq!(ws.messages(chat, 6).await, [1, 2, 3, 4, 5, 6]);
     assert_eq!(relay.metric("chat_relay_seq_gaps_total").await, 0.0);
 }
 
