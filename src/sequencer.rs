@@ -234,7 +234,9 @@ impl<K: Hash + Eq> Seen<K> {
 pub struct Sequencer {
     cfg: SequencerConfig,
     chats: HashMap<Uuid, ChatState>,
-    ids: Seen<Uuid>,
+    /// By (chat, id): a message deleted from one chat and inserted into
+    /// another under its id may get the same seq there; it is not a replay.
+    ids: Seen<(Uuid, Uuid)>,
     client_ids: Seen<(Uuid, Uuid)>,
     last_end: Lsn,
     /// Commit LSNs of transactions with held events, with how many are held.
@@ -398,7 +400,7 @@ impl Sequencer {
         let ChatEvent::Inserted(msg) = &item.event else {
             return;
         };
-        if self.ids.contains(&msg.id, msg.seq, now) {
+        if self.ids.contains(&(msg.chat_id, msg.id), msg.seq, now) {
             m::duplicate(DupKey::Id);
             return;
         }
@@ -493,7 +495,7 @@ impl Sequencer {
     }
 
     fn remember(&mut self, id: Uuid, chat: Uuid, cgid: Option<Uuid>, seq: i64, now: Instant) {
-        self.ids.insert(id, seq, now);
+        self.ids.insert((chat, id), seq, now);
         if let Some(c) = cgid {
             self.client_ids.insert((chat, c), seq, now);
         }
@@ -619,7 +621,7 @@ impl Sequencer {
                 ChatEvent::Inserted(msg) => {
                     let hw = state.high_water;
                     let stale = hw.is_some_and(|hw| msg.seq <= hw);
-                    if stale || self.ids.contains(&msg.id, msg.seq, now) {
+                    if stale || self.ids.contains(&(chat_id, msg.id), msg.seq, now) {
                         m::duplicate(if stale { DupKey::Seq } else { DupKey::Id });
                         false
                     } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
@@ -631,7 +633,7 @@ impl Sequencer {
                             repaired += 1;
                         }
                         state.high_water = Some(msg.seq);
-                        self.ids.insert(msg.id, msg.seq, now);
+                        self.ids.insert((chat_id, msg.id), msg.seq, now);
                         if let Some(c) = msg.client_generated_id {
                             self.client_ids.insert((chat_id, c), msg.seq, now);
                         }

@@ -160,6 +160,30 @@ fn an_id_inserted_again_after_its_delete_is_a_new_message() {
     assert!(s.push(txn(3, vec![ChatEvent::Inserted(again)]), now).is_empty());
 }
 
+#[test]
+fn a_message_moved_to_another_chat_with_the_same_seq_is_not_a_duplicate() {
+    let mut s = Sequencer::new(cfg());
+    let now = Instant::now();
+    for q in 1..=3 {
+        s.push(txn(q as u64, vec![ChatEvent::Inserted(msg(2, q))]), now);
+    }
+    let first = msg(1, 4);
+    s.set_high_water(chat(1), 3);
+    assert_eq!(inserted(&s.push(txn(4, vec![ChatEvent::Inserted(first.clone())]), now)), vec![(chat(1), 4)]);
+    // Deleted from chat 1 and inserted into chat 2 under the same id, where
+    // it happens to get the same seq.
+    let mut moved = first.clone();
+    moved.chat_id = chat(2);
+    moved.client_generated_id = None;
+    let out = s.push(
+        txn(5, vec![ChatEvent::Deleted { chat_id: chat(1), id: first.id, seq: 4 }, ChatEvent::Inserted(moved.clone())]),
+        now,
+    );
+    assert_eq!(inserted(&out), vec![(chat(2), 4)], "the moved message was dropped as a duplicate");
+    // Its replay is still one.
+    assert!(s.push(txn(5, vec![ChatEvent::Inserted(moved)]), now).is_empty());
+}
+
 /// Drives a sequencer to quiescence: advances time past every window and
 /// answers lookups from `db`.
 fn drain(s: &mut Sequencer, db: &HashMap<(Uuid, i64), MessageRow>, mut now: Instant, out: &mut Vec<Sequenced>) {
