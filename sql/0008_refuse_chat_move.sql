@@ -12,9 +12,9 @@
 -- clients that already have it, and a move would have to lock two chats in
 -- some order. Refusing is simpler and safe: a BEFORE UPDATE row trigger
 -- raises SQLSTATE 0A000 (feature_not_supported) when chat_id changes, with a
--- hint that says what to do instead: INSERT the message into the target chat
--- (it gets that chat's next seq) and DELETE it from the old one, in one
--- transaction. Updates that leave chat_id as it is are not affected (the
+-- hint that says what to do instead: in one transaction, DELETE the message
+-- from its chat and INSERT it into the target chat (the same id may be used
+-- again; it gets the target's next seq). Updates that leave chat_id as it is are not affected (the
 -- trigger's WHEN clause does not even call the function for them).
 --
 -- Re-running is safe (CREATE OR REPLACE, DROP TRIGGER IF EXISTS).
@@ -33,7 +33,7 @@ BEGIN
     RAISE EXCEPTION 'chat_messages: message %% cannot move from chat %% to chat %%: its seq belongs to the chat it was sent in',
             OLD.id, OLD.chat_id, NEW.chat_id
         USING ERRCODE = 'feature_not_supported',
-              HINT = 'INSERT the message into the target chat (it gets that chat''s next seq) and DELETE it from the old one, in one transaction.';
+              HINT = 'In one transaction, DELETE the message from its chat and INSERT it into the target chat (it may keep its id; it gets that chat''s next seq).';
 END
 $body$
 $fn$, current_schema());

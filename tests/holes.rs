@@ -139,6 +139,28 @@ async fn moving_a_message_between_chats_is_refused_and_both_chats_stay_intact() 
     // And subscribers of each see a gapless sequence.
     assert_eq!(ws_from.messages(from, 4).await, [1, 2, 3, 4]);
     assert_eq!(ws_to.messages(to, 3).await, [1, 2, 3]);
+    // The hint works: delete, then insert with the same id, in one transaction.
+    let mut c = c;
+    let tx = c.transaction().await.unwrap();
+    let id: Uuid = tx
+        .query_one("DELETE FROM chat_messages WHERE chat_id = $1 AND seq = 4 RETURNING id", &[&from])
+        .await
+        .unwrap()
+        .get(0);
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO chat_messages (id, chat_id, sender_id, content) VALUES ($1, $2, $3, 'moved') RETURNING seq",
+            &[&id, &to, &user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(seq, 4, "the moved message takes the target's next seq");
+    assert_eq!(ws_from.expect("delete").await["seq"], 4);
+    assert_eq!(ws_to.messages(to, 1).await, [4]);
+    assert_eq!(insert(&c, to, user, "to").await, 5);
+    assert_eq!(insert(&c, from, user, "from").await, 5, "the old chat's numbers are not reused");
 }
 
 /// Polls /readyz until it answers 503 with a body containing every one of
