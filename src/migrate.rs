@@ -59,6 +59,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_seq_not_null.sql", &["b3c9941bde534b4e"]),
     migration!(5, "0005_functions.sql"),
     migration!(6, "0006_seq_trigger_v2.sql"),
+    migration!(7, "0007_id_conflict_keeps_seq.sql"),
+    migration!(8, "0008_refuse_chat_move.sql"),
 ];
 
 /// Test hook: `CHAT_RELAY_TEST_FAIL_MIGRATION=<file>:<n>` makes `migrate`

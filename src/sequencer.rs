@@ -10,6 +10,16 @@
 //! hands the result to [`Sequencer::fill`]: what exists is inserted in order,
 //! what does not is counted as a gap and skipped. Other chats never wait.
 //!
+//! Held events are kept in a map ordered by seq, so holding and releasing
+//! cost O(log n) per event however many wait behind a hole. Their number is
+//! bounded across chats ([`Sequencer::set_held_budget`]): a chat whose hold
+//! would go past it drops its held messages and takes them, and the rest of
+//! its messages up to the highest seq seen, from the table instead, through
+//! the same [`GapFill`] lookups (at most the budget's worth of seqs each).
+//! Until it has caught up, its new messages are dropped the same way, its
+//! updates and deletes of those messages too (the table has the rows as they
+//! are now), and its other events pass at once.
+//!
 //! Non-insert events (updates, deletes, participant changes) keep their place
 //! relative to the inserts of their chat; replays of them (a transaction at or
 //! below the last seen LSN) are dropped.
@@ -24,6 +34,7 @@
 //! The state machine is synchronous and takes `now` as an argument, so it can
 //! be driven by property tests; [`crate::relay`] drives it for real.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::num::NonZeroUsize;
@@ -36,6 +47,23 @@ use uuid::Uuid;
 use crate::event::{ChatEvent, ChatTxn, MessageRow};
 use crate::lsn::Lsn;
 use crate::metrics::{self as m, DupKey};
+
+// Counts units of work on held events (a comparison, a visit), so tests can
+// tell linear from quadratic without timing anything.
+#[cfg(test)]
+thread_local! {
+    static WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn tally() {
+    #[cfg(test)]
+    WORK.with(|w| w.set(w.get() + 1));
+}
+
+/// Events held across chats, by default: past it a chat's held messages are
+/// read back from the table instead (see the module docs).
+pub const DEFAULT_HELD_BUDGET: usize = 10_000;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -70,17 +98,47 @@ pub struct GapFill {
     pub before: i64,
 }
 
-struct Held {
-    /// Inserts: their seq. Others: the seq of the insert they followed.
+/// Where a held event waits: inserts at their seq, other events at the seq
+/// of the last insert held before them; events with one key in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
     key: i64,
+    arrival: u64,
+}
+
+impl Ord for Slot {
+    fn cmp(&self, other: &Self) -> Ordering {
+        tally();
+        self.key.cmp(&other.key).then(self.arrival.cmp(&other.arrival))
+    }
+}
+
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct Held {
     commit_lsn: Lsn,
     item: Sequenced,
+}
+
+/// A chat that went past the held budget: its messages up to `until` come
+/// from the table.
+#[derive(Debug, Clone, Copy)]
+struct Spill {
+    until: i64,
+    /// Commit LSN of the oldest transaction whose events were dropped: not
+    /// confirmed until the table has been read.
+    lsn: Lsn,
 }
 
 struct ChatState {
     /// Highest seq handed on; None until the first insert is seen.
     high_water: Option<i64>,
-    held: Vec<Held>,
+    held: BTreeMap<Slot, Held>,
+    spill: Option<Spill>,
     deadline: Option<Instant>,
     fill_requested: bool,
     /// Last event seen, for eviction.
@@ -89,7 +147,48 @@ struct ChatState {
 
 impl ChatState {
     fn new(now: Instant) -> ChatState {
-        ChatState { high_water: None, held: Vec::new(), deadline: None, fill_requested: false, active: now }
+        ChatState {
+            high_water: None,
+            held: BTreeMap::new(),
+            spill: None,
+            deadline: None,
+            fill_requested: false,
+            active: now,
+        }
+    }
+
+    /// Whether an insert with this seq is held.
+    fn holds_insert(&self, seq: i64) -> bool {
+        self.held
+            .range(Slot { key: seq, arrival: 0 }..=Slot { key: seq, arrival: u64::MAX })
+            .any(|(_, h)| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == seq))
+    }
+
+    /// Whether the table read of a spilled chat will answer for this update
+    /// or delete (its message is among those the table is to be read for).
+    fn spill_covers(&self, event: &ChatEvent) -> bool {
+        let (Some(spill), Some(hw)) = (self.spill, self.high_water) else {
+            return false;
+        };
+        let seq = match event {
+            ChatEvent::Updated(m) => m.seq,
+            ChatEvent::Deleted { seq, .. } => *seq,
+            _ => return false,
+        };
+        seq > hw && seq <= spill.until
+    }
+}
+
+fn pin(lsns: &mut BTreeMap<Lsn, usize>, lsn: Lsn) {
+    *lsns.entry(lsn).or_default() += 1;
+}
+
+fn unpin(lsns: &mut BTreeMap<Lsn, usize>, lsn: Lsn) {
+    if let Some(n) = lsns.get_mut(&lsn) {
+        *n -= 1;
+        if *n == 0 {
+            lsns.remove(&lsn);
+        }
     }
 }
 
@@ -135,7 +234,9 @@ impl<K: Hash + Eq> Seen<K> {
 pub struct Sequencer {
     cfg: SequencerConfig,
     chats: HashMap<Uuid, ChatState>,
-    ids: Seen<Uuid>,
+    /// By (chat, id): a message deleted from one chat and inserted into
+    /// another under its id may get the same seq there; it is not a replay.
+    ids: Seen<(Uuid, Uuid)>,
     client_ids: Seen<(Uuid, Uuid)>,
     last_end: Lsn,
     /// Commit LSNs of transactions with held events, with how many are held.
@@ -144,6 +245,11 @@ pub struct Sequencer {
     /// the per-transaction cost does not grow with the number of chats.
     holding: HashSet<Uuid>,
     current: Option<Current>,
+    /// Events held across chats, and the most that may be.
+    held_total: usize,
+    held_budget: usize,
+    /// Arrival counter of held events.
+    arrivals: u64,
 }
 
 impl Sequencer {
@@ -157,7 +263,20 @@ impl Sequencer {
             held_lsns: BTreeMap::new(),
             holding: HashSet::new(),
             current: None,
+            held_total: 0,
+            held_budget: DEFAULT_HELD_BUDGET,
+            arrivals: 0,
         }
+    }
+
+    /// Sets the most events held across chats (at least 1).
+    pub fn set_held_budget(&mut self, events: usize) {
+        self.held_budget = events.max(1);
+    }
+
+    /// Events held now, across chats.
+    pub fn held_events(&self) -> usize {
+        self.held_total
     }
 
     /// Forgets everything: the stream starts over (a new slot or another
@@ -165,7 +284,9 @@ impl Sequencer {
     /// new leadership term, which replays what an earlier one may have
     /// dropped unpublished).
     pub fn reset(&mut self) {
+        let budget = self.held_budget;
         *self = Sequencer::new(self.cfg.clone());
+        self.held_budget = budget;
     }
 
     /// Declares a chat's high-water mark (everything up to `seq` is handed on).
@@ -183,7 +304,8 @@ impl Sequencer {
     /// Returns how many were dropped.
     pub fn evict_idle(&mut self, now: Instant, idle: Duration) -> usize {
         let before = self.chats.len();
-        self.chats.retain(|_, c| !c.held.is_empty() || now.saturating_duration_since(c.active) < idle);
+        self.chats
+            .retain(|_, c| !c.held.is_empty() || c.spill.is_some() || now.saturating_duration_since(c.active) < idle);
         before - self.chats.len()
     }
 
@@ -238,14 +360,27 @@ impl Sequencer {
             ChatEvent::Inserted(_) => self.on_insert(item, cur.commit_lsn, now, out),
             _ if cur.replay => tracing::debug!(lsn = %cur.commit_lsn, "dropping replayed change"),
             _ => {
-                let chat = item.event.chat_id();
-                if let Some(state) = chat.and_then(|c| self.chats.get_mut(&c)) {
+                let Some(chat) = item.event.chat_id() else {
+                    out.push(item);
+                    return;
+                };
+                if let Some(state) = self.chats.get_mut(&chat) {
                     state.active = now;
-                    if !state.held.is_empty() {
-                        let key = state.held.last().map(|h| h.key).unwrap_or(0);
-                        state.held.push(Held { key, commit_lsn: cur.commit_lsn, item });
-                        *self.held_lsns.entry(cur.commit_lsn).or_default() += 1;
-                        self.holding.extend(chat);
+                    if state.spill_covers(&item.event) {
+                        return;
+                    }
+                    if let Some((last, _)) = state.held.last_key_value() {
+                        let key = last.key;
+                        self.arrivals += 1;
+                        state
+                            .held
+                            .insert(Slot { key, arrival: self.arrivals }, Held { commit_lsn: cur.commit_lsn, item });
+                        pin(&mut self.held_lsns, cur.commit_lsn);
+                        self.held_total += 1;
+                        self.holding.insert(chat);
+                        if self.held_total > self.held_budget {
+                            self.spill(chat, cur.commit_lsn, now, out);
+                        }
                         return;
                     }
                 }
@@ -265,7 +400,7 @@ impl Sequencer {
         let ChatEvent::Inserted(msg) = &item.event else {
             return;
         };
-        if self.ids.contains(&msg.id, msg.seq, now) {
+        if self.ids.contains(&(msg.chat_id, msg.id), msg.seq, now) {
             m::duplicate(DupKey::Id);
             return;
         }
@@ -277,10 +412,13 @@ impl Sequencer {
         }
         let state = self.chats.entry(msg.chat_id).or_insert_with(|| ChatState::new(now));
         state.active = now;
-        if state.high_water.is_some_and(|hw| msg.seq <= hw)
-            || state.held.iter().any(|h| matches!(&h.item.event, ChatEvent::Inserted(x) if x.seq == msg.seq))
-        {
+        if state.high_water.is_some_and(|hw| msg.seq <= hw) || state.holds_insert(msg.seq) {
             m::duplicate(DupKey::Seq);
+            return;
+        }
+        if let Some(spill) = state.spill.as_mut() {
+            // The table will be read for it (and for anything below it).
+            spill.until = spill.until.max(msg.seq);
             return;
         }
         let in_order = state.high_water.is_none_or(|hw| msg.seq == hw + 1);
@@ -298,14 +436,66 @@ impl Sequencer {
         if state.deadline.is_none() {
             state.deadline = Some(now + self.cfg.gap_window);
         }
-        state.held.push(Held { key: seq, commit_lsn, item });
-        *self.held_lsns.entry(commit_lsn).or_default() += 1;
+        self.arrivals += 1;
+        state.held.insert(Slot { key: seq, arrival: self.arrivals }, Held { commit_lsn, item });
+        pin(&mut self.held_lsns, commit_lsn);
+        self.held_total += 1;
         self.holding.insert(chat);
         out.extend(self.release(chat, Vec::new(), None, now));
+        if self.held_total > self.held_budget {
+            self.spill(chat, commit_lsn, now, out);
+        }
+    }
+
+    /// The chat's hold went past the budget: drop its held messages (and
+    /// their updates and deletes) for the table to answer for, and hand on
+    /// its other held events now, in order.
+    fn spill(&mut self, chat_id: Uuid, commit_lsn: Lsn, now: Instant, out: &mut Vec<Sequenced>) {
+        let Some(state) = self.chats.get_mut(&chat_id) else {
+            return;
+        };
+        let Some(hw) = state.high_water.filter(|_| !state.held.is_empty()) else {
+            return; // nothing held, or nothing to read the table after
+        };
+        let mut spill = state.spill.unwrap_or(Spill { until: hw, lsn: commit_lsn });
+        let was_spilled = state.spill.is_some();
+        let mut oldest = spill.lsn;
+        for (_, h) in std::mem::take(&mut state.held) {
+            tally();
+            self.held_total -= 1;
+            unpin(&mut self.held_lsns, h.commit_lsn);
+            match &h.item.event {
+                ChatEvent::Inserted(msg) => {
+                    spill.until = spill.until.max(msg.seq);
+                    oldest = oldest.min(h.commit_lsn);
+                }
+                // The table has these rows as they are now (or not at all).
+                ChatEvent::Updated(MessageRow { seq, .. }) | ChatEvent::Deleted { seq, .. } if *seq > hw => {
+                    spill.until = spill.until.max(*seq);
+                    oldest = oldest.min(h.commit_lsn);
+                }
+                _ => out.push(h.item),
+            }
+        }
+        if was_spilled {
+            unpin(&mut self.held_lsns, spill.lsn);
+        }
+        spill.lsn = oldest;
+        pin(&mut self.held_lsns, spill.lsn);
+        tracing::warn!(
+            chat_id = %chat_id,
+            after = hw,
+            until = spill.until,
+            budget = self.held_budget,
+            "too many events held behind a seq gap; reading the chat's messages from the table"
+        );
+        state.spill = Some(spill);
+        state.deadline.get_or_insert(now + self.cfg.gap_window);
+        self.holding.insert(chat_id);
     }
 
     fn remember(&mut self, id: Uuid, chat: Uuid, cgid: Option<Uuid>, seq: i64, now: Instant) {
-        self.ids.insert(id, seq, now);
+        self.ids.insert((chat, id), seq, now);
         if let Some(c) = cgid {
             self.client_ids.insert((chat, c), seq, now);
         }
@@ -319,14 +509,22 @@ impl Sequencer {
             if state.fill_requested || state.deadline.is_none_or(|d| d > now) {
                 continue;
             }
-            let first_held = state
-                .held
-                .iter()
-                .filter_map(|h| match &h.item.event {
+            if let (Some(spill), Some(after)) = (state.spill, state.high_water) {
+                // Spilled: read the table in ranges of at most the budget.
+                let width = i64::try_from(self.held_budget).unwrap_or(i64::MAX);
+                let before = spill.until.min(after.saturating_add(width)).saturating_add(1);
+                state.fill_requested = true;
+                fills.push(GapFill { chat_id: *chat_id, after, before });
+                continue;
+            }
+            // Held inserts are in seq order: the first is the lowest.
+            let first_held = state.held.values().find_map(|h| {
+                tally();
+                match &h.item.event {
                     ChatEvent::Inserted(m) => Some(m.seq),
                     _ => None,
-                })
-                .min();
+                }
+            });
             match (state.high_water, first_held) {
                 (Some(after), Some(before)) => {
                     state.fill_requested = true;
@@ -353,7 +551,40 @@ impl Sequencer {
     pub fn fill(&mut self, gap: GapFill, found: Vec<MessageRow>, now: Instant) -> Vec<Sequenced> {
         let found =
             found.into_iter().filter(|r| r.chat_id == gap.chat_id && r.seq > gap.after && r.seq < gap.before).collect();
-        self.release(gap.chat_id, found, Some(gap.before), now)
+        let out = self.release(gap.chat_id, found, Some(gap.before), now);
+        self.advance_spill(gap, now);
+        out
+    }
+
+    /// After a lookup for a spilled chat: everything below `gap.before` is
+    /// now handed on or a real gap. Done once the table has been read up to
+    /// the highest seq dropped; until then, the next range is due at once.
+    fn advance_spill(&mut self, gap: GapFill, now: Instant) {
+        let Some(state) = self.chats.get_mut(&gap.chat_id) else {
+            return;
+        };
+        let Some(spill) = state.spill else {
+            return;
+        };
+        let end = gap.before.saturating_sub(1);
+        let hw = state.high_water.unwrap_or(gap.after);
+        if end > hw {
+            m::seq_gap();
+            tracing::warn!(chat_id = %gap.chat_id, after = hw, next = end + 1, "seq gap: missing messages not found");
+            state.high_water = Some(end);
+        }
+        state.fill_requested = false;
+        if state.high_water.is_some_and(|hw| hw >= spill.until) {
+            state.spill = None;
+            unpin(&mut self.held_lsns, spill.lsn);
+            if state.held.is_empty() {
+                state.deadline = None;
+                self.holding.remove(&gap.chat_id);
+            }
+        } else {
+            state.deadline = Some(now);
+            self.holding.insert(gap.chat_id);
+        }
     }
 
     /// Hands on held events in order. Inserts pass when contiguous, or when
@@ -369,32 +600,30 @@ impl Sequencer {
         let Some(state) = self.chats.get_mut(&chat_id) else {
             return Vec::new();
         };
-        let mut held = std::mem::take(&mut state.held);
-        let commit_time = held.first().map(|h| h.item.commit_time).unwrap_or_else(Utc::now);
+        let commit_time = state.held.first_key_value().map(|(_, h)| h.item.commit_time).unwrap_or_else(Utc::now);
         let mut repaired = 0u64;
         for row in found {
-            held.push(Held {
-                key: row.seq,
-                commit_lsn: Lsn(0),
-                item: Sequenced { commit_time, event: ChatEvent::Inserted(row) },
-            });
+            self.arrivals += 1;
+            self.held_total += 1;
+            state.held.insert(
+                Slot { key: row.seq, arrival: self.arrivals },
+                Held { commit_lsn: Lsn(0), item: Sequenced { commit_time, event: ChatEvent::Inserted(row) } },
+            );
         }
-        held.sort_by_key(|h| h.key); // stable: followers stay after their insert
         let mut out = Vec::new();
-        let mut rest = Vec::new();
-        let mut blocked = false;
-        for h in held {
-            if blocked {
-                rest.push(h);
-                continue;
-            }
+        // In key order; followers stay after their insert. Stops at the first
+        // insert that may not pass yet: what follows it waits too.
+        while let Some(entry) = state.held.first_entry() {
+            tally();
+            let h = entry.get();
             let lsn = h.commit_lsn;
-            match &h.item.event {
+            let pass = match &h.item.event {
                 ChatEvent::Inserted(msg) => {
                     let hw = state.high_water;
                     let stale = hw.is_some_and(|hw| msg.seq <= hw);
-                    if stale || self.ids.contains(&msg.id, msg.seq, now) {
+                    if stale || self.ids.contains(&(chat_id, msg.id), msg.seq, now) {
                         m::duplicate(if stale { DupKey::Seq } else { DupKey::Id });
+                        false
                     } else if hw.is_none_or(|hw| msg.seq == hw + 1) || force_until.is_some_and(|f| msg.seq <= f) {
                         if hw.is_some_and(|hw| msg.seq > hw + 1) {
                             m::seq_gap();
@@ -404,32 +633,29 @@ impl Sequencer {
                             repaired += 1;
                         }
                         state.high_water = Some(msg.seq);
-                        self.ids.insert(msg.id, msg.seq, now);
+                        self.ids.insert((chat_id, msg.id), msg.seq, now);
                         if let Some(c) = msg.client_generated_id {
                             self.client_ids.insert((chat_id, c), msg.seq, now);
                         }
-                        out.push(h.item);
+                        true
                     } else {
-                        blocked = true;
-                        rest.push(h);
-                        continue;
+                        break;
                     }
                 }
-                _ => out.push(h.item),
+                _ => true,
+            };
+            let h = entry.remove();
+            self.held_total -= 1;
+            if pass {
+                out.push(h.item);
             }
             if lsn != Lsn(0) {
-                if let Some(n) = self.held_lsns.get_mut(&lsn) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.held_lsns.remove(&lsn);
-                    }
-                }
+                unpin(&mut self.held_lsns, lsn);
             }
         }
         if repaired > 0 {
             m::gap_repaired(repaired);
         }
-        state.held = rest;
         if state.held.is_empty() {
             state.deadline = None;
             state.fill_requested = false;

@@ -17,11 +17,11 @@ async fn migrates_an_empty_database_once() {
     assert!(first.contains("applied 0001_tables.sql"), "{first}");
     assert!(first.contains("created publication chat_relay"), "{first}");
     let second = db.migrate();
-    assert!(second.contains("schema up to date (6 migrations already applied)"), "{second}");
+    assert!(second.contains("schema up to date (8 migrations already applied)"), "{second}");
 
     let c = db.client().await;
     let applied: i64 = c.query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(applied, 6);
+    assert_eq!(applied, 8);
     // Publication covers both tables; replica identity is FULL.
     let tables: Vec<String> = c
         .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'chat_relay' ORDER BY 1", &[])

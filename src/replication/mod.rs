@@ -513,31 +513,45 @@ impl Replicator {
     async fn check_publication(&mut self, conn: &mut ReplConnection) -> Result<(), SessionError> {
         let publication = &self.cfg.publication;
         let pub_lit = quote_literal(publication);
+        let pub_ident = quote_ident(publication);
         let rows = conn
             .simple_query(&format!(
-                "SELECT pubinsert AND pubupdate AND pubdelete FROM pg_publication WHERE pubname = {pub_lit}"
+                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = {pub_lit}"
             ))
             .await?;
         let fix = "run `chat-relay migrate`";
-        match rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() {
-            None => {
-                return Err(SessionError::Publication(format!(
+        let Some(row) = rows.first() else {
+            return Err(SessionError::Publication(format!(
                 "publication {publication} does not exist: {fix} (or set CHAT_RELAY_PUBLICATION to the one it created)"
-            )))
-            }
-            Some("t") => {}
-            Some(_) => {
-                return Err(SessionError::Publication(format!(
-                    "publication {publication} does not publish inserts, updates and deletes: \
-                     ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
-                    quote_ident(publication)
-                )))
-            }
+            )));
+        };
+        // Every kind of change: a TRUNCATE of chat_participants not published
+        // would revoke nobody.
+        let missing: Vec<&str> = ["insert", "update", "delete", "truncate"]
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| row.get(*i).cloned().flatten().as_deref() != Some("t"))
+            .map(|(_, op)| op)
+            .collect();
+        if !missing.is_empty() {
+            return Err(SessionError::Publication(format!(
+                "publication {publication} does not publish {} (the relay must see every change of the chat tables; \
+                 an unpublished TRUNCATE of chat_participants would revoke nobody): \
+                 ALTER PUBLICATION {pub_ident} SET (publish = 'insert, update, delete, truncate')",
+                missing.join(", ")
+            )));
         }
+        // Row filters and column lists (PostgreSQL 15) hide changes or
+        // columns. Read through to_jsonb so that older servers, whose
+        // pg_publication_rel lacks those columns, answer "none".
         let rows = conn
             .simple_query(&format!(
                 "SELECT c.relname, c.relreplident::text, EXISTS (SELECT 1 FROM pg_publication_tables p \
-                   WHERE p.pubname = {pub_lit} AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+                   WHERE p.pubname = {pub_lit} AND p.schemaname = n.nspname AND p.tablename = c.relname), \
+                   EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+                     WHERE p.pubname = {pub_lit} AND r.prrelid = c.oid AND to_jsonb(r) ->> 'prqual' IS NOT NULL), \
+                   EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+                     WHERE p.pubname = {pub_lit} AND r.prrelid = c.oid AND to_jsonb(r) ->> 'prattrs' IS NOT NULL) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') \
                    AND c.relname IN ('chat_messages', 'chat_participants') ORDER BY 1"
@@ -551,9 +565,24 @@ impl Replicator {
             let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
             if get(2) != "t" {
                 return Err(SessionError::Publication(format!(
-                    "publication {publication} does not publish {table}{}: {fix}, or ALTER PUBLICATION {} ADD TABLE {table}",
+                    "publication {publication} does not publish {table}{}: {fix}, or ALTER PUBLICATION {pub_ident} ADD TABLE {table}",
                     if table == "chat_participants" { " (removals would never revoke anyone)" } else { "" },
-                    quote_ident(publication)
+                )));
+            }
+            let republish = format!(
+                "ALTER PUBLICATION {pub_ident} DROP TABLE {table}, then ALTER PUBLICATION {pub_ident} ADD TABLE {table} \
+                 (no WHERE, no column list)"
+            );
+            if get(3) == "t" {
+                return Err(SessionError::Publication(format!(
+                    "publication {publication} has a row filter on {table}: changes of the rows it leaves out never \
+                     reach the relay{}: {republish}",
+                    if table == "chat_participants" { " (removing those users would revoke nobody)" } else { "" },
+                )));
+            }
+            if get(4) == "t" {
+                return Err(SessionError::Publication(format!(
+                    "publication {publication} has a column list on {table}: the relay needs every column: {republish}"
                 )));
             }
             if get(1) != "f" {
