@@ -180,6 +180,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_REQUEST_RATE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub request_rate: u32,
 
+    /// Events the sequencer holds, across chats, while it waits for an earlier seq of their
+    /// chat; past it, the chat that went over is read from the table instead.
+    #[arg(long, env = "CHAT_RELAY_HELD_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub held_events: u32,
+
     /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
     #[arg(long, env = "CHAT_RELAY_PING_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_secs: u64,

@@ -5,13 +5,11 @@
 //! participant changes. Rows lacking a field the relay needs (a NULL `seq`
 //! from before the migration, say) are skipped with a warning, never a panic.
 
-use chrono::{DateTime, Utc};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::lsn::Lsn;
-use crate::pgoutput::{datum_to_json, Change, Datum, Row, Transaction};
+use crate::pgoutput::{datum_to_json, Change, Datum, Row};
 
 /// Every published column of a message row: the `message` field of the
 /// protocol's frames. Rows from the WAL stay as decoded and are turned into
@@ -150,32 +148,45 @@ impl ChatEvent {
     }
 }
 
-/// A committed transaction's chat events.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatTxn {
-    pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
-    pub commit_time: DateTime<Utc>,
-    pub events: Vec<ChatEvent>,
-}
+#[cfg(any(test, fuzzing))]
+pub use whole::ChatTxn;
 
-impl ChatTxn {
-    /// All of a transaction's events in memory at once (tests and tools; the
-    /// relay's pipeline takes them one by one, see [`push_events`]).
-    pub fn from_transaction(txn: Transaction) -> ChatTxn {
-        let (commit_lsn, end_lsn, commit_time) = (txn.commit_lsn, txn.end_lsn, txn.commit_time);
-        let mut events = Vec::with_capacity(txn.changes.len());
-        for change in txn.into_changes() {
-            match change {
-                Ok(change) => {
-                    if let Err(table) = push_events(change, &mut events) {
-                        tracing::warn!(table, lsn = %commit_lsn, "skipping a change that lacks ids or seq");
+#[cfg(any(test, fuzzing))]
+mod whole {
+    use chrono::{DateTime, Utc};
+
+    use super::{push_events, ChatEvent};
+    use crate::lsn::Lsn;
+    use crate::pgoutput::Transaction;
+
+    /// A committed transaction's chat events, all at once (tests and fuzzing;
+    /// the pipeline takes them one by one, see [`push_events`]).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ChatTxn {
+        pub commit_lsn: Lsn,
+        pub end_lsn: Lsn,
+        pub commit_time: DateTime<Utc>,
+        pub events: Vec<ChatEvent>,
+    }
+
+    impl ChatTxn {
+        /// All of a transaction's events in memory at once (tests and tools; the
+        /// relay's pipeline takes them one by one, see [`push_events`]).
+        pub fn from_transaction(txn: Transaction) -> ChatTxn {
+            let (commit_lsn, end_lsn, commit_time) = (txn.commit_lsn, txn.end_lsn, txn.commit_time);
+            let mut events = Vec::with_capacity(txn.changes.len());
+            for change in txn.into_changes() {
+                match change {
+                    Ok(change) => {
+                        if let Err(table) = push_events(change, &mut events) {
+                            tracing::warn!(table, lsn = %commit_lsn, "skipping a change that lacks ids or seq");
+                        }
                     }
+                    Err(e) => tracing::error!(error = %e, lsn = %commit_lsn, "cannot read a spilled change"),
                 }
-                Err(e) => tracing::error!(error = %e, lsn = %commit_lsn, "cannot read a spilled change"),
             }
+            ChatTxn { commit_lsn, end_lsn, commit_time, events }
         }
-        ChatTxn { commit_lsn, end_lsn, commit_time, events }
     }
 }
 

@@ -96,7 +96,7 @@ pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub mod relay;
 pub mod replication;
-pub mod sequencer;
+pub(crate) mod sequencer;
 pub(crate) mod server;
 pub(crate) mod store;
 pub mod tools;

@@ -98,11 +98,12 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         status_interval: Duration::from_secs(10),
         memory: Some(TxnMemory::new(args.txn_memory_mb, args.spill_dir.clone())),
     };
-    let sequencer = Sequencer::new(SequencerConfig {
+    let mut sequencer = Sequencer::new(SequencerConfig {
         dedupe_capacity: args.dedupe_capacity as usize,
         dedupe_ttl: Duration::from_secs(args.dedupe_ttl_secs),
         gap_window: Duration::from_millis(args.gap_window_ms),
     });
+    sequencer.set_held_budget(args.held_events as usize);
     let (replication, pipeline, cluster) = match &args.nats_url {
         None => {
             // One process: it is the one that holds the slot.

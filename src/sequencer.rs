@@ -32,7 +32,7 @@
 //! seqs against what it wrote and reads the table when something is missing.
 //!
 //! The state machine is synchronous and takes `now` as an argument, so it can
-//! be driven by property tests; [`crate::relay`] drives it for real.
+//! be driven by property tests; [`crate::pipeline`] drives it for real.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,7 +44,9 @@ use chrono::{DateTime, Utc};
 use lru::LruCache;
 use uuid::Uuid;
 
-use crate::event::{ChatEvent, ChatTxn, MessageRow};
+#[cfg(test)]
+use crate::event::ChatTxn;
+use crate::event::{ChatEvent, MessageRow};
 use crate::lsn::Lsn;
 use crate::metrics::{self as m, DupKey};
 
@@ -275,6 +277,7 @@ impl Sequencer {
     }
 
     /// Events held now, across chats.
+    #[cfg(test)]
     pub fn held_events(&self) -> usize {
         self.held_total
     }
@@ -290,6 +293,7 @@ impl Sequencer {
     }
 
     /// Declares a chat's high-water mark (everything up to `seq` is handed on).
+    #[cfg(test)]
     pub fn set_high_water(&mut self, chat_id: Uuid, seq: i64) {
         let now = Instant::now();
         self.chats.entry(chat_id).or_insert_with(|| ChatState::new(now)).high_water = Some(seq);
@@ -310,6 +314,7 @@ impl Sequencer {
     }
 
     /// The chat's high-water mark, if known.
+    #[cfg(test)]
     pub fn high_water(&self, chat_id: &Uuid) -> Option<i64> {
         self.chats.get(chat_id).and_then(|c| c.high_water)
     }
@@ -332,6 +337,7 @@ impl Sequencer {
     }
 
     /// Takes one committed transaction; returns what may be handed on now.
+    #[cfg(test)]
     pub fn push(&mut self, txn: ChatTxn, now: Instant) -> Vec<Sequenced> {
         self.begin(txn.commit_lsn, txn.end_lsn, txn.commit_time);
         let mut out = Vec::with_capacity(txn.events.len());

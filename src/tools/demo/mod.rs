@@ -195,6 +195,7 @@ fn serve_args(url: &str, port: u16) -> ServeArgs {
         max_connections_per_user: 50,
         send_rate: 20,
         request_rate: 200,
+        held_events: 10_000,
         ping_interval_secs: 30,
         auto_delivered: false,
         log: "warn".into(),
