@@ -13,6 +13,15 @@ impl fmt::Display for Lsn {
     }
 }
 
+/// Where one change stands in the WAL: its transaction's commit LSN and its
+/// place among the transaction's chat events. Stable when the WAL is
+/// replayed, so it names the change (JetStream message ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub commit_lsn: Lsn,
+    pub index: u32,
+}
+
 /// The text was not of the form `X/Y` with hex halves.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid LSN {0:?}")]

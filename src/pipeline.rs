@@ -190,21 +190,21 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// waits: a subscriber that cannot take a frame falls behind (see
 /// [`crate::hub`]).
 pub fn dispatch(item: Sequenced, fanout: &dyn Fanout) {
-    let t = item.commit_time;
+    let (t, at) = (item.commit_time, item.position);
     // Frames for chats nobody is subscribed to are never encoded.
     let wanted = item.event.chat_id().is_none_or(|c| fanout.wants(&c));
     match item.event {
         ChatEvent::Inserted(_) | ChatEvent::Updated(_) | ChatEvent::Deleted { .. } if !wanted => {}
-        ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)))),
-        ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)))),
+        ChatEvent::Inserted(row) => fanout.publish(Arc::new(EventFrame::message(&row, Some(t)).at(at))),
+        ChatEvent::Updated(row) => fanout.publish(Arc::new(EventFrame::update(&row, Some(t)).at(at))),
         ChatEvent::Deleted { chat_id, id, seq } => {
-            fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, Some(t))))
+            fanout.publish(Arc::new(EventFrame::delete(chat_id, id, seq, Some(t)).at(at)))
         }
         ChatEvent::ParticipantChanged { now, previous } => {
             fanout.member(now.chat_id, now.user_id, true);
             let moved = previous.is_some_and(|p| p.delivered_seq != now.delivered_seq || p.read_seq != now.read_seq);
             if moved && wanted {
-                fanout.publish(Arc::new(EventFrame::receipt(&now, Some(t))))
+                fanout.publish(Arc::new(EventFrame::receipt(&now, Some(t)).at(at)))
             }
         }
         ChatEvent::ParticipantRemoved { chat_id, user_id } => fanout.revoke(chat_id, user_id),

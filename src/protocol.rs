@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::{MessageRow, Participant, RowBody};
+use crate::lsn::Position;
 
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +72,9 @@ pub struct EventFrame {
     /// Deletes: the deleted row's id. Receipts: the participant.
     pub subject: Option<Uuid>,
     pub text: Utf8Bytes,
+    /// The change it comes from, when it comes from the WAL (names it
+    /// between replicas; not sent to clients).
+    pub position: Option<Position>,
 }
 
 impl EventFrame {
@@ -86,17 +90,33 @@ impl EventFrame {
 
     fn row(kind: FrameKind, frame: ServerFrame, row: &MessageRow, commit_time: Option<DateTime<Utc>>) -> EventFrame {
         let text = frame.encode(None);
-        EventFrame { chat_id: row.chat_id, seq: row.seq, kind, commit_time, subject: row.sender_id, text }
+        EventFrame {
+            chat_id: row.chat_id,
+            seq: row.seq,
+            kind,
+            commit_time,
+            subject: row.sender_id,
+            text,
+            position: None,
+        }
     }
 
     pub fn delete(chat_id: Uuid, id: Uuid, seq: i64, commit_time: Option<DateTime<Utc>>) -> EventFrame {
         let text = ServerFrame::Delete { chat_id, seq, id }.encode(None);
-        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text }
+        EventFrame { chat_id, seq, kind: FrameKind::Delete, commit_time, subject: Some(id), text, position: None }
     }
 
     pub fn typing(chat_id: Uuid, user_id: Uuid) -> EventFrame {
         let text = ServerFrame::Typing { chat_id, user_id }.encode(None);
-        EventFrame { chat_id, seq: 0, kind: FrameKind::Typing, commit_time: None, subject: Some(user_id), text }
+        EventFrame {
+            chat_id,
+            seq: 0,
+            kind: FrameKind::Typing,
+            commit_time: None,
+            subject: Some(user_id),
+            text,
+            position: None,
+        }
     }
 
     pub fn receipt(p: &Participant, commit_time: Option<DateTime<Utc>>) -> EventFrame {
@@ -113,7 +133,14 @@ impl EventFrame {
             commit_time,
             subject: Some(p.user_id),
             text: frame.encode(None),
+            position: None,
         }
+    }
+
+    /// The same frame, naming the change it comes from.
+    pub fn at(mut self, position: Option<Position>) -> EventFrame {
+        self.position = position;
+        self
     }
 }
 

@@ -47,7 +47,7 @@ use uuid::Uuid;
 #[cfg(test)]
 use crate::event::ChatTxn;
 use crate::event::{ChatEvent, MessageRow};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, Position};
 use crate::metrics::{self as m, DupKey};
 
 // Counts units of work on held events (a comparison, a visit), so tests can
@@ -90,6 +90,8 @@ impl Default for SequencerConfig {
 pub struct Sequenced {
     pub commit_time: DateTime<Utc>,
     pub event: ChatEvent,
+    /// Where the change stands in the WAL (None for rows read from the table).
+    pub position: Option<Position>,
 }
 
 /// A request to look up a chat's missing messages: seqs in `(after, before)`.
@@ -201,6 +203,8 @@ struct Current {
     end_lsn: Lsn,
     commit_time: DateTime<Utc>,
     replay: bool,
+    /// Events of the transaction so far.
+    events: u32,
 }
 
 /// A TTL+LRU map from a row key to the seq it was handed on with. A key seen
@@ -351,17 +355,20 @@ impl Sequencer {
     /// Starts feeding a committed transaction's events.
     pub fn begin(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time: DateTime<Utc>) {
         let replay = end_lsn <= self.last_end;
-        self.current = Some(Current { commit_lsn, end_lsn, commit_time, replay });
+        self.current = Some(Current { commit_lsn, end_lsn, commit_time, replay, events: 0 });
     }
 
     /// One event of the transaction begun last; what may be handed on now is
     /// appended to `out`.
     pub fn event(&mut self, event: ChatEvent, now: Instant, out: &mut Vec<Sequenced>) {
-        let Some(cur) = self.current else {
+        let Some(cur) = self.current.as_mut() else {
             tracing::error!("sequencer event outside a transaction; dropped");
             return;
         };
-        let item = Sequenced { commit_time: cur.commit_time, event };
+        let position = Position { commit_lsn: cur.commit_lsn, index: cur.events };
+        cur.events += 1;
+        let cur = *cur;
+        let item = Sequenced { commit_time: cur.commit_time, event, position: Some(position) };
         match &item.event {
             ChatEvent::Inserted(_) => self.on_insert(item, cur.commit_lsn, now, out),
             _ if cur.replay => tracing::debug!(lsn = %cur.commit_lsn, "dropping replayed change"),
@@ -613,7 +620,10 @@ impl Sequencer {
             self.held_total += 1;
             state.held.insert(
                 Slot { key: row.seq, arrival: self.arrivals },
-                Held { commit_lsn: Lsn(0), item: Sequenced { commit_time, event: ChatEvent::Inserted(row) } },
+                Held {
+                    commit_lsn: Lsn(0),
+                    item: Sequenced { commit_time, event: ChatEvent::Inserted(row), position: None },
+                },
             );
         }
         let mut out = Vec::new();

@@ -409,3 +409,49 @@ async fn presence_and_typing_cross_replicas_and_a_killed_replicas_users_go_offli
     assert!(took < Duration::from_secs(10), "{took:?}");
     drop(a);
 }
+
+/// Issue #17, item 4: the same row text again within JetStream's duplicate
+/// window is a new change, not a duplicate. A client of a follower sees an
+/// edit b, then a, then b again, ending at b (with ids that hashed the row
+/// text, the second b was dropped on every replica).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_repeating_earlier_text_reaches_every_replica() {
+    let db = Db::start().await;
+    let nats = ScratchNats::start().unwrap();
+    let url = nats.url();
+    let env = [("CHAT_RELAY_NATS_URL", url.as_str()), ("CHAT_RELAY_PING_INTERVAL_SECS", "3600")];
+    let first = Relay::start_with(&db, &env).await;
+    let second = Relay::start_with(&db, &env).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let c = db.client().await;
+    let mut clients = Vec::new();
+    for relay in [&first, &second] {
+        let mut ws = relay.ws(bob).await;
+        ws.subscribe(chat, None).await;
+        clients.push(ws);
+    }
+    let seq = support::insert(&c, chat, alice, "b").await;
+    for ws in &mut clients {
+        assert_eq!(ws.messages(chat, 1).await, vec![seq]);
+    }
+    for text in ["a", "b", "a", "b"] {
+        c.execute("UPDATE chat_messages SET content = $1 WHERE chat_id = $2 AND seq = $3", &[&text, &chat, &seq])
+            .await
+            .unwrap();
+    }
+    // A marker after the edits: everything before it has been relayed.
+    let marker = support::insert(&c, chat, alice, "marker").await;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let mut edits = Vec::new();
+        loop {
+            let v = ws.next().await;
+            match v["type"].as_str() {
+                Some("update") => edits.push(v["message"]["content"].as_str().unwrap_or_default().to_string()),
+                Some("message") if v["seq"] == marker => break,
+                _ => {}
+            }
+        }
+        assert_eq!(edits, ["a", "b", "a", "b"], "client of replica {i}");
+    }
+}

@@ -11,7 +11,15 @@ use proptest::prelude::*;
 use super::*;
 
 fn frame(chat: Uuid, kind: FrameKind, seq: i64) -> Arc<EventFrame> {
-    Arc::new(EventFrame { chat_id: chat, seq, kind, commit_time: None, subject: None, text: Utf8Bytes::from("{}") })
+    Arc::new(EventFrame {
+        chat_id: chat,
+        seq,
+        kind,
+        commit_time: None,
+        subject: None,
+        text: Utf8Bytes::from("{}"),
+        position: None,
+    })
 }
 
 #[test]
@@ -185,6 +193,7 @@ impl EventFrame {
             commit_time: self.commit_time,
             subject: self.subject,
             text: self.text.clone(),
+            position: self.position,
         }
     }
 }

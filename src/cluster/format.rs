@@ -102,10 +102,7 @@ pub fn encode(names: &Names, publisher: &str, event: StreamEvent) -> Outgoing {
             if let Some(t) = f.commit_time {
                 headers.insert("t", t.timestamp_micros().to_string().as_str());
             }
-            // The same event replayed (a new leader, a retry) has the same id.
-            let mut h = rustc_hash::FxHasher::default();
-            f.text.as_str().hash(&mut h);
-            let id = format!("{kind}:{}:{}:{:016x}", f.chat_id, f.seq, h.finish());
+            let id = stream_id(&f);
             Outgoing {
                 subject: names.chat(&f.chat_id),
                 id,
@@ -129,6 +126,26 @@ pub fn encode(names: &Names, publisher: &str, event: StreamEvent) -> Outgoing {
         StreamEvent::Resync => {
             headers.insert("op", "resync");
             control(headers)
+        }
+    }
+}
+
+/// The JetStream message id of a frame: the same change published again (a
+/// retry, a new leader replaying the WAL) has the same id, and JetStream
+/// drops it; two changes never share one. An insert is named by its chat
+/// and seq (each seq is inserted once); any other change by its place in
+/// the WAL, since the same row text can come again (an edit undone and
+/// redone). Only a frame without a position (never published by the
+/// pipeline) falls back to its text.
+pub fn stream_id(f: &EventFrame) -> String {
+    let kind = kind_code(f.kind);
+    match (f.kind, f.position) {
+        (FrameKind::Message, _) => format!("{kind}:{}:{}", f.chat_id, f.seq),
+        (_, Some(p)) => format!("{kind}:{}:{}:{}:{}", f.chat_id, f.seq, p.commit_lsn, p.index),
+        (_, None) => {
+            let mut h = rustc_hash::FxHasher::default();
+            f.text.as_str().hash(&mut h);
+            format!("{kind}:{}:{}:{:016x}", f.chat_id, f.seq, h.finish())
         }
     }
 }
@@ -187,6 +204,7 @@ pub fn decode(
         commit_time,
         subject: uuid("u"),
         text: Utf8Bytes::from(text),
+        position: None,
     })))
 }
 
@@ -296,6 +314,7 @@ mod tests {
                 commit_time: t,
                 subject: Some(user),
                 text: Utf8Bytes::from(r#"{"type":"message","x":"\u0001"}"#),
+                position: None,
             };
             let (out, back) = round_trip(StreamEvent::Frame(Arc::new(frame)));
             assert_eq!(out.subject, names().chat(&chat));
@@ -318,6 +337,28 @@ mod tests {
         assert!(matches!(round_trip(StreamEvent::Resync).1, StreamEvent::Resync));
     }
 
+    /// Issue #17 item 4: an edit b, a, b: the second b is a change of its
+    /// own, not a duplicate of the first.
+    #[test]
+    fn the_same_text_at_another_place_in_the_wal_has_another_id() {
+        use crate::lsn::{Lsn, Position};
+        let chat = Uuid::new_v4();
+        let update = |index: u32| {
+            StreamEvent::Frame(Arc::new(EventFrame {
+                chat_id: chat,
+                seq: 1,
+                kind: FrameKind::Update,
+                commit_time: None,
+                subject: None,
+                text: Utf8Bytes::from(r#"{"type":"update","content":"b"}"#),
+                position: Some(Position { commit_lsn: Lsn(77), index }),
+            }))
+        };
+        let id = |e| encode(&names(), "r", e).id;
+        assert_ne!(id(update(0)), id(update(2)));
+        assert_eq!(id(update(2)), id(update(2)), "a replay of the same change");
+    }
+
     #[test]
     fn the_same_frame_has_the_same_id_and_another_frame_another() {
         let chat = Uuid::new_v4();
@@ -329,6 +370,7 @@ mod tests {
                 commit_time: None,
                 subject: None,
                 text: Utf8Bytes::from(text.to_string()),
+                position: None,
             }))
         };
         let id = |e| encode(&names(), "r", e).id;

@@ -9,7 +9,7 @@
 //! - [`publish`]: the leader's pipeline hands each sequenced event to
 //!   [`publish::JetStreamFanout`] (the [`crate::fanout::Fanout`] seam)
 //!   instead of its hub: one JetStream message per frame, subject per chat,
-//!   message id from the commit LSN, so a replayed WAL range is dropped by
+//!   message id naming the change (see [`format::stream_id`]), so a replayed WAL range is dropped by
 //!   JetStream's duplicate window. The slot is confirmed only up to what
 //!   JetStream has acknowledged, and nothing is published for a term its
 //!   lease no longer vouches for (a deposed leader waking up).

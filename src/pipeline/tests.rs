@@ -123,7 +123,7 @@ fn a_slot_reset_resynchronises_everyone_and_resets_the_checkpoint() {
 }
 
 fn sequenced(event: ChatEvent) -> Sequenced {
-    Sequenced { commit_time: Utc::now(), event }
+    Sequenced { commit_time: Utc::now(), event, position: None }
 }
 
 #[test]

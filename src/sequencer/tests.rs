@@ -529,6 +529,7 @@ mod reference {
         end_lsn: Lsn,
         commit_time: DateTime<Utc>,
         replay: bool,
+        events: u32,
     }
 
     /// The per-chat ordering and dedupe state machine.
@@ -602,17 +603,21 @@ mod reference {
         /// Starts feeding a committed transaction's events.
         pub fn begin(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time: DateTime<Utc>) {
             let replay = end_lsn <= self.last_end;
-            self.current = Some(Current { commit_lsn, end_lsn, commit_time, replay });
+            self.current = Some(Current { commit_lsn, end_lsn, commit_time, replay, events: 0 });
         }
 
         /// One event of the transaction begun last; what may be handed on now is
         /// appended to `out`.
         pub fn event(&mut self, event: ChatEvent, now: Instant, out: &mut Vec<Sequenced>) {
-            let Some(cur) = self.current else {
+            let Some(cur) = self.current.as_mut() else {
                 tracing::error!("sequencer event outside a transaction; dropped");
                 return;
             };
-            let item = Sequenced { commit_time: cur.commit_time, event };
+            // Positions as the real sequencer gives them (added after the copy).
+            let position = Position { commit_lsn: cur.commit_lsn, index: cur.events };
+            cur.events += 1;
+            let cur = *cur;
+            let item = Sequenced { commit_time: cur.commit_time, event, position: Some(position) };
             match &item.event {
                 ChatEvent::Inserted(_) => self.on_insert(item, cur.commit_lsn, now, out),
                 _ if cur.replay => tracing::debug!(lsn = %cur.commit_lsn, "dropping replayed change"),
@@ -757,7 +762,7 @@ mod reference {
                 held.push(Held {
                     key: row.seq,
                     commit_lsn: Lsn(0),
-                    item: Sequenced { commit_time, event: ChatEvent::Inserted(row) },
+                    item: Sequenced { commit_time, event: ChatEvent::Inserted(row), position: None },
                 });
             }
             held.sort_by_key(|h| h.key); // stable: followers stay after their insert
