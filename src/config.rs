@@ -174,8 +174,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAT_RELAY_SEND_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_rate: u32,
 
-    /// `subscribe`, `history`, `ack` and `read` frames per user per second, with bursts
-    /// of as many; beyond it the frame is refused with `rate_limited` and
+    /// `subscribe` and `history` frames, and `ack`/`read` of chats that need a membership
+    /// query (not subscribed on the connection, not cached), per user per second, with
+    /// bursts of as many; beyond it the frame is refused with `rate_limited` and
     /// `retry_after_ms` (an `ack` or `read` refused is not applied). Per relay process.
     #[arg(long, env = "CHAT_RELAY_REQUEST_RATE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub request_rate: u32,

@@ -421,7 +421,7 @@ impl Session {
                 return Ok(true);
             }
         };
-        if let Some(chat) = request.costly() {
+        if let Some(chat) = request.costly().filter(|c| !self.answered_from_memory(&request, c)) {
             if let Err(wait) = self.gw.parts.limits.request(self.identity.user_id) {
                 let frame = ServerFrame::rate_limited("too many requests; try again later", Some(chat), wait);
                 self.answer(frame, &reference);
@@ -488,6 +488,15 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// An `ack` or `read` of a chat this connection is subscribed to, or
+    /// whose membership is cached, costs no query: it is not rate limited
+    /// (a client acking a burst of messages is not abusing anything).
+    fn answered_from_memory(&self, request: &Request, chat: &Uuid) -> bool {
+        matches!(request, Request::Ack { .. } | Request::Read { .. })
+            && (self.owed.is_subscribed(chat)
+                || self.gw.parts.membership.cached(*chat, self.identity.user_id).is_some())
     }
 
     async fn subscribe(&mut self, chat: Uuid, after_seq: Option<i64>, reference: &Option<Value>) {
