@@ -17,28 +17,19 @@
  * - tokens from `getToken`, one request at a time, refreshed before expiry
  *   with `auth` (no resubscribe);
  * - debounced `ack`s, `markRead`, and status / receipt events.
+ *
+ * The parts, one module each: {@link Connection} (the socket and its state
+ * machine), {@link Tokens}, {@link Outbox}, {@link Subscriptions}; this class
+ * wires them together and says what each server frame means.
  */
 import { type BackoffOptions } from "./backoff.js";
+import { type WebSocketConstructor } from "./connection.js";
 import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
+import { type SendResult } from "./outbox.js";
 import { type OutboxStorage } from "./storage.js";
 import type { ChatMessage, ConnectionState, HistoryPage, PendingMessage, Receipt, StatusChange, Subscription } from "./types.js";
-/** The parts of the WebSocket API the client uses (browsers' `WebSocket`, `ws` under Node). */
-export interface WebSocketLike {
-    readonly readyState: number;
-    onopen: ((ev: unknown) => void) | null;
-    onmessage: ((ev: {
-        data: unknown;
-    }) => void) | null;
-    onclose: ((ev: {
-        code: number;
-        reason?: string;
-    }) => void) | null;
-    onerror: ((ev: unknown) => void) | null;
-    send(data: string): void;
-    close(code?: number, reason?: string): void;
-}
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+export type { WebSocketConstructor, WebSocketLike } from "./connection.js";
 export interface ClientOptions {
     /** `ws(s)://host/v1/ws` */
     url: string;
@@ -68,11 +59,7 @@ export interface ClientOptions {
 /** A `send` in progress. */
 export interface OutgoingMessage extends PendingMessage {
     /** Resolves with the stored row's id and seq (once `sent` arrives); rejects with a non-retryable {@link ChatRelayError}. */
-    done: Promise<{
-        id: string;
-        seq: number;
-        duplicate: boolean;
-    }>;
+    done: Promise<SendResult>;
 }
 export interface MessageMeta {
     /** The `client_generated_id` of the optimistic message this row replaces, if this client sent it. */
@@ -113,35 +100,13 @@ export interface ClientEvents {
 }
 export declare class ChatRelayClient extends Emitter<ClientEvents> {
     private readonly opts;
-    private readonly WS;
-    private readonly storage;
-    private readonly chats;
+    private readonly conn;
+    private readonly tokens;
     private readonly outbox;
-    private readonly inFlight;
+    private readonly subs;
     private readonly pending;
-    private readonly barriers;
-    private readonly subscribeRefs;
-    private ws;
-    private state;
-    private attempt;
-    private refs;
-    private order;
-    private reconnectTimer;
-    private pingTimer;
-    private deadTimer;
     private refreshTimer;
-    private outboxTimer;
-    private lastFrameAt;
-    private token;
-    private tokenExp;
-    private tokenIssued;
-    private tokenFlight;
-    private forceToken;
-    private manualOffline;
-    private closed;
-    private me;
-    private readonly loaded;
-    private readonly unwatch;
+    private unwatch;
     constructor(options: ClientOptions);
     /** The current connection state. */
     get connectionState(): ConnectionState;
@@ -188,59 +153,15 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     setOnline(online: boolean): void;
     /** Closes for good: no reconnects; pending requests fail with `closed`. */
     close(): void;
-    private open;
     private onOpen;
     private onClosed;
-    private scheduleReconnect;
-    /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
-    private reconnectNow;
-    private clearReconnect;
-    private dropSocket;
-    private startPings;
-    private stopPings;
-    /** Pings; a socket that sends no frame at all within the timeout is dead. */
-    private ping;
-    private watchEnvironment;
-    private setState;
-    /** One `getToken` call at a time; cached until it nears expiry. */
-    private getToken;
-    private margin;
-    private expiring;
     private scheduleRefresh;
     /** Fetches a new token and hands it to the open connection with `auth`. */
     private refresh;
     private onFrame;
     private onMessage;
-    private onSubscribed;
-    private onPong;
     private onError;
-    private chat;
-    private sendSubscribe;
-    private retrySubscribe;
-    private subscription;
-    private settleWaiters;
-    private rejectWaiters;
-    private scheduleAck;
-    private sendRead;
-    private outgoing;
-    private pendingOf;
-    /** Sends the oldest unsent message of each chat that has none in flight. */
-    private flushOutbox;
-    private onSent;
-    /** An outbox entry is stored: forget it, tell the app. */
-    private settle;
-    /** An `error` answering a `send`: retry later, or fail the message for good. */
-    private onSendError;
     private request;
     private answer;
     private fail;
-    private write;
-    private ref;
 }
-/** The JWT's claims, without verifying it (the relay does that). */
-export declare function decodeClaims(token: string): {
-    exp?: unknown;
-    sub?: unknown;
-} | null;
-/** A v4 UUID (crypto.randomUUID where there is one). */
-export declare function uuid(): string;

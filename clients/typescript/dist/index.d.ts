@@ -9,7 +9,8 @@
  * client.send(chatId, "hello");
  * ```
  */
-export { ChatRelayClient, decodeClaims, uuid } from "./client.js";
+export { ChatRelayClient } from "./client.js";
+export { decodeClaims, uuid } from "./util.js";
 export type { ClientEvents, ClientOptions, MessageMeta, OutgoingMessage, WebSocketConstructor, WebSocketLike, } from "./client.js";
 export { ChatRelayError } from "./errors.js";
 export type { ErrorCode } from "./errors.js";

@@ -9,7 +9,8 @@
  * client.send(chatId, "hello");
  * ```
  */
-export { ChatRelayClient, decodeClaims, uuid } from "./client.js";
+export { ChatRelayClient } from "./client.js";
+export { decodeClaims, uuid } from "./util.js";
 export { ChatRelayError } from "./errors.js";
 export { IndexedDbStorage, MemoryStorage } from "./storage.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
