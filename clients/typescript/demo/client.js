@@ -46,6 +46,11 @@ var ChatRelayError = class _ChatRelayError extends Error {
     return new _ChatRelayError(code, message, opts);
   }
 };
+var UnauthorizedError = class extends ChatRelayError {
+  constructor(message = "not signed in") {
+    super("unauthorized", message);
+  }
+};
 
 // dist/connection.js
 var OPEN = 1;
@@ -71,11 +76,11 @@ var Connection = class {
   get isOpen() {
     return this.ws !== null && this.ws.readyState === OPEN;
   }
-  /** Opens the connection unless it is open, opening, closed or offline on purpose. */
+  /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
   connect() {
     if (this.closed || this.manualOffline)
       return;
-    if (this.state === "idle")
+    if (this.state === "idle" || this.state === "unauthorized")
       void this.open();
   }
   /** A fresh request reference (`ref`). */
@@ -101,10 +106,10 @@ var Connection = class {
       this.manualOffline = true;
       this.clearReconnect();
       this.drop(1e3, "offline");
-      this.setState("offline");
+      this.setState("offline", 1e3, "offline");
     } else if (this.manualOffline) {
       this.manualOffline = false;
-      this.setState("idle");
+      this.setState("idle", 0, "online");
       this.attempt = 0;
       void this.open();
     }
@@ -113,18 +118,22 @@ var Connection = class {
     this.closed = true;
     this.clearReconnect();
     this.drop(1e3, "client closed");
-    this.setState("closed");
+    this.setState("closed", 1e3, "client closed");
   }
   async open() {
     if (this.closed || this.manualOffline || this.ws)
       return;
-    this.setState("connecting");
+    this.setState("connecting", 0, "connect");
     let token;
     try {
       token = await this.h.token();
     } catch (e) {
-      this.h.error(e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`));
-      this.scheduleReconnect();
+      const err = e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`);
+      this.h.error(err);
+      if (err.code === "unauthorized")
+        this.unauthorized(err.message);
+      else
+        this.scheduleReconnect();
       return;
     }
     if (this.closed || this.manualOffline || this.ws)
@@ -140,13 +149,18 @@ var Connection = class {
     }
     this.ws = ws;
     let opened = false;
+    const stuck = setTimeout(() => {
+      if (this.ws === ws && !opened)
+        this.drop(4e3, "connect timeout", false);
+    }, this.o.connectTimeoutMs);
     ws.onopen = () => {
+      clearTimeout(stuck);
       if (this.ws !== ws)
         return;
       opened = true;
       this.attempt = 0;
       this.lastFrameAt = Date.now();
-      this.setState("open");
+      this.setState("open", 0, "open");
       this.h.open();
       this.startPings();
     };
@@ -165,25 +179,32 @@ var Connection = class {
       this.h.frame(frame);
     };
     ws.onclose = (ev) => {
+      clearTimeout(stuck);
       if (this.ws !== ws)
         return;
-      this.onClosed(ev.code, opened);
+      this.onClosed(ev.code, ev.reason ?? "", opened);
     };
     ws.onerror = () => {
     };
   }
-  onClosed(code, opened) {
+  onClosed(code, reason, opened) {
     this.ws = null;
     this.stopPings();
     this.h.closed(code, opened, this.attempt);
-    if (this.closed)
+    if (this.closed || this.state === "unauthorized")
       return;
     if (this.manualOffline) {
-      this.setState("offline");
+      this.setState("offline", 1e3, "offline");
       return;
     }
-    this.setState("connecting");
+    this.setState("connecting", code, reason);
     this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : void 0);
+  }
+  /** `getToken` says nobody is signed in: stop until `connect()`. */
+  unauthorized(reason) {
+    this.clearReconnect();
+    this.setState("unauthorized", 4001, reason);
+    this.drop(4001, reason);
   }
   scheduleReconnect(attempt) {
     if (this.closed || this.manualOffline)
@@ -191,7 +212,7 @@ var Connection = class {
     this.clearReconnect();
     const delay = backoffDelay(attempt ?? this.attempt, this.o.backoff);
     this.attempt += 1;
-    this.setState("connecting");
+    this.setState("connecting", 0, "reconnect");
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       void this.open();
@@ -215,11 +236,11 @@ var Connection = class {
     this.reconnectTimer = null;
   }
   /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
-  drop(code, reason) {
+  drop(code, reason, opened = true) {
     const ws = this.ws;
     if (!ws)
       return;
-    this.onClosed(code, true);
+    this.onClosed(code, reason, opened);
     try {
       ws.close(code, reason);
     } catch {
@@ -249,6 +270,12 @@ var Connection = class {
         this.drop(4e3, "no answer to ping");
     }, this.o.pingTimeoutMs);
   }
+  /** Listens to the app's network and foreground hints; returns the function that stops listening. */
+  watch(env) {
+    const now = () => this.reconnectNow();
+    const offs = [env.onOnline?.(now), env.onForeground?.(now)];
+    return () => offs.forEach((off) => off?.());
+  }
   /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
   watchBrowser() {
     const g = globalThis;
@@ -269,17 +296,19 @@ var Connection = class {
     }
     return () => offs.forEach((off) => off());
   }
-  setState(state) {
+  setState(state, code, reason) {
     if (this.state === state)
       return;
     this.state = state;
-    this.h.state(state);
+    this.h.state(state, { code, reason });
   }
 };
 
 // dist/emitter.js
 var Emitter = class {
   listeners = /* @__PURE__ */ new Map();
+  /** Where a listener's exception is reported (default: console). */
+  logger = console;
   /** Adds a listener; returns a function that removes it. */
   on(event, fn) {
     let set = this.listeners.get(event);
@@ -301,36 +330,44 @@ var Emitter = class {
       try {
         fn(...args);
       } catch (e) {
-        console.error("chat-relay: an event listener threw", e);
+        this.logger.error?.("chat-relay: an event listener threw", e);
       }
     }
   }
 };
 
 // dist/outbox.js
+var encoder = new TextEncoder();
 var Outbox = class {
   storage;
-  backoff;
+  o;
   h;
   items = [];
   inFlight = /* @__PURE__ */ new Map();
-  // chat -> ref
+  // chat -> send
   order = 0;
   timer = null;
+  closed = false;
   /** Settles once the stored entries are in. */
   loaded;
-  constructor(storage, backoff, h) {
+  constructor(storage, o, h) {
     this.storage = storage;
-    this.backoff = backoff;
+    this.o = o;
     this.h = h;
     this.loaded = storage.load().then((entries) => {
+      const early = this.items.splice(0);
       for (const entry of entries) {
-        if (!this.items.some((o) => o.entry.client_generated_id === entry.client_generated_id)) {
-          this.items.push(outgoing(entry));
-        }
+        if (early.some((o2) => o2.entry.client_generated_id === entry.client_generated_id))
+          continue;
+        this.items.push(outgoing(entry));
         this.order = Math.max(this.order, entry.order);
       }
       this.items.sort((a, b) => a.entry.order - b.entry.order);
+      for (const o2 of early) {
+        o2.entry.order = ++this.order;
+        this.items.push(o2);
+        this.save(o2.entry);
+      }
     }, (e) => h.error(new ChatRelayError("internal", `outbox storage failed to load: ${String(e)}`)));
   }
   /** Queues a message; returns its entry and `done`. */
@@ -344,55 +381,134 @@ var Outbox = class {
       order: ++this.order
     };
     const out = outgoing(entry);
+    if (this.closed) {
+      out.reject(new ChatRelayError("closed", "client closed", { chatId }));
+      return { entry, done: out.done };
+    }
     this.items.push(out);
-    this.storage.put(entry).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId })));
+    this.save(entry);
     this.h.status({ chatId, clientGeneratedId: cgid, id: null, seq: null, status: "pending" });
     this.flush();
     return { entry, done: out.done };
   }
-  has(cgid) {
-    return this.items.some((o) => o.entry.client_generated_id === cgid);
-  }
+  /** The current user's entries (of one chat), oldest first, failed ones included. */
   pending(chatId) {
-    return this.items.filter((o) => chatId === void 0 || o.entry.chat_id === chatId).map((o) => this.view(o.entry));
+    return this.mine().filter((o) => chatId === void 0 || o.entry.chat_id === chatId).map((o) => this.view(o.entry));
   }
   view(entry) {
-    return {
+    const p = {
       chat_id: entry.chat_id,
       client_generated_id: entry.client_generated_id,
       content: entry.content,
       sender_id: entry.sender_id ?? this.h.me(),
       created_at: entry.created_at,
-      status: "pending"
+      status: entry.status ?? "pending"
     };
+    if (entry.error)
+      p.error = entry.error;
+    return p;
   }
+  /** Resolves when every entry of the current user is stored or failed. */
   async flushed() {
     await this.loaded;
-    await Promise.allSettled(this.items.map((o) => o.done));
-    if (this.items.length > 0)
+    const waiting = this.mine().filter((o) => !o.entry.status);
+    await Promise.allSettled(waiting.map((o) => o.done));
+    if (this.mine().some((o) => !o.entry.status))
       await this.flushed();
   }
-  /** The socket is gone: nothing is in flight any more. */
-  disconnected() {
+  /** Sends a failed entry again (as it is); its new `done`, or null if there is no such failed entry. */
+  retry(cgid, content) {
+    const i = this.items.findIndex((o2) => o2.entry.client_generated_id === cgid && o2.entry.status === "failed");
+    const old = this.items[i];
+    if (!old)
+      return null;
+    const entry = { ...old.entry, content: content ?? old.entry.content };
+    delete entry.status;
+    delete entry.error;
+    const o = outgoing(entry);
+    this.items[i] = o;
+    this.save(entry);
+    this.h.status({ chatId: entry.chat_id, clientGeneratedId: cgid, id: null, seq: null, status: "pending" });
+    this.flush();
+    return o.done;
+  }
+  /** Forgets an entry that is failed or not in flight (in storage too); false if there is none such. */
+  async discard(cgid) {
+    const i = this.items.findIndex((o2) => o2.entry.client_generated_id === cgid);
+    const o = this.items[i];
+    if (!o || !o.entry.status && this.inFlight.has(o.entry.chat_id) && this.head(o.entry.chat_id) === o)
+      return false;
+    this.items.splice(i, 1);
+    o.reject(new ChatRelayError("closed", "discarded", { chatId: o.entry.chat_id }));
+    await this.storage.remove(cgid);
+    return true;
+  }
+  /** The socket is gone: nothing is in flight any more. `code` 1009: the largest send in flight was too large. */
+  disconnected(code) {
+    let largest;
+    for (const [chatId, f] of this.inFlight) {
+      clearTimeout(f.timer);
+      const o = this.head(chatId);
+      if (o && (!largest || o.bytes > largest.bytes))
+        largest = o;
+    }
     this.inFlight.clear();
+    if (code === 1009 && largest) {
+      this.fail(largest, new ChatRelayError("too_large", "the relay closed the connection: message too large", { chatId: largest.entry.chat_id }));
+    }
+  }
+  /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
+  close() {
+    this.closed = true;
+    this.stop();
+    for (const f of this.inFlight.values())
+      clearTimeout(f.timer);
+    this.inFlight.clear();
+    for (const o of this.items)
+      o.reject(new ChatRelayError("closed", "client closed", { chatId: o.entry.chat_id }));
   }
   stop() {
     if (this.timer)
       clearTimeout(this.timer);
     this.timer = null;
   }
+  mine() {
+    const me = this.h.me();
+    return this.items.filter((o) => o.entry.sender_id === null || o.entry.sender_id === me);
+  }
+  /** The chat's next entry to send: its oldest one of the current user that has not failed. */
+  head(chatId) {
+    return this.mine().find((o) => o.entry.chat_id === chatId && !o.entry.status);
+  }
   /** Sends the oldest unsent message of each chat that has none in flight. */
   flush() {
     this.stop();
-    if (!this.h.isOpen())
+    if (this.closed || !this.h.isOpen())
       return;
+    const me = this.h.me();
     const now = Date.now();
     const heads = /* @__PURE__ */ new Set();
     let wake = Infinity;
-    for (const o of this.items) {
+    for (const o of this.mine()) {
       const chatId = o.entry.chat_id;
-      if (heads.has(chatId))
+      if (o.entry.status || heads.has(chatId))
         continue;
+      if (o.entry.sender_id === null && me !== null) {
+        o.entry.sender_id = me;
+        this.save(o.entry);
+      }
+      const frame = {
+        type: "send",
+        chat_id: chatId,
+        client_generated_id: o.entry.client_generated_id,
+        content: o.entry.content,
+        ref: "c0000000000"
+      };
+      const bytes = encoder.encode(JSON.stringify(frame)).length;
+      if (bytes > this.o.maxFrameBytes) {
+        this.fail(o, new ChatRelayError("too_large", `message too large: ${bytes} bytes, the limit is ${this.o.maxFrameBytes}`, { chatId }));
+        continue;
+      }
       heads.add(chatId);
       if (this.inFlight.has(chatId))
         continue;
@@ -401,15 +517,18 @@ var Outbox = class {
         continue;
       }
       const ref = this.h.ref();
-      this.inFlight.set(chatId, ref);
+      const timer = setTimeout(() => {
+        if (this.inFlight.get(chatId)?.ref !== ref)
+          return;
+        this.inFlight.delete(chatId);
+        o.notBefore = Date.now() + backoffDelay(Math.min(o.attempts - 1, 6), this.o.backoff);
+        this.h.stalled();
+        this.flush();
+      }, this.o.sendTimeoutMs);
+      this.inFlight.set(chatId, { ref, timer });
       o.attempts += 1;
-      this.h.write({
-        type: "send",
-        chat_id: chatId,
-        client_generated_id: o.entry.client_generated_id,
-        content: o.entry.content,
-        ref
-      });
+      o.bytes = bytes;
+      this.h.write({ ...frame, ref });
     }
     if (wake !== Infinity)
       this.timer = setTimeout(() => this.flush(), wake - now);
@@ -417,8 +536,11 @@ var Outbox = class {
   onSent(f, ref) {
     const cgid = String(f.client_generated_id);
     const chatId = String(f.chat_id);
-    if (ref !== null && this.inFlight.get(chatId) === ref)
+    const flight = this.inFlight.get(chatId);
+    if (ref !== null && flight?.ref === ref) {
+      clearTimeout(flight.timer);
       this.inFlight.delete(chatId);
+    }
     this.settle(cgid, { id: String(f.id), seq: Number(f.seq), duplicate: f.duplicate === true });
     this.flush();
   }
@@ -437,28 +559,35 @@ var Outbox = class {
   /** An `error` answering a `send`: retry later, or fail the message for good. False if `ref` was no send. */
   onError(ref, err) {
     let chatId = null;
-    for (const [c, r] of this.inFlight)
-      if (r === ref)
+    for (const [c, f] of this.inFlight)
+      if (f.ref === ref)
         chatId = c;
     if (chatId === null)
       return false;
+    clearTimeout(this.inFlight.get(chatId)?.timer);
     this.inFlight.delete(chatId);
-    const i = this.items.findIndex((o2) => o2.entry.chat_id === chatId);
-    const o = this.items[i];
+    const o = this.head(chatId);
     if (!o)
       return true;
     if (err.retryable) {
-      o.notBefore = Date.now() + (err.retryAfterMs ?? backoffDelay(Math.min(o.attempts, 6), this.backoff));
+      o.notBefore = Date.now() + (err.retryAfterMs ?? backoffDelay(Math.min(o.attempts, 6), this.o.backoff));
     } else {
-      this.items.splice(i, 1);
-      this.storage.remove(o.entry.client_generated_id).catch(() => {
-      });
-      this.h.status({ chatId, clientGeneratedId: o.entry.client_generated_id, id: null, seq: null, status: "failed" });
-      o.reject(err);
-      this.h.error(err);
+      this.fail(o, err);
     }
     this.flush();
     return true;
+  }
+  /** Refused for good: kept as failed (in storage too), `done` rejected. */
+  fail(o, err) {
+    o.entry.status = "failed";
+    o.entry.error = err.code;
+    this.save(o.entry);
+    this.h.status({ chatId: o.entry.chat_id, clientGeneratedId: o.entry.client_generated_id, id: null, seq: null, status: "failed" });
+    o.reject(err);
+    this.h.error(err);
+  }
+  save(entry) {
+    this.storage.put({ ...entry }).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId: entry.chat_id })));
   }
 };
 function outgoing(entry) {
@@ -470,7 +599,9 @@ function outgoing(entry) {
   });
   done.catch(() => {
   });
-  return { entry, resolve, reject, done, notBefore: 0, attempts: 0 };
+  if (entry.status === "failed")
+    reject(new ChatRelayError(entry.error ?? "internal", "failed earlier"));
+  return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0 };
 }
 
 // dist/storage.js
@@ -542,6 +673,7 @@ var Subscriptions = class {
   // ping ref -> chats
   refs = /* @__PURE__ */ new Map();
   // subscribe ref -> chat
+  closed = null;
   constructor(o, h) {
     this.o = o;
     this.h = h;
@@ -566,17 +698,31 @@ var Subscriptions = class {
         readSeq: 0,
         readSent: 0,
         lastTypingAt: 0,
-        retryTimer: null
+        retryTimer: null,
+        retries: 0
       };
       this.chats.set(chatId, chat);
     }
     return chat;
   }
+  /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
   subscribe(chatId, afterSeq) {
+    if (this.closed)
+      return Promise.reject(this.closed);
     const chat = this.chat(chatId);
     if (afterSeq !== void 0 && (chat.cursor === null || afterSeq > chat.cursor))
       chat.cursor = afterSeq;
-    const promise = new Promise((resolve, reject) => chat.waiters.push({ resolve, reject }));
+    const promise = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        chat.waiters = chat.waiters.filter((w) => w !== waiter);
+        reject(new ChatRelayError("timeout", "no subscription in time", { chatId }));
+      }, this.o.requestTimeoutMs);
+      const waiter = {
+        resolve: (s) => (clearTimeout(timer), resolve(s)),
+        reject: (e) => (clearTimeout(timer), reject(e))
+      };
+      chat.waiters.push(waiter);
+    });
     promise.catch(() => {
     });
     if (chat.wanted && chat.ready) {
@@ -597,8 +743,22 @@ var Subscriptions = class {
     chat.wanted = false;
     chat.ready = false;
     chat.online.clear();
+    this.forget(chatId);
     this.rejectWaiters(chat, err);
     return true;
+  }
+  /** Answers still owed to earlier subscribes of a chat no longer count. */
+  forget(chatId) {
+    for (const [ref, c] of this.refs)
+      if (c === chatId)
+        this.refs.delete(ref);
+    for (const [ref, chats] of this.barriers) {
+      const rest = chats.filter((c) => c !== chatId);
+      if (rest.length)
+        this.barriers.set(ref, rest);
+      else
+        this.barriers.delete(ref);
+    }
   }
   /** The connection is open: resubscribe, resend reads, acks. */
   opened() {
@@ -618,7 +778,13 @@ var Subscriptions = class {
     for (const chat of this.chats.values())
       chat.ready = false;
   }
+  /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
+  failWaiters(err) {
+    for (const chat of this.chats.values())
+      this.rejectWaiters(chat, err);
+  }
   close(err) {
+    this.closed = err;
     for (const chat of this.chats.values()) {
       if (chat.ackTimer)
         clearTimeout(chat.ackTimer);
@@ -669,6 +835,7 @@ var Subscriptions = class {
       if (!chat || !chat.wanted || chat.ready)
         continue;
       chat.ready = true;
+      chat.retries = 0;
       this.h.subscribed(this.subscription(chatId, chat));
       this.settleWaiters(chatId, chat);
     }
@@ -701,13 +868,7 @@ var Subscriptions = class {
   }
   /** The relay ended a subscription (removal). */
   removed(chatId) {
-    const chat = this.chats.get(chatId);
-    if (!chat)
-      return;
-    chat.wanted = false;
-    chat.ready = false;
-    chat.online.clear();
-    this.rejectWaiters(chat, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
+    this.unsubscribe(chatId, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
   }
   presence(chatId, userId, online) {
     const chat = this.chats.get(chatId);
@@ -739,7 +900,7 @@ var Subscriptions = class {
       chat.retryTimer = null;
       if (chat.wanted && !chat.ready)
         this.send(chatId);
-    }, afterMs ?? backoffDelay(1, this.o.backoff));
+    }, afterMs ?? backoffDelay(chat.retries++, this.o.backoff));
   }
   subscription(chatId, chat) {
     return { chatId, latestSeq: chat.latestSeq, online: [...chat.online], onlineTruncated: chat.onlineTruncated };
@@ -853,6 +1014,8 @@ var Tokens = class {
         const token = await this.fetch();
         if (typeof token !== "string" || token.length === 0)
           throw new Error("getToken returned no token");
+        if (token === this.token)
+          return token;
         this.token = token;
         this.issued = Date.now();
         const claims = decodeClaims(token);
@@ -861,6 +1024,8 @@ var Tokens = class {
           this.sub = claims.sub;
         return token;
       } catch (e) {
+        if (e instanceof ChatRelayError && e.code === "unauthorized")
+          throw e;
         throw new ChatRelayError("token", `getToken failed: ${e instanceof Error ? e.message : String(e)}`);
       } finally {
         this.flight = null;
@@ -880,6 +1045,10 @@ var Tokens = class {
   refreshIn() {
     return this.exp === null ? null : Math.max(0, this.exp - this.margin() - Date.now());
   }
+  /** How long to wait before asking again when `getToken` gave the same token back: a quarter of the margin, at least `floor`. */
+  patience(floor) {
+    return Math.max(floor, this.margin() / 4);
+  }
 };
 
 // dist/client.js
@@ -892,6 +1061,7 @@ var ChatRelayClient = class extends Emitter {
   pending = /* @__PURE__ */ new Map();
   // ref -> request
   refreshTimer = null;
+  refreshTries = 0;
   unwatch = null;
   constructor(options) {
     super();
@@ -909,23 +1079,29 @@ var ChatRelayClient = class extends Emitter {
       autoAck: options.autoAck ?? true,
       refreshBeforeMs: options.refreshBeforeMs ?? 6e4,
       watchEnvironment: options.watchEnvironment ?? inBrowser,
-      requestTimeoutMs: options.requestTimeoutMs ?? 3e4
+      requestTimeoutMs: options.requestTimeoutMs ?? 3e4,
+      connectTimeoutMs: options.connectTimeoutMs ?? 15e3,
+      sendTimeoutMs: options.sendTimeoutMs ?? 15e3,
+      maxFrameBytes: options.maxFrameBytes ?? 65536
     };
+    if (options.logger)
+      this.logger = options.logger;
     const write = (f) => this.conn.write(f);
     const isOpen = () => this.conn.isOpen;
     const ref = () => this.conn.ref();
     const error = (e) => this.emit("error", e);
     this.tokens = new Tokens(o.getToken, o.refreshBeforeMs);
-    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o.backoff, {
+    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o, {
       write,
       isOpen,
       ref,
       me: () => this.tokens.sub,
       status: (s) => this.emit("status", s),
-      error
+      error,
+      stalled: () => this.conn.reconnectNow()
     });
     this.subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
-    this.conn = new Connection({ url: o.url, WebSocket: WS, backoff: o.backoff, pingIntervalMs: o.pingIntervalMs, pingTimeoutMs: o.pingTimeoutMs }, {
+    this.conn = new Connection({ ...o, WebSocket: WS }, {
       token: async () => {
         await this.outbox.loaded;
         const token = await this.tokens.get(this.tokens.force);
@@ -935,10 +1111,21 @@ var ChatRelayClient = class extends Emitter {
       open: () => this.onOpen(),
       frame: (f) => this.onFrame(f),
       closed: (code, opened, attempt) => this.onClosed(code, opened, attempt),
-      state: (s) => this.emit("state", s),
+      state: (s, why) => {
+        this.logger.debug?.(`chat-relay: ${s}`, why);
+        if (s === "unauthorized") {
+          const err = new ChatRelayError("unauthorized", why.reason);
+          this.subs.failWaiters(err);
+          for (const ref2 of [...this.pending.keys()])
+            this.fail(ref2, err);
+        }
+        this.emit("state", s, why);
+      },
       error
     });
-    if (o.watchEnvironment)
+    if (options.environment)
+      this.unwatch = this.conn.watch(options.environment);
+    else if (o.watchEnvironment)
       this.unwatch = this.conn.watchBrowser();
   }
   // ------------------------------------------------------------------ API
@@ -967,7 +1154,7 @@ var ChatRelayClient = class extends Emitter {
   /** Stops a chat's events (its cursor is kept for a later subscribe). */
   unsubscribe(chatId) {
     if (this.subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
-      this.conn.write({ type: "unsubscribe", chat_id: chatId });
+      this.conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.conn.ref() });
     }
   }
   /** The highest seq delivered for a chat, or null. */
@@ -987,9 +1174,27 @@ var ChatRelayClient = class extends Emitter {
     this.connect();
     return { ...this.outbox.view(entry), done };
   }
-  /** Messages sent but not stored yet, oldest first (to render after a reload). */
+  /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
   pendingMessages(chatId) {
     return this.outbox.pending(chatId);
+  }
+  /** Sends a failed message again; its new `done`, or null if no such failed message. */
+  retry(clientGeneratedId) {
+    const done = this.outbox.retry(clientGeneratedId);
+    if (done)
+      this.connect();
+    return done;
+  }
+  /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
+  edit(clientGeneratedId, content) {
+    const done = this.outbox.retry(clientGeneratedId, content);
+    if (done)
+      this.connect();
+    return done;
+  }
+  /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
+  discard(clientGeneratedId) {
+    return this.outbox.discard(clientGeneratedId);
   }
   /** Resolves when every message in the outbox has been stored (or failed). */
   flushed() {
@@ -1032,7 +1237,7 @@ var ChatRelayClient = class extends Emitter {
     this.conn.closed = true;
     if (this.refreshTimer)
       clearTimeout(this.refreshTimer);
-    this.outbox.stop();
+    this.outbox.close();
     this.subs.close(new ChatRelayError("closed", "client closed"));
     for (const [ref, p] of this.pending) {
       clearTimeout(p.timer);
@@ -1053,7 +1258,7 @@ var ChatRelayClient = class extends Emitter {
     this.scheduleRefresh();
   }
   onClosed(code, opened, attempt) {
-    this.outbox.disconnected();
+    this.outbox.disconnected(code);
     this.subs.disconnected();
     for (const [ref, p] of this.pending) {
       if (!p.resend) {
@@ -1064,7 +1269,7 @@ var ChatRelayClient = class extends Emitter {
     }
     if (this.conn.closed || this.conn.manualOffline)
       return;
-    if (code === 4001 || !opened && attempt >= 2)
+    if (code === 4001 || !opened && attempt === 2)
       this.tokens.force = true;
   }
   // ----------------------------------------------------------------- token
@@ -1077,17 +1282,34 @@ var ChatRelayClient = class extends Emitter {
       return;
     this.refreshTimer = setTimeout(() => void this.refresh(), delay);
   }
-  /** Fetches a new token and hands it to the open connection with `auth`. */
+  /**
+   * Fetches a new token and hands it to the open connection with `auth`.
+   * The same token back (the app's cache): nothing is sent; asked again
+   * later. Another user's token: the connection starts over as that user.
+   */
   async refresh() {
     this.refreshTimer = null;
+    const [before, who] = [this.tokens.token, this.tokens.sub];
     let token;
     try {
       token = await this.tokens.get(true);
     } catch (e) {
-      this.emit("error", e);
-      this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(1, this.opts.backoff));
+      const err = e;
+      this.emit("error", err);
+      if (err.code === "unauthorized")
+        return this.conn.unauthorized(err.message);
+      this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(++this.refreshTries, this.opts.backoff));
       return;
     }
+    if (this.conn.closed)
+      return;
+    if (token === before) {
+      this.refreshTimer = setTimeout(() => void this.refresh(), this.tokens.patience(backoffDelay(++this.refreshTries, this.opts.backoff)));
+      return;
+    }
+    this.refreshTries = 0;
+    if (this.tokens.sub !== who)
+      return this.conn.drop(4002, "user changed");
     if (this.conn.isOpen && this.conn.state === "open") {
       try {
         await this.request({ type: "auth", access_token: token }, false);
@@ -1143,7 +1365,8 @@ var ChatRelayClient = class extends Emitter {
       case "pong":
         return this.subs.onPong(ref);
       case "typing":
-        this.emit("typing", { chatId, userId: String(f.user_id) });
+        if (f.user_id !== this.tokens.sub)
+          this.emit("typing", { chatId, userId: String(f.user_id) });
         return;
       case "presence": {
         const userId = String(f.user_id);
@@ -1228,6 +1451,7 @@ export {
   DEFAULT_BACKOFF,
   IndexedDbStorage,
   MemoryStorage,
+  UnauthorizedError,
   backoffDelay,
   decodeClaims,
   uuid

@@ -28,7 +28,7 @@ import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
 import { type SendResult } from "./outbox.js";
 import { type OutboxStorage } from "./storage.js";
-import type { ChatMessage, ConnectionState, HistoryPage, PendingMessage, Receipt, StatusChange, Subscription } from "./types.js";
+import type { ChatMessage, ConnectionState, Environment, HistoryPage, Logger, PendingMessage, Receipt, StateChange, StatusChange, Subscription } from "./types.js";
 export type { WebSocketConstructor, WebSocketLike } from "./connection.js";
 export interface ClientOptions {
     /** `ws(s)://host/v1/ws` */
@@ -55,6 +55,16 @@ export interface ClientOptions {
     watchEnvironment?: boolean;
     /** Give up on a request (history, subscribe) after this long without an answer (default 30 s). */
     requestTimeoutMs?: number;
+    /** Give up on a socket that has not opened this long after dialing, and dial again (default 15 s). */
+    connectTimeoutMs?: number;
+    /** Send a message again (same id) when its `send` had no answer this long (default 15 s). */
+    sendTimeoutMs?: number;
+    /** The relay's frame limit, `CHAT_RELAY_MAX_FRAME_BYTES` (default 65536): larger messages fail at once, as `too_large`. */
+    maxFrameBytes?: number;
+    /** Network and foreground hints where there is no `window` (React Native); replaces `watchEnvironment`. */
+    environment?: Environment;
+    /** Where the client says what it does and what went wrong (default: console, errors only). */
+    logger?: Logger;
 }
 /** A `send` in progress. */
 export interface OutgoingMessage extends PendingMessage {
@@ -95,7 +105,8 @@ export interface ClientEvents {
         userId: string;
         online: boolean;
     }];
-    state: [state: ConnectionState];
+    /** The connection's state moved; `why` carries the close code and reason, or the client's own. */
+    state: [state: ConnectionState, why: StateChange];
     error: [error: ChatRelayError];
 }
 export declare class ChatRelayClient extends Emitter<ClientEvents> {
@@ -106,6 +117,7 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     private readonly subs;
     private readonly pending;
     private refreshTimer;
+    private refreshTries;
     private unwatch;
     constructor(options: ClientOptions);
     /** The current connection state. */
@@ -133,8 +145,14 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
      * row arrives later as a `message` event whose `meta.replaces` names it.
      */
     send(chatId: string, content: string): OutgoingMessage;
-    /** Messages sent but not stored yet, oldest first (to render after a reload). */
+    /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
     pendingMessages(chatId?: string): PendingMessage[];
+    /** Sends a failed message again; its new `done`, or null if no such failed message. */
+    retry(clientGeneratedId: string): Promise<SendResult> | null;
+    /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
+    edit(clientGeneratedId: string, content: string): Promise<SendResult> | null;
+    /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
+    discard(clientGeneratedId: string): Promise<boolean>;
     /** Resolves when every message in the outbox has been stored (or failed). */
     flushed(): Promise<void>;
     /** The user has read a chat up to `seq`. */
@@ -156,7 +174,11 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     private onOpen;
     private onClosed;
     private scheduleRefresh;
-    /** Fetches a new token and hands it to the open connection with `auth`. */
+    /**
+     * Fetches a new token and hands it to the open connection with `auth`.
+     * The same token back (the app's cache): nothing is sent; asked again
+     * later. Another user's token: the connection starts over as that user.
+     */
     private refresh;
     private onFrame;
     private onMessage;

@@ -39,6 +39,7 @@ export class ChatRelayClient extends Emitter {
     subs;
     pending = new Map(); // ref -> request
     refreshTimer = null;
+    refreshTries = 0;
     unwatch = null;
     constructor(options) {
         super();
@@ -57,22 +58,28 @@ export class ChatRelayClient extends Emitter {
             refreshBeforeMs: options.refreshBeforeMs ?? 60_000,
             watchEnvironment: options.watchEnvironment ?? inBrowser,
             requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+            connectTimeoutMs: options.connectTimeoutMs ?? 15_000,
+            sendTimeoutMs: options.sendTimeoutMs ?? 15_000,
+            maxFrameBytes: options.maxFrameBytes ?? 65_536,
         });
+        if (options.logger)
+            this.logger = options.logger;
         const write = (f) => this.conn.write(f);
         const isOpen = () => this.conn.isOpen;
         const ref = () => this.conn.ref();
         const error = (e) => this.emit("error", e);
         this.tokens = new Tokens(o.getToken, o.refreshBeforeMs);
-        this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o.backoff, {
+        this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o, {
             write,
             isOpen,
             ref,
             me: () => this.tokens.sub,
             status: (s) => this.emit("status", s),
             error,
+            stalled: () => this.conn.reconnectNow(),
         });
         this.subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
-        this.conn = new Connection({ url: o.url, WebSocket: WS, backoff: o.backoff, pingIntervalMs: o.pingIntervalMs, pingTimeoutMs: o.pingTimeoutMs }, {
+        this.conn = new Connection({ ...o, WebSocket: WS }, {
             token: async () => {
                 await this.outbox.loaded;
                 const token = await this.tokens.get(this.tokens.force);
@@ -82,10 +89,21 @@ export class ChatRelayClient extends Emitter {
             open: () => this.onOpen(),
             frame: (f) => this.onFrame(f),
             closed: (code, opened, attempt) => this.onClosed(code, opened, attempt),
-            state: (s) => this.emit("state", s),
+            state: (s, why) => {
+                this.logger.debug?.(`chat-relay: ${s}`, why);
+                if (s === "unauthorized") {
+                    const err = new ChatRelayError("unauthorized", why.reason);
+                    this.subs.failWaiters(err);
+                    for (const ref of [...this.pending.keys()])
+                        this.fail(ref, err);
+                }
+                this.emit("state", s, why);
+            },
             error,
         });
-        if (o.watchEnvironment)
+        if (options.environment)
+            this.unwatch = this.conn.watch(options.environment);
+        else if (o.watchEnvironment)
             this.unwatch = this.conn.watchBrowser();
     }
     // ------------------------------------------------------------------ API
@@ -114,7 +132,8 @@ export class ChatRelayClient extends Emitter {
     /** Stops a chat's events (its cursor is kept for a later subscribe). */
     unsubscribe(chatId) {
         if (this.subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
-            this.conn.write({ type: "unsubscribe", chat_id: chatId });
+            // With a ref: its answer is told apart from a removal (which has none).
+            this.conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.conn.ref() });
         }
     }
     /** The highest seq delivered for a chat, or null. */
@@ -134,9 +153,27 @@ export class ChatRelayClient extends Emitter {
         this.connect();
         return { ...this.outbox.view(entry), done };
     }
-    /** Messages sent but not stored yet, oldest first (to render after a reload). */
+    /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
     pendingMessages(chatId) {
         return this.outbox.pending(chatId);
+    }
+    /** Sends a failed message again; its new `done`, or null if no such failed message. */
+    retry(clientGeneratedId) {
+        const done = this.outbox.retry(clientGeneratedId);
+        if (done)
+            this.connect();
+        return done;
+    }
+    /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
+    edit(clientGeneratedId, content) {
+        const done = this.outbox.retry(clientGeneratedId, content);
+        if (done)
+            this.connect();
+        return done;
+    }
+    /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
+    discard(clientGeneratedId) {
+        return this.outbox.discard(clientGeneratedId);
     }
     /** Resolves when every message in the outbox has been stored (or failed). */
     flushed() {
@@ -179,7 +216,7 @@ export class ChatRelayClient extends Emitter {
         this.conn.closed = true;
         if (this.refreshTimer)
             clearTimeout(this.refreshTimer);
-        this.outbox.stop();
+        this.outbox.close();
         this.subs.close(new ChatRelayError("closed", "client closed"));
         for (const [ref, p] of this.pending) {
             clearTimeout(p.timer);
@@ -200,7 +237,7 @@ export class ChatRelayClient extends Emitter {
         this.scheduleRefresh();
     }
     onClosed(code, opened, attempt) {
-        this.outbox.disconnected();
+        this.outbox.disconnected(code);
         this.subs.disconnected();
         for (const [ref, p] of this.pending) {
             if (!p.resend) {
@@ -211,9 +248,11 @@ export class ChatRelayClient extends Emitter {
         }
         if (this.conn.closed || this.conn.manualOffline)
             return;
-        // 4001: the token expired or was refused; fetch a new one.
-        // Not even opened: maybe a refused token (HTTP 401), or the server is down.
-        if (code === 4001 || (!opened && attempt >= 2))
+        // 4001: the token expired or was refused; fetch a new one. Not even
+        // opened: maybe a refused token (HTTP 401), more likely the server is
+        // down; a browser cannot tell, so once per run of failures. (A token
+        // near expiry is fetched anyway.)
+        if (code === 4001 || (!opened && attempt === 2))
             this.tokens.force = true;
     }
     // ----------------------------------------------------------------- token
@@ -226,19 +265,36 @@ export class ChatRelayClient extends Emitter {
             return;
         this.refreshTimer = setTimeout(() => void this.refresh(), delay);
     }
-    /** Fetches a new token and hands it to the open connection with `auth`. */
+    /**
+     * Fetches a new token and hands it to the open connection with `auth`.
+     * The same token back (the app's cache): nothing is sent; asked again
+     * later. Another user's token: the connection starts over as that user.
+     */
     async refresh() {
         this.refreshTimer = null;
+        const [before, who] = [this.tokens.token, this.tokens.sub];
         let token;
         try {
             token = await this.tokens.get(true);
         }
         catch (e) {
-            this.emit("error", e);
+            const err = e;
+            this.emit("error", err);
+            if (err.code === "unauthorized")
+                return this.conn.unauthorized(err.message);
             // Try again soon, while the old token may still be valid.
-            this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(1, this.opts.backoff));
+            this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(++this.refreshTries, this.opts.backoff));
             return;
         }
+        if (this.conn.closed)
+            return;
+        if (token === before) {
+            this.refreshTimer = setTimeout(() => void this.refresh(), this.tokens.patience(backoffDelay(++this.refreshTries, this.opts.backoff)));
+            return;
+        }
+        this.refreshTries = 0;
+        if (this.tokens.sub !== who)
+            return this.conn.drop(4002, "user changed");
         if (this.conn.isOpen && this.conn.state === "open") {
             try {
                 await this.request({ type: "auth", access_token: token }, false);
@@ -286,6 +342,7 @@ export class ChatRelayClient extends Emitter {
             case "subscribed":
                 return this.subs.onSubscribed(chatId, f, ref);
             case "unsubscribed":
+                // With a ref: the answer to our unsubscribe. Without: a removal.
                 if (ref === null) {
                     this.subs.removed(chatId);
                     this.emit("unsubscribed", { chatId, reason: typeof f.reason === "string" ? f.reason : null });
@@ -296,7 +353,9 @@ export class ChatRelayClient extends Emitter {
             case "pong":
                 return this.subs.onPong(ref);
             case "typing":
-                this.emit("typing", { chatId, userId: String(f.user_id) });
+                // The relay echoes typing to the user's other connections (tabs): not news.
+                if (f.user_id !== this.tokens.sub)
+                    this.emit("typing", { chatId, userId: String(f.user_id) });
                 return;
             case "presence": {
                 const userId = String(f.user_id);

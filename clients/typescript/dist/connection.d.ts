@@ -6,7 +6,7 @@
  */
 import { type BackoffOptions } from "./backoff.js";
 import { ChatRelayError } from "./errors.js";
-import type { ConnectionState } from "./types.js";
+import type { ConnectionState, Environment, StateChange } from "./types.js";
 import type { Frame } from "./util.js";
 /** The parts of the WebSocket API the client uses (browsers' `WebSocket`, `ws` under Node). */
 export interface WebSocketLike {
@@ -30,6 +30,8 @@ export interface ConnectionOptions {
     backoff: BackoffOptions;
     pingIntervalMs: number;
     pingTimeoutMs: number;
+    /** A socket not open this long after dialing is given up (a server that never answers the upgrade). */
+    connectTimeoutMs: number;
 }
 /** What the connection asks of its owner. */
 export interface ConnectionHooks {
@@ -39,7 +41,7 @@ export interface ConnectionHooks {
     frame(f: Frame): void;
     /** The socket is gone (`attempt`: failed attempts so far); called before any reconnect is planned. */
     closed(code: number, opened: boolean, attempt: number): void;
-    state(s: ConnectionState): void;
+    state(s: ConnectionState, why: StateChange): void;
     error(e: ChatRelayError): void;
 }
 export declare class Connection {
@@ -59,7 +61,7 @@ export declare class Connection {
     private lastFrameAt;
     constructor(o: ConnectionOptions, h: ConnectionHooks);
     get isOpen(): boolean;
-    /** Opens the connection unless it is open, opening, closed or offline on purpose. */
+    /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
     connect(): void;
     /** A fresh request reference (`ref`). */
     ref(): string;
@@ -69,16 +71,20 @@ export declare class Connection {
     close(): void;
     private open;
     private onClosed;
+    /** `getToken` says nobody is signed in: stop until `connect()`. */
+    unauthorized(reason: string): void;
     private scheduleReconnect;
     /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
     reconnectNow(): void;
     private clearReconnect;
     /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
-    drop(code: number, reason: string): void;
+    drop(code: number, reason: string, opened?: boolean): void;
     private startPings;
     private stopPings;
     /** Pings; a socket that sends no frame at all within the timeout is dead. */
     private ping;
+    /** Listens to the app's network and foreground hints; returns the function that stops listening. */
+    watch(env: Environment): () => void;
     /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
     watchBrowser(): () => void;
     private setState;

@@ -29,11 +29,11 @@ export class Connection {
     get isOpen() {
         return this.ws !== null && this.ws.readyState === OPEN;
     }
-    /** Opens the connection unless it is open, opening, closed or offline on purpose. */
+    /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
     connect() {
         if (this.closed || this.manualOffline)
             return;
-        if (this.state === "idle")
+        if (this.state === "idle" || this.state === "unauthorized")
             void this.open();
     }
     /** A fresh request reference (`ref`). */
@@ -60,11 +60,11 @@ export class Connection {
             this.manualOffline = true;
             this.clearReconnect();
             this.drop(1000, "offline");
-            this.setState("offline");
+            this.setState("offline", 1000, "offline");
         }
         else if (this.manualOffline) {
             this.manualOffline = false;
-            this.setState("idle");
+            this.setState("idle", 0, "online");
             this.attempt = 0;
             void this.open();
         }
@@ -73,19 +73,23 @@ export class Connection {
         this.closed = true;
         this.clearReconnect();
         this.drop(1000, "client closed");
-        this.setState("closed");
+        this.setState("closed", 1000, "client closed");
     }
     async open() {
         if (this.closed || this.manualOffline || this.ws)
             return;
-        this.setState("connecting");
+        this.setState("connecting", 0, "connect");
         let token;
         try {
             token = await this.h.token();
         }
         catch (e) {
-            this.h.error(e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`));
-            this.scheduleReconnect();
+            const err = e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`);
+            this.h.error(err);
+            if (err.code === "unauthorized")
+                this.unauthorized(err.message);
+            else
+                this.scheduleReconnect();
             return;
         }
         if (this.closed || this.manualOffline || this.ws)
@@ -102,13 +106,18 @@ export class Connection {
         }
         this.ws = ws;
         let opened = false;
+        const stuck = setTimeout(() => {
+            if (this.ws === ws && !opened)
+                this.drop(4000, "connect timeout", false);
+        }, this.o.connectTimeoutMs);
         ws.onopen = () => {
+            clearTimeout(stuck);
             if (this.ws !== ws)
                 return;
             opened = true;
             this.attempt = 0;
             this.lastFrameAt = Date.now();
-            this.setState("open");
+            this.setState("open", 0, "open");
             this.h.open();
             this.startPings();
         };
@@ -128,26 +137,33 @@ export class Connection {
             this.h.frame(frame);
         };
         ws.onclose = (ev) => {
+            clearTimeout(stuck);
             if (this.ws !== ws)
                 return;
-            this.onClosed(ev.code, opened);
+            this.onClosed(ev.code, ev.reason ?? "", opened);
         };
         ws.onerror = () => {
             // A close event follows.
         };
     }
-    onClosed(code, opened) {
+    onClosed(code, reason, opened) {
         this.ws = null;
         this.stopPings();
         this.h.closed(code, opened, this.attempt);
-        if (this.closed)
+        if (this.closed || this.state === "unauthorized")
             return;
         if (this.manualOffline) {
-            this.setState("offline");
+            this.setState("offline", 1000, "offline");
             return;
         }
-        this.setState("connecting");
+        this.setState("connecting", code, reason);
         this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : undefined);
+    }
+    /** `getToken` says nobody is signed in: stop until `connect()`. */
+    unauthorized(reason) {
+        this.clearReconnect();
+        this.setState("unauthorized", 4001, reason);
+        this.drop(4001, reason);
     }
     scheduleReconnect(attempt) {
         if (this.closed || this.manualOffline)
@@ -155,7 +171,7 @@ export class Connection {
         this.clearReconnect();
         const delay = backoffDelay(attempt ?? this.attempt, this.o.backoff);
         this.attempt += 1;
-        this.setState("connecting");
+        this.setState("connecting", 0, "reconnect");
         this.reconnectTimer = setTimeout(() => {
             this.reconnectTimer = null;
             void this.open();
@@ -180,11 +196,11 @@ export class Connection {
         this.reconnectTimer = null;
     }
     /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
-    drop(code, reason) {
+    drop(code, reason, opened = true) {
         const ws = this.ws;
         if (!ws)
             return;
-        this.onClosed(code, true);
+        this.onClosed(code, reason, opened);
         try {
             ws.close(code, reason);
         }
@@ -216,6 +232,12 @@ export class Connection {
                 this.drop(4000, "no answer to ping");
         }, this.o.pingTimeoutMs);
     }
+    /** Listens to the app's network and foreground hints; returns the function that stops listening. */
+    watch(env) {
+        const now = () => this.reconnectNow();
+        const offs = [env.onOnline?.(now), env.onForeground?.(now)];
+        return () => offs.forEach((off) => off?.());
+    }
     /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
     watchBrowser() {
         const g = globalThis;
@@ -236,10 +258,10 @@ export class Connection {
         }
         return () => offs.forEach((off) => off());
     }
-    setState(state) {
+    setState(state, code, reason) {
         if (this.state === state)
             return;
         this.state = state;
-        this.h.state(state);
+        this.h.state(state, { code, reason });
     }
 }

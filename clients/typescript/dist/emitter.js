@@ -1,7 +1,8 @@
-/** A small typed event emitter (no dependencies). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export class Emitter {
     listeners = new Map();
+    /** Where a listener's exception is reported (default: console). */
+    logger = console;
     /** Adds a listener; returns a function that removes it. */
     on(event, fn) {
         let set = this.listeners.get(event);
@@ -25,7 +26,7 @@ export class Emitter {
             }
             catch (e) {
                 // A listener's bug must not break the connection's state machine.
-                console.error("chat-relay: an event listener threw", e);
+                this.logger.error?.("chat-relay: an event listener threw", e);
             }
         }
     }

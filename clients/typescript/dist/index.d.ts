@@ -12,10 +12,11 @@
 export { ChatRelayClient } from "./client.js";
 export { decodeClaims, uuid } from "./util.js";
 export type { ClientEvents, ClientOptions, MessageMeta, OutgoingMessage, WebSocketConstructor, WebSocketLike, } from "./client.js";
-export { ChatRelayError } from "./errors.js";
+export { ChatRelayError, UnauthorizedError } from "./errors.js";
 export type { ErrorCode } from "./errors.js";
 export { IndexedDbStorage, MemoryStorage } from "./storage.js";
 export type { OutboxStorage } from "./storage.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
-export type { ChatMessage, ConnectionState, HistoryPage, MessageStatus, OutboxEntry, PendingMessage, Receipt, StatusChange, Subscription, } from "./types.js";
+export type { ChatMessage, ConnectionState, Environment, HistoryPage, Logger, MessageStatus, OutboxEntry, PendingMessage, Receipt, StateChange, StatusChange, Subscription, } from "./types.js";
+export type { SendResult } from "./outbox.js";

@@ -11,6 +11,6 @@
  */
 export { ChatRelayClient } from "./client.js";
 export { decodeClaims, uuid } from "./util.js";
-export { ChatRelayError } from "./errors.js";
+export { ChatRelayError, UnauthorizedError } from "./errors.js";
 export { IndexedDbStorage, MemoryStorage } from "./storage.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";

@@ -2,6 +2,11 @@
  * The outbox: messages sent but not stored yet. Kept in an
  * {@link OutboxStorage} until the relay answers `sent`, sent one at a time
  * per chat (so in order), retried with the same `client_generated_id`.
+ *
+ * Per user: an entry goes out only on a connection of the user who wrote it
+ * (the token's `sub`). An entry the relay refuses for good (or one too large
+ * to send) is marked failed and kept, never retried on its own: the app
+ * calls `retry`, `edit` or `discard`.
  */
 import { type BackoffOptions } from "./backoff.js";
 import { ChatRelayError } from "./errors.js";
@@ -22,30 +27,49 @@ export interface OutboxHooks {
     me(): string | null;
     status(change: StatusChange): void;
     error(e: ChatRelayError): void;
+    /** A send went unanswered: the socket may be dead. */
+    stalled(): void;
+}
+export interface OutboxOptions {
+    backoff: BackoffOptions;
+    /** The relay's frame limit (`CHAT_RELAY_MAX_FRAME_BYTES`). */
+    maxFrameBytes: number;
+    sendTimeoutMs: number;
 }
 export declare class Outbox {
     private readonly storage;
-    private readonly backoff;
+    private readonly o;
     private readonly h;
     private readonly items;
     private readonly inFlight;
     private order;
     private timer;
+    private closed;
     /** Settles once the stored entries are in. */
     readonly loaded: Promise<void>;
-    constructor(storage: OutboxStorage, backoff: BackoffOptions, h: OutboxHooks);
+    constructor(storage: OutboxStorage, o: OutboxOptions, h: OutboxHooks);
     /** Queues a message; returns its entry and `done`. */
     add(chatId: string, content: string, cgid: string): {
         entry: OutboxEntry;
         done: Promise<SendResult>;
     };
-    has(cgid: string): boolean;
+    /** The current user's entries (of one chat), oldest first, failed ones included. */
     pending(chatId?: string): PendingMessage[];
     view(entry: OutboxEntry): PendingMessage;
+    /** Resolves when every entry of the current user is stored or failed. */
     flushed(): Promise<void>;
-    /** The socket is gone: nothing is in flight any more. */
-    disconnected(): void;
-    stop(): void;
+    /** Sends a failed entry again (as it is); its new `done`, or null if there is no such failed entry. */
+    retry(cgid: string, content?: string): Promise<SendResult> | null;
+    /** Forgets an entry that is failed or not in flight (in storage too); false if there is none such. */
+    discard(cgid: string): Promise<boolean>;
+    /** The socket is gone: nothing is in flight any more. `code` 1009: the largest send in flight was too large. */
+    disconnected(code: number): void;
+    /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
+    close(): void;
+    private stop;
+    private mine;
+    /** The chat's next entry to send: its oldest one of the current user that has not failed. */
+    private head;
     /** Sends the oldest unsent message of each chat that has none in flight. */
     flush(): void;
     onSent(f: Frame, ref: string | null): void;
@@ -53,4 +77,7 @@ export declare class Outbox {
     settle(cgid: string, result: SendResult): boolean;
     /** An `error` answering a `send`: retry later, or fail the message for good. False if `ref` was no send. */
     onError(ref: string, err: ChatRelayError): boolean;
+    /** Refused for good: kept as failed (in storage too), `done` rejected. */
+    private fail;
+    private save;
 }

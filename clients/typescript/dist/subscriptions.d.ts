@@ -28,6 +28,8 @@ export interface ChatState {
     readSent: number;
     lastTypingAt: number;
     retryTimer: Timer | null;
+    /** Failed subscribes in a row (the retry backoff). */
+    retries: number;
 }
 /** What the subscriptions ask of the client. */
 export interface SubscriptionHooks {
@@ -43,18 +45,25 @@ export declare class Subscriptions {
     readonly chats: Map<string, ChatState>;
     private readonly barriers;
     private readonly refs;
+    private closed;
     constructor(o: {
         backoff: BackoffOptions;
         ackDelayMs: number;
+        requestTimeoutMs: number;
     }, h: SubscriptionHooks);
     chat(chatId: string): ChatState;
+    /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
     subscribe(chatId: string, afterSeq: number | undefined): Promise<Subscription>;
     /** Stops a chat (keeping its cursor); false when it was not subscribed. */
     unsubscribe(chatId: string, err: ChatRelayError): boolean;
+    /** Answers still owed to earlier subscribes of a chat no longer count. */
+    private forget;
     /** The connection is open: resubscribe, resend reads, acks. */
     opened(): void;
     /** The connection is gone: every subscription must be asked for again. */
     disconnected(): void;
+    /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
+    failWaiters(err: ChatRelayError): void;
     close(err: ChatRelayError): void;
     /** Whether a row is new for the app (above the cursor, never seen); if so, the cursor moves to it. */
     accept(chatId: string, m: ChatMessage): boolean;

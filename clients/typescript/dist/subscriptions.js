@@ -13,6 +13,7 @@ export class Subscriptions {
     chats = new Map();
     barriers = new Map(); // ping ref -> chats
     refs = new Map(); // subscribe ref -> chat
+    closed = null;
     constructor(o, h) {
         this.o = o;
         this.h = h;
@@ -38,16 +39,30 @@ export class Subscriptions {
                 readSent: 0,
                 lastTypingAt: 0,
                 retryTimer: null,
+                retries: 0,
             };
             this.chats.set(chatId, chat);
         }
         return chat;
     }
+    /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
     subscribe(chatId, afterSeq) {
+        if (this.closed)
+            return Promise.reject(this.closed);
         const chat = this.chat(chatId);
         if (afterSeq !== undefined && (chat.cursor === null || afterSeq > chat.cursor))
             chat.cursor = afterSeq;
-        const promise = new Promise((resolve, reject) => chat.waiters.push({ resolve, reject }));
+        const promise = new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+                chat.waiters = chat.waiters.filter((w) => w !== waiter);
+                reject(new ChatRelayError("timeout", "no subscription in time", { chatId }));
+            }, this.o.requestTimeoutMs);
+            const waiter = {
+                resolve: (s) => (clearTimeout(timer), resolve(s)),
+                reject: (e) => (clearTimeout(timer), reject(e)),
+            };
+            chat.waiters.push(waiter);
+        });
         promise.catch(() => { });
         if (chat.wanted && chat.ready) {
             this.settleWaiters(chatId, chat);
@@ -67,8 +82,22 @@ export class Subscriptions {
         chat.wanted = false;
         chat.ready = false;
         chat.online.clear();
+        this.forget(chatId);
         this.rejectWaiters(chat, err);
         return true;
+    }
+    /** Answers still owed to earlier subscribes of a chat no longer count. */
+    forget(chatId) {
+        for (const [ref, c] of this.refs)
+            if (c === chatId)
+                this.refs.delete(ref);
+        for (const [ref, chats] of this.barriers) {
+            const rest = chats.filter((c) => c !== chatId);
+            if (rest.length)
+                this.barriers.set(ref, rest);
+            else
+                this.barriers.delete(ref);
+        }
     }
     /** The connection is open: resubscribe, resend reads, acks. */
     opened() {
@@ -88,7 +117,13 @@ export class Subscriptions {
         for (const chat of this.chats.values())
             chat.ready = false;
     }
+    /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
+    failWaiters(err) {
+        for (const chat of this.chats.values())
+            this.rejectWaiters(chat, err);
+    }
     close(err) {
+        this.closed = err;
         for (const chat of this.chats.values()) {
             if (chat.ackTimer)
                 clearTimeout(chat.ackTimer);
@@ -140,6 +175,7 @@ export class Subscriptions {
             if (!chat || !chat.wanted || chat.ready)
                 continue;
             chat.ready = true;
+            chat.retries = 0;
             this.h.subscribed(this.subscription(chatId, chat));
             this.settleWaiters(chatId, chat);
         }
@@ -173,13 +209,7 @@ export class Subscriptions {
     }
     /** The relay ended a subscription (removal). */
     removed(chatId) {
-        const chat = this.chats.get(chatId);
-        if (!chat)
-            return;
-        chat.wanted = false;
-        chat.ready = false;
-        chat.online.clear();
-        this.rejectWaiters(chat, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
+        this.unsubscribe(chatId, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
     }
     presence(chatId, userId, online) {
         const chat = this.chats.get(chatId);
@@ -212,7 +242,7 @@ export class Subscriptions {
             chat.retryTimer = null;
             if (chat.wanted && !chat.ready)
                 this.send(chatId);
-        }, afterMs ?? backoffDelay(1, this.o.backoff));
+        }, afterMs ?? backoffDelay(chat.retries++, this.o.backoff));
     }
     subscription(chatId, chat) {
         return { chatId, latestSeq: chat.latestSeq, online: [...chat.online], onlineTruncated: chat.onlineTruncated };

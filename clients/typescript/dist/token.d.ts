@@ -18,4 +18,6 @@ export declare class Tokens {
     expiring(): boolean;
     /** Milliseconds until the refresh is due, or null for a token without `exp`. */
     refreshIn(): number | null;
+    /** How long to wait before asking again when `getToken` gave the same token back: a quarter of the margin, at least `floor`. */
+    patience(floor: number): number;
 }

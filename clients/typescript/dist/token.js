@@ -31,6 +31,8 @@ export class Tokens {
                 const token = await this.fetch();
                 if (typeof token !== "string" || token.length === 0)
                     throw new Error("getToken returned no token");
+                if (token === this.token)
+                    return token; // the app's cache: nothing new
                 this.token = token;
                 this.issued = Date.now();
                 const claims = decodeClaims(token);
@@ -40,6 +42,8 @@ export class Tokens {
                 return token;
             }
             catch (e) {
+                if (e instanceof ChatRelayError && e.code === "unauthorized")
+                    throw e;
                 throw new ChatRelayError("token", `getToken failed: ${e instanceof Error ? e.message : String(e)}`);
             }
             finally {
@@ -59,5 +63,9 @@ export class Tokens {
     /** Milliseconds until the refresh is due, or null for a token without `exp`. */
     refreshIn() {
         return this.exp === null ? null : Math.max(0, this.exp - this.margin() - Date.now());
+    }
+    /** How long to wait before asking again when `getToken` gave the same token back: a quarter of the margin, at least `floor`. */
+    patience(floor) {
+        return Math.max(floor, this.margin() / 4);
     }
 }

@@ -33,9 +33,12 @@ import { Tokens } from "./token.js";
 import type {
   ChatMessage,
   ConnectionState,
+  Environment,
   HistoryPage,
+  Logger,
   PendingMessage,
   Receipt,
+  StateChange,
   StatusChange,
   Subscription,
 } from "./types.js";
@@ -68,6 +71,16 @@ export interface ClientOptions {
   watchEnvironment?: boolean;
   /** Give up on a request (history, subscribe) after this long without an answer (default 30 s). */
   requestTimeoutMs?: number;
+  /** Give up on a socket that has not opened this long after dialing, and dial again (default 15 s). */
+  connectTimeoutMs?: number;
+  /** Send a message again (same id) when its `send` had no answer this long (default 15 s). */
+  sendTimeoutMs?: number;
+  /** The relay's frame limit, `CHAT_RELAY_MAX_FRAME_BYTES` (default 65536): larger messages fail at once, as `too_large`. */
+  maxFrameBytes?: number;
+  /** Network and foreground hints where there is no `window` (React Native); replaces `watchEnvironment`. */
+  environment?: Environment;
+  /** Where the client says what it does and what went wrong (default: console, errors only). */
+  logger?: Logger;
 }
 
 /** A `send` in progress. */
@@ -97,7 +110,8 @@ export interface ClientEvents {
   unsubscribed: [event: { chatId: string; reason: string | null }];
   typing: [event: { chatId: string; userId: string }];
   presence: [event: { chatId: string; userId: string; online: boolean }];
-  state: [state: ConnectionState];
+  /** The connection's state moved; `why` carries the close code and reason, or the client's own. */
+  state: [state: ConnectionState, why: StateChange];
   error: [error: ChatRelayError];
 }
 
@@ -111,13 +125,14 @@ interface Pending {
 }
 
 export class ChatRelayClient extends Emitter<ClientEvents> {
-  private readonly opts: Required<Omit<ClientOptions, "WebSocket" | "storage">>;
+  private readonly opts: Required<Omit<ClientOptions, "WebSocket" | "storage" | "environment" | "logger">>;
   private readonly conn: Connection;
   private readonly tokens: Tokens;
   private readonly outbox: Outbox;
   private readonly subs: Subscriptions;
   private readonly pending = new Map<string, Pending>(); // ref -> request
   private refreshTimer: Timer | null = null;
+  private refreshTries = 0;
   private unwatch: (() => void) | null = null;
 
   constructor(options: ClientOptions) {
@@ -136,23 +151,28 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
       refreshBeforeMs: options.refreshBeforeMs ?? 60_000,
       watchEnvironment: options.watchEnvironment ?? inBrowser,
       requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 15_000,
+      sendTimeoutMs: options.sendTimeoutMs ?? 15_000,
+      maxFrameBytes: options.maxFrameBytes ?? 65_536,
     });
+    if (options.logger) this.logger = options.logger;
     const write = (f: Frame) => this.conn.write(f);
     const isOpen = () => this.conn.isOpen;
     const ref = () => this.conn.ref();
     const error = (e: ChatRelayError) => this.emit("error", e);
     this.tokens = new Tokens(o.getToken, o.refreshBeforeMs);
-    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o.backoff, {
+    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o, {
       write,
       isOpen,
       ref,
       me: () => this.tokens.sub,
       status: (s) => this.emit("status", s),
       error,
+      stalled: () => this.conn.reconnectNow(),
     });
     this.subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
     this.conn = new Connection(
-      { url: o.url, WebSocket: WS, backoff: o.backoff, pingIntervalMs: o.pingIntervalMs, pingTimeoutMs: o.pingTimeoutMs },
+      { ...o, WebSocket: WS },
       {
         token: async () => {
           await this.outbox.loaded;
@@ -163,11 +183,20 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
         open: () => this.onOpen(),
         frame: (f) => this.onFrame(f),
         closed: (code, opened, attempt) => this.onClosed(code, opened, attempt),
-        state: (s) => this.emit("state", s),
+        state: (s, why) => {
+          this.logger.debug?.(`chat-relay: ${s}`, why);
+          if (s === "unauthorized") {
+            const err = new ChatRelayError("unauthorized", why.reason);
+            this.subs.failWaiters(err);
+            for (const ref of [...this.pending.keys()]) this.fail(ref, err);
+          }
+          this.emit("state", s, why);
+        },
         error,
       },
     );
-    if (o.watchEnvironment) this.unwatch = this.conn.watchBrowser();
+    if (options.environment) this.unwatch = this.conn.watch(options.environment);
+    else if (o.watchEnvironment) this.unwatch = this.conn.watchBrowser();
   }
 
   // ------------------------------------------------------------------ API
@@ -201,7 +230,8 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
   /** Stops a chat's events (its cursor is kept for a later subscribe). */
   unsubscribe(chatId: string): void {
     if (this.subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
-      this.conn.write({ type: "unsubscribe", chat_id: chatId });
+      // With a ref: its answer is told apart from a removal (which has none).
+      this.conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.conn.ref() });
     }
   }
 
@@ -225,9 +255,28 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     return { ...this.outbox.view(entry), done };
   }
 
-  /** Messages sent but not stored yet, oldest first (to render after a reload). */
+  /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
   pendingMessages(chatId?: string): PendingMessage[] {
     return this.outbox.pending(chatId);
+  }
+
+  /** Sends a failed message again; its new `done`, or null if no such failed message. */
+  retry(clientGeneratedId: string): Promise<SendResult> | null {
+    const done = this.outbox.retry(clientGeneratedId);
+    if (done) this.connect();
+    return done;
+  }
+
+  /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
+  edit(clientGeneratedId: string, content: string): Promise<SendResult> | null {
+    const done = this.outbox.retry(clientGeneratedId, content);
+    if (done) this.connect();
+    return done;
+  }
+
+  /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
+  discard(clientGeneratedId: string): Promise<boolean> {
+    return this.outbox.discard(clientGeneratedId);
   }
 
   /** Resolves when every message in the outbox has been stored (or failed). */
@@ -271,7 +320,7 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     if (this.conn.closed) return;
     this.conn.closed = true;
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
-    this.outbox.stop();
+    this.outbox.close();
     this.subs.close(new ChatRelayError("closed", "client closed"));
     for (const [ref, p] of this.pending) {
       clearTimeout(p.timer);
@@ -294,7 +343,7 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
   }
 
   private onClosed(code: number, opened: boolean, attempt: number): void {
-    this.outbox.disconnected();
+    this.outbox.disconnected(code);
     this.subs.disconnected();
     for (const [ref, p] of this.pending) {
       if (!p.resend) {
@@ -304,9 +353,11 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
       }
     }
     if (this.conn.closed || this.conn.manualOffline) return;
-    // 4001: the token expired or was refused; fetch a new one.
-    // Not even opened: maybe a refused token (HTTP 401), or the server is down.
-    if (code === 4001 || (!opened && attempt >= 2)) this.tokens.force = true;
+    // 4001: the token expired or was refused; fetch a new one. Not even
+    // opened: maybe a refused token (HTTP 401), more likely the server is
+    // down; a browser cannot tell, so once per run of failures. (A token
+    // near expiry is fetched anyway.)
+    if (code === 4001 || (!opened && attempt === 2)) this.tokens.force = true;
   }
 
   // ----------------------------------------------------------------- token
@@ -319,18 +370,35 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     this.refreshTimer = setTimeout(() => void this.refresh(), delay);
   }
 
-  /** Fetches a new token and hands it to the open connection with `auth`. */
+  /**
+   * Fetches a new token and hands it to the open connection with `auth`.
+   * The same token back (the app's cache): nothing is sent; asked again
+   * later. Another user's token: the connection starts over as that user.
+   */
   private async refresh(): Promise<void> {
     this.refreshTimer = null;
+    const [before, who] = [this.tokens.token, this.tokens.sub];
     let token: string;
     try {
       token = await this.tokens.get(true);
     } catch (e) {
-      this.emit("error", e as ChatRelayError);
+      const err = e as ChatRelayError;
+      this.emit("error", err);
+      if (err.code === "unauthorized") return this.conn.unauthorized(err.message);
       // Try again soon, while the old token may still be valid.
-      this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(1, this.opts.backoff));
+      this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(++this.refreshTries, this.opts.backoff));
       return;
     }
+    if (this.conn.closed) return;
+    if (token === before) {
+      this.refreshTimer = setTimeout(
+        () => void this.refresh(),
+        this.tokens.patience(backoffDelay(++this.refreshTries, this.opts.backoff)),
+      );
+      return;
+    }
+    this.refreshTries = 0;
+    if (this.tokens.sub !== who) return this.conn.drop(4002, "user changed");
     if (this.conn.isOpen && this.conn.state === "open") {
       try {
         await this.request({ type: "auth", access_token: token }, false);
@@ -378,6 +446,7 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
       case "subscribed":
         return this.subs.onSubscribed(chatId, f, ref);
       case "unsubscribed":
+        // With a ref: the answer to our unsubscribe. Without: a removal.
         if (ref === null) {
           this.subs.removed(chatId);
           this.emit("unsubscribed", { chatId, reason: typeof f.reason === "string" ? f.reason : null });
@@ -388,7 +457,8 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
       case "pong":
         return this.subs.onPong(ref);
       case "typing":
-        this.emit("typing", { chatId, userId: String(f.user_id) });
+        // The relay echoes typing to the user's other connections (tabs): not news.
+        if (f.user_id !== this.tokens.sub) this.emit("typing", { chatId, userId: String(f.user_id) });
         return;
       case "presence": {
         const userId = String(f.user_id);

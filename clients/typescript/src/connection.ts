@@ -6,7 +6,7 @@
  */
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { ChatRelayError } from "./errors.js";
-import type { ConnectionState } from "./types.js";
+import type { ConnectionState, Environment, StateChange } from "./types.js";
 import type { Frame, Timer } from "./util.js";
 
 /** The parts of the WebSocket API the client uses (browsers' `WebSocket`, `ws` under Node). */
@@ -28,6 +28,8 @@ export interface ConnectionOptions {
   backoff: BackoffOptions;
   pingIntervalMs: number;
   pingTimeoutMs: number;
+  /** A socket not open this long after dialing is given up (a server that never answers the upgrade). */
+  connectTimeoutMs: number;
 }
 
 /** What the connection asks of its owner. */
@@ -38,7 +40,7 @@ export interface ConnectionHooks {
   frame(f: Frame): void;
   /** The socket is gone (`attempt`: failed attempts so far); called before any reconnect is planned. */
   closed(code: number, opened: boolean, attempt: number): void;
-  state(s: ConnectionState): void;
+  state(s: ConnectionState, why: StateChange): void;
   error(e: ChatRelayError): void;
 }
 
@@ -67,10 +69,10 @@ export class Connection {
     return this.ws !== null && this.ws.readyState === OPEN;
   }
 
-  /** Opens the connection unless it is open, opening, closed or offline on purpose. */
+  /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
   connect(): void {
     if (this.closed || this.manualOffline) return;
-    if (this.state === "idle") void this.open();
+    if (this.state === "idle" || this.state === "unauthorized") void this.open();
   }
 
   /** A fresh request reference (`ref`). */
@@ -96,10 +98,10 @@ export class Connection {
       this.manualOffline = true;
       this.clearReconnect();
       this.drop(1000, "offline");
-      this.setState("offline");
+      this.setState("offline", 1000, "offline");
     } else if (this.manualOffline) {
       this.manualOffline = false;
-      this.setState("idle");
+      this.setState("idle", 0, "online");
       this.attempt = 0;
       void this.open();
     }
@@ -109,18 +111,20 @@ export class Connection {
     this.closed = true;
     this.clearReconnect();
     this.drop(1000, "client closed");
-    this.setState("closed");
+    this.setState("closed", 1000, "client closed");
   }
 
   private async open(): Promise<void> {
     if (this.closed || this.manualOffline || this.ws) return;
-    this.setState("connecting");
+    this.setState("connecting", 0, "connect");
     let token: string;
     try {
       token = await this.h.token();
     } catch (e) {
-      this.h.error(e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`));
-      this.scheduleReconnect();
+      const err = e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`);
+      this.h.error(err);
+      if (err.code === "unauthorized") this.unauthorized(err.message);
+      else this.scheduleReconnect();
       return;
     }
     if (this.closed || this.manualOffline || this.ws) return;
@@ -135,12 +139,16 @@ export class Connection {
     }
     this.ws = ws;
     let opened = false;
+    const stuck = setTimeout(() => {
+      if (this.ws === ws && !opened) this.drop(4000, "connect timeout", false);
+    }, this.o.connectTimeoutMs);
     ws.onopen = () => {
+      clearTimeout(stuck);
       if (this.ws !== ws) return;
       opened = true;
       this.attempt = 0;
       this.lastFrameAt = Date.now();
-      this.setState("open");
+      this.setState("open", 0, "open");
       this.h.open();
       this.startPings();
     };
@@ -157,25 +165,33 @@ export class Connection {
       this.h.frame(frame);
     };
     ws.onclose = (ev) => {
+      clearTimeout(stuck);
       if (this.ws !== ws) return;
-      this.onClosed(ev.code, opened);
+      this.onClosed(ev.code, ev.reason ?? "", opened);
     };
     ws.onerror = () => {
       // A close event follows.
     };
   }
 
-  private onClosed(code: number, opened: boolean): void {
+  private onClosed(code: number, reason: string, opened: boolean): void {
     this.ws = null;
     this.stopPings();
     this.h.closed(code, opened, this.attempt);
-    if (this.closed) return;
+    if (this.closed || this.state === "unauthorized") return;
     if (this.manualOffline) {
-      this.setState("offline");
+      this.setState("offline", 1000, "offline");
       return;
     }
-    this.setState("connecting");
+    this.setState("connecting", code, reason);
     this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : undefined);
+  }
+
+  /** `getToken` says nobody is signed in: stop until `connect()`. */
+  unauthorized(reason: string): void {
+    this.clearReconnect();
+    this.setState("unauthorized", 4001, reason);
+    this.drop(4001, reason);
   }
 
   private scheduleReconnect(attempt?: number): void {
@@ -183,7 +199,7 @@ export class Connection {
     this.clearReconnect();
     const delay = backoffDelay(attempt ?? this.attempt, this.o.backoff);
     this.attempt += 1;
-    this.setState("connecting");
+    this.setState("connecting", 0, "reconnect");
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       void this.open();
@@ -209,10 +225,10 @@ export class Connection {
   }
 
   /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
-  drop(code: number, reason: string): void {
+  drop(code: number, reason: string, opened = true): void {
     const ws = this.ws;
     if (!ws) return;
-    this.onClosed(code, true);
+    this.onClosed(code, reason, opened);
     try {
       ws.close(code, reason);
     } catch {
@@ -243,6 +259,13 @@ export class Connection {
     }, this.o.pingTimeoutMs);
   }
 
+  /** Listens to the app's network and foreground hints; returns the function that stops listening. */
+  watch(env: Environment): () => void {
+    const now = () => this.reconnectNow();
+    const offs = [env.onOnline?.(now), env.onForeground?.(now)];
+    return () => offs.forEach((off) => off?.());
+  }
+
   /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
   watchBrowser(): () => void {
     const g = globalThis as {
@@ -267,9 +290,9 @@ export class Connection {
     return () => offs.forEach((off) => off());
   }
 
-  private setState(state: ConnectionState): void {
+  private setState(state: ConnectionState, code: number, reason: string): void {
     if (this.state === state) return;
     this.state = state;
-    this.h.state(state);
+    this.h.state(state, { code, reason });
   }
 }

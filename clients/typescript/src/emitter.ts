@@ -1,4 +1,5 @@
 /** A small typed event emitter (no dependencies). */
+import type { Logger } from "./types.js";
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Listener<A extends any[]> = (...args: A) => void;
@@ -6,6 +7,8 @@ export type Listener<A extends any[]> = (...args: A) => void;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export class Emitter<Events extends { [K in keyof Events]: any[] }> {
   private readonly listeners = new Map<keyof Events, Set<Listener<never[]>>>();
+  /** Where a listener's exception is reported (default: console). */
+  protected logger: Logger = console;
 
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof Events>(event: K, fn: Listener<Events[K]>): () => void {
@@ -30,7 +33,7 @@ export class Emitter<Events extends { [K in keyof Events]: any[] }> {
         (fn as unknown as Listener<Events[K]>)(...args);
       } catch (e) {
         // A listener's bug must not break the connection's state machine.
-        console.error("chat-relay: an event listener threw", e);
+        this.logger.error?.("chat-relay: an event listener threw", e);
       }
     }
   }

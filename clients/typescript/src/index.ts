@@ -19,7 +19,7 @@ export type {
   WebSocketConstructor,
   WebSocketLike,
 } from "./client.js";
-export { ChatRelayError } from "./errors.js";
+export { ChatRelayError, UnauthorizedError } from "./errors.js";
 export type { ErrorCode } from "./errors.js";
 export { IndexedDbStorage, MemoryStorage } from "./storage.js";
 export type { OutboxStorage } from "./storage.js";
@@ -28,11 +28,15 @@ export type { BackoffOptions } from "./backoff.js";
 export type {
   ChatMessage,
   ConnectionState,
+  Environment,
   HistoryPage,
+  Logger,
   MessageStatus,
   OutboxEntry,
   PendingMessage,
   Receipt,
+  StateChange,
   StatusChange,
   Subscription,
 } from "./types.js";
+export type { SendResult } from "./outbox.js";

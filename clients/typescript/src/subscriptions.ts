@@ -29,6 +29,8 @@ export interface ChatState {
   readSent: number;
   lastTypingAt: number;
   retryTimer: Timer | null;
+  /** Failed subscribes in a row (the retry backoff). */
+  retries: number;
 }
 
 /** What the subscriptions ask of the client. */
@@ -44,9 +46,10 @@ export class Subscriptions {
   readonly chats = new Map<string, ChatState>();
   private readonly barriers = new Map<string, string[]>(); // ping ref -> chats
   private readonly refs = new Map<string, string>(); // subscribe ref -> chat
+  private closed: ChatRelayError | null = null;
 
   constructor(
-    private readonly o: { backoff: BackoffOptions; ackDelayMs: number },
+    private readonly o: { backoff: BackoffOptions; ackDelayMs: number; requestTimeoutMs: number },
     private readonly h: SubscriptionHooks,
   ) {}
 
@@ -71,16 +74,29 @@ export class Subscriptions {
         readSent: 0,
         lastTypingAt: 0,
         retryTimer: null,
+        retries: 0,
       };
       this.chats.set(chatId, chat);
     }
     return chat;
   }
 
+  /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
   subscribe(chatId: string, afterSeq: number | undefined): Promise<Subscription> {
+    if (this.closed) return Promise.reject(this.closed);
     const chat = this.chat(chatId);
     if (afterSeq !== undefined && (chat.cursor === null || afterSeq > chat.cursor)) chat.cursor = afterSeq;
-    const promise = new Promise<Subscription>((resolve, reject) => chat.waiters.push({ resolve, reject }));
+    const promise = new Promise<Subscription>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        chat.waiters = chat.waiters.filter((w) => w !== waiter);
+        reject(new ChatRelayError("timeout", "no subscription in time", { chatId }));
+      }, this.o.requestTimeoutMs);
+      const waiter = {
+        resolve: (s: Subscription) => (clearTimeout(timer), resolve(s)),
+        reject: (e: ChatRelayError) => (clearTimeout(timer), reject(e)),
+      };
+      chat.waiters.push(waiter);
+    });
     promise.catch(() => {});
     if (chat.wanted && chat.ready) {
       this.settleWaiters(chatId, chat);
@@ -99,8 +115,19 @@ export class Subscriptions {
     chat.wanted = false;
     chat.ready = false;
     chat.online.clear();
+    this.forget(chatId);
     this.rejectWaiters(chat, err);
     return true;
+  }
+
+  /** Answers still owed to earlier subscribes of a chat no longer count. */
+  private forget(chatId: string): void {
+    for (const [ref, c] of this.refs) if (c === chatId) this.refs.delete(ref);
+    for (const [ref, chats] of this.barriers) {
+      const rest = chats.filter((c) => c !== chatId);
+      if (rest.length) this.barriers.set(ref, rest);
+      else this.barriers.delete(ref);
+    }
   }
 
   /** The connection is open: resubscribe, resend reads, acks. */
@@ -119,7 +146,13 @@ export class Subscriptions {
     for (const chat of this.chats.values()) chat.ready = false;
   }
 
+  /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
+  failWaiters(err: ChatRelayError): void {
+    for (const chat of this.chats.values()) this.rejectWaiters(chat, err);
+  }
+
   close(err: ChatRelayError): void {
+    this.closed = err;
     for (const chat of this.chats.values()) {
       if (chat.ackTimer) clearTimeout(chat.ackTimer);
       if (chat.retryTimer) clearTimeout(chat.retryTimer);
@@ -162,6 +195,7 @@ export class Subscriptions {
       const chat = this.chats.get(chatId);
       if (!chat || !chat.wanted || chat.ready) continue;
       chat.ready = true;
+      chat.retries = 0;
       this.h.subscribed(this.subscription(chatId, chat));
       this.settleWaiters(chatId, chat);
     }
@@ -195,12 +229,7 @@ export class Subscriptions {
 
   /** The relay ended a subscription (removal). */
   removed(chatId: string): void {
-    const chat = this.chats.get(chatId);
-    if (!chat) return;
-    chat.wanted = false;
-    chat.ready = false;
-    chat.online.clear();
-    this.rejectWaiters(chat, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
+    this.unsubscribe(chatId, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
   }
 
   presence(chatId: string, userId: string, online: boolean): void {
@@ -229,7 +258,7 @@ export class Subscriptions {
     chat.retryTimer = setTimeout(() => {
       chat.retryTimer = null;
       if (chat.wanted && !chat.ready) this.send(chatId);
-    }, afterMs ?? backoffDelay(1, this.o.backoff));
+    }, afterMs ?? backoffDelay(chat.retries++, this.o.backoff));
   }
 
   subscription(chatId: string, chat: ChatState): Subscription {

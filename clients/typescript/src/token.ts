@@ -29,6 +29,7 @@ export class Tokens {
       try {
         const token = await this.fetch();
         if (typeof token !== "string" || token.length === 0) throw new Error("getToken returned no token");
+        if (token === this.token) return token; // the app's cache: nothing new
         this.token = token;
         this.issued = Date.now();
         const claims = decodeClaims(token);
@@ -36,6 +37,7 @@ export class Tokens {
         if (typeof claims?.sub === "string") this.sub = claims.sub;
         return token;
       } catch (e) {
+        if (e instanceof ChatRelayError && e.code === "unauthorized") throw e;
         throw new ChatRelayError("token", `getToken failed: ${e instanceof Error ? e.message : String(e)}`);
       } finally {
         this.flight = null;
@@ -57,5 +59,10 @@ export class Tokens {
   /** Milliseconds until the refresh is due, or null for a token without `exp`. */
   refreshIn(): number | null {
     return this.exp === null ? null : Math.max(0, this.exp - this.margin() - Date.now());
+  }
+
+  /** How long to wait before asking again when `getToken` gave the same token back: a quarter of the margin, at least `floor`. */
+  patience(floor: number): number {
+    return Math.max(floor, this.margin() / 4);
   }
 }

@@ -38,9 +38,9 @@ export class Harness {
       push(frame) {
         this.onmessage?.({ data: JSON.stringify(frame) });
       }
-      drop(code = 1006) {
+      drop(code = 1006, reason = "") {
         this.readyState = 3;
-        this.onclose?.({ code });
+        this.onclose?.({ code, reason });
       }
       /** The first frame sent from index `from` on that matches. */
       frame(pred, from = 0) {
@@ -103,4 +103,18 @@ export function once(client, event, pred = () => true) {
       }
     });
   });
+}
+
+/** `p`, or a rejection naming `what` after `ms` (a bound on a wait, never a stand-in for one). */
+export function within(p, ms, what) {
+  let timer;
+  const limit = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`nothing within ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([p, limit]).finally(() => clearTimeout(timer));
+}
+
+/** Lets queued promise callbacks and microtasks run (under mocked timers too). */
+export function settle() {
+  return new Promise((resolve) => setImmediate(resolve));
 }
