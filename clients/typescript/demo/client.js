@@ -62,38 +62,38 @@ var Connection = class {
   closed = false;
   /** Offline on purpose (`setOnline(false)`). */
   manualOffline = false;
-  ws = null;
-  attempt = 0;
-  refs = 0;
-  reconnectTimer = null;
-  pingTimer = null;
-  deadTimer = null;
-  lastFrameAt = 0;
+  #ws = null;
+  #attempt = 0;
+  #refs = 0;
+  #reconnectTimer = null;
+  #pingTimer = null;
+  #deadTimer = null;
+  #lastFrameAt = 0;
   constructor(o, h) {
     this.o = o;
     this.h = h;
   }
   get isOpen() {
-    return this.ws !== null && this.ws.readyState === OPEN;
+    return this.#ws !== null && this.#ws.readyState === OPEN;
   }
   /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
   connect() {
     if (this.closed || this.manualOffline)
       return;
     if (this.state === "idle" || this.state === "unauthorized")
-      void this.open();
+      void this.#open();
   }
   /** A fresh request reference (`ref`). */
   ref() {
-    this.refs += 1;
-    return `c${this.refs}`;
+    this.#refs += 1;
+    return `c${this.#refs}`;
   }
   /** Writes a frame if the socket is open; false when it is not. */
   write(frame) {
-    if (!this.ws || this.ws.readyState !== OPEN)
+    if (!this.#ws || this.#ws.readyState !== OPEN)
       return false;
     try {
-      this.ws.send(JSON.stringify(frame));
+      this.#ws.send(JSON.stringify(frame));
       return true;
     } catch {
       return false;
@@ -104,26 +104,26 @@ var Connection = class {
       return;
     if (!online) {
       this.manualOffline = true;
-      this.clearReconnect();
+      this.#clearReconnect();
       this.drop(1e3, "offline");
-      this.setState("offline", 1e3, "offline");
+      this.#setState("offline", 1e3, "offline");
     } else if (this.manualOffline) {
       this.manualOffline = false;
-      this.setState("idle", 0, "online");
-      this.attempt = 0;
-      void this.open();
+      this.#setState("idle", 0, "online");
+      this.#attempt = 0;
+      void this.#open();
     }
   }
   close() {
     this.closed = true;
-    this.clearReconnect();
+    this.#clearReconnect();
     this.drop(1e3, "client closed");
-    this.setState("closed", 1e3, "client closed");
+    this.#setState("closed", 1e3, "client closed");
   }
-  async open() {
-    if (this.closed || this.manualOffline || this.ws)
+  async #open() {
+    if (this.closed || this.manualOffline || this.#ws)
       return;
-    this.setState("connecting", 0, "connect");
+    this.#setState("connecting", 0, "connect");
     let token;
     try {
       token = await this.h.token();
@@ -133,10 +133,10 @@ var Connection = class {
       if (err.code === "unauthorized")
         this.unauthorized(err.message);
       else
-        this.scheduleReconnect();
+        this.#scheduleReconnect();
       return;
     }
-    if (this.closed || this.manualOffline || this.ws)
+    if (this.closed || this.manualOffline || this.#ws)
       return;
     const sep = this.o.url.includes("?") ? "&" : "?";
     let ws;
@@ -144,30 +144,30 @@ var Connection = class {
       ws = new this.o.WebSocket(`${this.o.url}${sep}access_token=${encodeURIComponent(token)}`);
     } catch (e) {
       this.h.error(new ChatRelayError("unavailable", `cannot open the socket: ${String(e)}`));
-      this.scheduleReconnect();
+      this.#scheduleReconnect();
       return;
     }
-    this.ws = ws;
+    this.#ws = ws;
     let opened = false;
     const stuck = setTimeout(() => {
-      if (this.ws === ws && !opened)
+      if (this.#ws === ws && !opened)
         this.drop(4e3, "connect timeout", false);
     }, this.o.connectTimeoutMs);
     ws.onopen = () => {
       clearTimeout(stuck);
-      if (this.ws !== ws)
+      if (this.#ws !== ws)
         return;
       opened = true;
-      this.attempt = 0;
-      this.lastFrameAt = Date.now();
-      this.setState("open", 0, "open");
+      this.#attempt = 0;
+      this.#lastFrameAt = Date.now();
+      this.#setState("open", 0, "open");
       this.h.open();
-      this.startPings();
+      this.#startPings();
     };
     ws.onmessage = (ev) => {
-      if (this.ws !== ws)
+      if (this.#ws !== ws)
         return;
-      this.lastFrameAt = Date.now();
+      this.#lastFrameAt = Date.now();
       if (typeof ev.data !== "string")
         return;
       let frame;
@@ -180,93 +180,93 @@ var Connection = class {
     };
     ws.onclose = (ev) => {
       clearTimeout(stuck);
-      if (this.ws !== ws)
+      if (this.#ws !== ws)
         return;
-      this.onClosed(ev.code, ev.reason ?? "", opened);
+      this.#onClosed(ev.code, ev.reason ?? "", opened);
     };
     ws.onerror = () => {
     };
   }
-  onClosed(code, reason, opened) {
-    this.ws = null;
-    this.stopPings();
-    this.h.closed(code, opened, this.attempt);
+  #onClosed(code, reason, opened) {
+    this.#ws = null;
+    this.#stopPings();
+    this.h.closed(code, opened, this.#attempt);
     if (this.closed || this.state === "unauthorized")
       return;
     if (this.manualOffline) {
-      this.setState("offline", 1e3, "offline");
+      this.#setState("offline", 1e3, "offline");
       return;
     }
-    this.setState("connecting", code, reason);
-    this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : void 0);
+    this.#setState("connecting", code, reason);
+    this.#scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.#attempt, 1) : void 0);
   }
   /** `getToken` says nobody is signed in: stop until `connect()`. */
   unauthorized(reason) {
-    this.clearReconnect();
-    this.setState("unauthorized", 4001, reason);
+    this.#clearReconnect();
+    this.#setState("unauthorized", 4001, reason);
     this.drop(4001, reason);
   }
-  scheduleReconnect(attempt) {
+  #scheduleReconnect(attempt) {
     if (this.closed || this.manualOffline)
       return;
-    this.clearReconnect();
-    const delay = backoffDelay(attempt ?? this.attempt, this.o.backoff);
-    this.attempt += 1;
-    this.setState("connecting", 0, "reconnect");
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = null;
-      void this.open();
+    this.#clearReconnect();
+    const delay = backoffDelay(attempt ?? this.#attempt, this.o.backoff);
+    this.#attempt += 1;
+    this.#setState("connecting", 0, "reconnect");
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      void this.#open();
     }, delay);
   }
   /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
   reconnectNow() {
     if (this.closed || this.manualOffline)
       return;
-    if (this.ws) {
-      this.ping();
+    if (this.#ws) {
+      this.#ping();
       return;
     }
-    this.clearReconnect();
-    this.attempt = 0;
-    void this.open();
+    this.#clearReconnect();
+    this.#attempt = 0;
+    void this.#open();
   }
-  clearReconnect() {
-    if (this.reconnectTimer)
-      clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = null;
+  #clearReconnect() {
+    if (this.#reconnectTimer)
+      clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
   }
   /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
   drop(code, reason, opened = true) {
-    const ws = this.ws;
+    const ws = this.#ws;
     if (!ws)
       return;
-    this.onClosed(code, reason, opened);
+    this.#onClosed(code, reason, opened);
     try {
       ws.close(code, reason);
     } catch {
     }
   }
-  startPings() {
-    this.stopPings();
-    this.pingTimer = setInterval(() => this.ping(), this.o.pingIntervalMs);
+  #startPings() {
+    this.#stopPings();
+    this.#pingTimer = setInterval(() => this.#ping(), this.o.pingIntervalMs);
   }
-  stopPings() {
-    if (this.pingTimer)
-      clearInterval(this.pingTimer);
-    if (this.deadTimer)
-      clearTimeout(this.deadTimer);
-    this.pingTimer = null;
-    this.deadTimer = null;
+  #stopPings() {
+    if (this.#pingTimer)
+      clearInterval(this.#pingTimer);
+    if (this.#deadTimer)
+      clearTimeout(this.#deadTimer);
+    this.#pingTimer = null;
+    this.#deadTimer = null;
   }
   /** Pings; a socket that sends no frame at all within the timeout is dead. */
-  ping() {
-    if (!this.isOpen || this.deadTimer)
+  #ping() {
+    if (!this.isOpen || this.#deadTimer)
       return;
     const sentAt = Date.now();
     this.write({ type: "ping", ref: this.ref() });
-    this.deadTimer = setTimeout(() => {
-      this.deadTimer = null;
-      if (this.lastFrameAt < sentAt)
+    this.#deadTimer = setTimeout(() => {
+      this.#deadTimer = null;
+      if (this.#lastFrameAt < sentAt)
         this.drop(4e3, "no answer to ping");
     }, this.o.pingTimeoutMs);
   }
@@ -278,25 +278,17 @@ var Connection = class {
   }
   /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
   watchBrowser() {
-    const g = globalThis;
-    const offs = [];
-    const online = () => this.reconnectNow();
-    if (g.addEventListener && g.removeEventListener) {
-      g.addEventListener("online", online);
-      offs.push(() => g.removeEventListener?.("online", online));
-    }
-    const doc = g.document;
-    if (doc?.addEventListener) {
-      const visible = () => {
-        if (doc.visibilityState === "visible")
-          this.reconnectNow();
-      };
-      doc.addEventListener("visibilitychange", visible);
-      offs.push(() => doc.removeEventListener?.("visibilitychange", visible));
-    }
-    return () => offs.forEach((off) => off());
+    const doc = globalThis.document;
+    const on = (target, type, fn) => {
+      target?.addEventListener?.(type, fn);
+      return () => target?.removeEventListener?.(type, fn);
+    };
+    return this.watch({
+      onOnline: (fn) => on(globalThis, "online", fn),
+      onForeground: (fn) => on(doc, "visibilitychange", () => doc?.visibilityState === "visible" && fn())
+    });
   }
-  setState(state, code, reason) {
+  #setState(state, code, reason) {
     if (this.state === state)
       return;
     this.state = state;
@@ -306,24 +298,24 @@ var Connection = class {
 
 // dist/emitter.js
 var Emitter = class {
-  listeners = /* @__PURE__ */ new Map();
-  /** Where a listener's exception is reported (default: console). */
-  logger = console;
+  #listeners = /* @__PURE__ */ new Map();
+  /** Where a listener's exception is reported (default: console, warnings and errors only). */
+  logger = { warn: console.warn, error: console.error };
   /** Adds a listener; returns a function that removes it. */
   on(event, fn) {
-    let set = this.listeners.get(event);
+    let set = this.#listeners.get(event);
     if (!set) {
       set = /* @__PURE__ */ new Set();
-      this.listeners.set(event, set);
+      this.#listeners.set(event, set);
     }
     set.add(fn);
     return () => this.off(event, fn);
   }
   off(event, fn) {
-    this.listeners.get(event)?.delete(fn);
+    this.#listeners.get(event)?.delete(fn);
   }
   emit(event, ...args) {
-    const set = this.listeners.get(event);
+    const set = this.#listeners.get(event);
     if (!set)
       return;
     for (const fn of [...set]) {
@@ -336,18 +328,374 @@ var Emitter = class {
   }
 };
 
+// dist/store.js
+var BaseStore = class {
+  snap;
+  #listeners = /* @__PURE__ */ new Set();
+  #active = false;
+  constructor(snap) {
+    this.snap = snap;
+    Object.freeze(snap);
+  }
+  getSnapshot = () => this.snap;
+  subscribe = (listener) => {
+    this.#listeners.add(listener);
+    if (!this.#active) {
+      this.#active = true;
+      this.start();
+    }
+    return () => {
+      if (!this.#listeners.delete(listener) || this.#listeners.size)
+        return;
+      queueMicrotask(() => {
+        if (this.#listeners.size || !this.#active)
+          return;
+        this.#active = false;
+        this.stop();
+      });
+    };
+  };
+  get started() {
+    return this.#active;
+  }
+  /** A new snapshot with `patch`, if any of it differs; listeners hear of it. */
+  set(patch) {
+    const next = { ...this.snap, ...patch };
+    if (shallowEqual(this.snap, next))
+      return;
+    this.snap = Object.freeze(next);
+    for (const l of [...this.#listeners])
+      l();
+  }
+};
+function shallowEqual(a, b) {
+  const [x, y] = [a, b];
+  const keys = Object.keys(x);
+  return keys.length === Object.keys(y).length && keys.every((k) => x[k] === y[k]);
+}
+
+// dist/chat-store.js
+var RANK = { sent: 1, delivered: 2, read: 3 };
+var ChatStore = class extends BaseStore {
+  client;
+  chatId;
+  storage;
+  #rows = [];
+  #pending = [];
+  #read = /* @__PURE__ */ new Map();
+  #delivered = /* @__PURE__ */ new Map();
+  #typers = /* @__PURE__ */ new Map();
+  /** Own messages the relay answered `sent` for, until their row is in the window. */
+  #sent = /* @__PURE__ */ new Map();
+  #known = false;
+  #offs = [];
+  #visible = false;
+  #restored = false;
+  #latestSeq = 0;
+  #saveTimer = null;
+  #readTimer = null;
+  #o;
+  constructor(client, chatId, storage, opts = {}) {
+    super({ chatId, items: [], hasMore: true, loading: false, live: false, error: null, typing: [], online: [] });
+    this.client = client;
+    this.chatId = chatId;
+    this.storage = storage;
+    this.#o = { pageSize: 30, saveLast: 50, typingMs: 4e3, ...opts };
+  }
+  /** Sends a message to this chat (see `ChatRelayClient.send`). */
+  send(content) {
+    return this.client.send(this.chatId, content).done;
+  }
+  /** The user is typing (throttled by the client). */
+  typing() {
+    this.client.typing(this.chatId);
+  }
+  retry(clientGeneratedId) {
+    this.client.retry(clientGeneratedId);
+  }
+  edit(clientGeneratedId, content) {
+    this.client.edit(clientGeneratedId, content);
+  }
+  discard(clientGeneratedId) {
+    return this.client.discard(clientGeneratedId);
+  }
+  /** Whether the user can see the chat now; while visible, what arrives is marked read. */
+  setVisible(visible) {
+    this.#visible = visible;
+    this.#markRead();
+  }
+  /** Fetches the page before the oldest message in the window. */
+  async loadOlder() {
+    if (this.snap.loading || !this.snap.hasMore || !this.#rows.length && !this.#known)
+      return;
+    this.set({ loading: true });
+    const first = this.#rows[0]?.seq;
+    try {
+      const page = await this.client.history(this.chatId, { beforeSeq: first ?? this.#latestSeq + 1, limit: this.#o.pageSize });
+      this.#merge(page.messages);
+      this.set({ hasMore: page.hasMore, loading: false, error: null });
+      this.#save();
+    } catch (e) {
+      this.set({ loading: false, error: e });
+    }
+  }
+  start() {
+    const c = this.client;
+    const mine = (id) => id === this.chatId;
+    this.#offs = [
+      c.on("message", (m) => mine(m.chat_id) && this.#onRow(m)),
+      c.on("update", (m) => {
+        if (!mine(m.chat_id))
+          return;
+        const i = this.#rows.findIndex((r) => r.id === m.id);
+        if (i >= 0)
+          this.#rows[i] = m;
+        this.#render();
+      }),
+      c.on("delete", (d) => {
+        if (!mine(d.chatId))
+          return;
+        this.#rows = this.#rows.filter((r) => r.id !== d.id);
+        this.#render();
+      }),
+      c.on("receipt", (r) => {
+        if (!mine(r.chat_id))
+          return;
+        this.#read.set(r.user_id, r.read_seq);
+        this.#delivered.set(r.user_id, r.delivered_seq);
+        this.#render();
+      }),
+      c.on("status", (s) => {
+        if (!mine(s.chatId))
+          return;
+        const was = this.snap.items.find((i) => i.key === s.clientGeneratedId);
+        if (s.status === "sent" && was && !was.id)
+          this.#sent.set(was.key, { ...was, id: s.id, seq: s.seq, status: "sent" });
+        this.#render();
+      }),
+      c.on("typing", (t) => {
+        if (!mine(t.chatId))
+          return;
+        clearTimeout(this.#typers.get(t.userId));
+        this.#typers.set(t.userId, setTimeout(() => this.#stopTyping(t.userId), this.#o.typingMs));
+        this.set({ typing: [...this.#typers.keys()] });
+      }),
+      c.on("presence", (p) => mine(p.chatId) && this.set({ online: c.online(this.chatId) })),
+      c.on("subscribed", (s) => {
+        if (!mine(s.chatId))
+          return;
+        this.#latestSeq = s.latestSeq;
+        this.#known = true;
+        this.set({ live: true, online: s.online });
+        if (!this.#rows.length)
+          void this.loadOlder();
+      }),
+      c.on("unsubscribed", (u) => mine(u.chatId) && this.set({ live: false })),
+      c.on("state", (s) => s !== "open" && this.set({ live: false }))
+    ];
+    this.#render();
+    void this.#resume();
+  }
+  stop() {
+    for (const off of this.#offs.splice(0))
+      off();
+    for (const t of this.#typers.values())
+      clearTimeout(t);
+    this.#typers.clear();
+    clearTimeout(this.#readTimer ?? void 0);
+    this.#flushSave();
+    this.client.unsubscribe(this.chatId);
+    this.set({ live: false, typing: [] });
+  }
+  /** The saved window first (once), then subscribe after its last message. */
+  async #resume() {
+    if (!this.#restored) {
+      this.#restored = true;
+      const saved = await this.storage.loadChat?.(this.chatId).catch(() => null);
+      if (saved && !this.#rows.length) {
+        this.#merge(saved.messages);
+        this.set({ hasMore: saved.hasMore });
+      }
+    }
+    if (!this.started)
+      return;
+    const last = this.#rows.at(-1)?.seq;
+    this.client.subscribe(this.chatId, last === void 0 ? {} : { afterSeq: last }).then(() => this.set({ error: null }), (e) => this.started && e.code !== "closed" && this.set({ error: e }));
+  }
+  #onRow(m) {
+    this.#merge([m]);
+    this.#stopTyping(m.sender_id ?? "");
+    this.#markRead();
+    this.#save();
+  }
+  #stopTyping(userId) {
+    if (!this.#typers.has(userId))
+      return;
+    clearTimeout(this.#typers.get(userId));
+    this.#typers.delete(userId);
+    this.set({ typing: [...this.#typers.keys()] });
+  }
+  /** Rows into the window: by seq, once per id. */
+  #merge(rows) {
+    const byId = new Map(this.#rows.map((r) => [r.id, r]));
+    for (const r of rows)
+      byId.set(r.id, r);
+    this.#rows = [...byId.values()].sort((a, b) => a.seq - b.seq);
+    this.#render();
+  }
+  /** One read for what arrived while visible, not one per message. */
+  #markRead() {
+    if (!this.#visible || this.#readTimer)
+      return;
+    this.#readTimer = setTimeout(() => {
+      this.#readTimer = null;
+      const me = this.client.userId;
+      const last = this.#rows.filter((r) => r.sender_id !== me).pop();
+      if (this.#visible && last)
+        this.client.markRead(this.chatId, last.seq);
+    }, 100);
+  }
+  #save() {
+    if (!this.storage.saveChat || this.#saveTimer)
+      return;
+    this.#saveTimer = setTimeout(() => this.#flushSave(), 250);
+  }
+  #flushSave() {
+    if (!this.#saveTimer)
+      return;
+    clearTimeout(this.#saveTimer);
+    this.#saveTimer = null;
+    const n = this.#o.saveLast;
+    const saved = { messages: this.#rows.slice(-n), hasMore: this.snap.hasMore || this.#rows.length > n };
+    this.storage.saveChat?.(this.chatId, saved).catch(() => {
+    });
+  }
+  #render() {
+    const me = this.client.userId;
+    const others = (m) => Math.max(0, ...[...m].filter(([u]) => u !== me).map(([, s]) => s));
+    const [readTo, deliveredTo] = [others(this.#read), others(this.#delivered)];
+    const prev = new Map(this.snap.items.map((i) => [i.key, i]));
+    this.#pending = this.client.pendingMessages(this.chatId);
+    const keep = (item) => {
+      const p = prev.get(item.key);
+      return p && shallowEqual(p, item) ? p : Object.freeze(item);
+    };
+    const items = this.#rows.map((r) => {
+      const mine = r.sender_id !== null && r.sender_id === me;
+      let status = RANK[String(r.status)] ? r.status : "sent";
+      if (mine && r.seq <= deliveredTo && RANK[status] < 2)
+        status = "delivered";
+      if (mine && r.seq <= readTo)
+        status = "read";
+      const { id, seq, sender_id, client_generated_id, content } = r;
+      const created_at = r.created_at ?? null;
+      return keep({ key: client_generated_id ?? id, id, seq, sender_id, client_generated_id, content, created_at, status, mine, row: r });
+    });
+    const stored = new Set(items.map((i) => i.key));
+    for (const [key, item] of this.#sent) {
+      if (stored.has(key))
+        this.#sent.delete(key);
+      else
+        items.push(keep(item));
+    }
+    for (const p of this.#pending) {
+      const { client_generated_id: key, sender_id, content, created_at, status, error } = p;
+      if (stored.has(key))
+        continue;
+      const item = { key, id: null, seq: null, sender_id, client_generated_id: key, content, created_at, status, mine: true };
+      if (error)
+        item.error = error;
+      items.push(keep(item));
+    }
+    const old = this.snap.items;
+    const unchanged = old.length === items.length && items.every((it, i) => it === old[i]);
+    if (!unchanged)
+      this.set({ items: Object.freeze(items) });
+  }
+};
+
+// dist/inbox-store.js
+var time = (s) => Date.parse(s.last_activity) || 0;
+var order = (a, b) => time(b) - time(a) || (a.chat_id < b.chat_id ? -1 : a.chat_id > b.chat_id ? 1 : 0);
+var InboxStore = class extends BaseStore {
+  client;
+  pageSize;
+  #next = null;
+  #offs = [];
+  /** Answers to an older fetch are dropped (a reconnect started a new one). */
+  #gen = 0;
+  constructor(client, pageSize = 50) {
+    super({ chats: [], unreadChats: 0, hasMore: false, loading: false, error: null });
+    this.client = client;
+    this.pageSize = pageSize;
+  }
+  /** Fetches the next older page. */
+  async loadMore() {
+    if (this.#next === null || this.snap.loading)
+      return;
+    await this.#fetch(this.#next);
+  }
+  start() {
+    const c = this.client;
+    this.#offs = [
+      c.on("chat", (s) => this.#put([s], s.unread_chats)),
+      c.on("chatRemoved", ({ chatId }) => this.set({ chats: this.snap.chats.filter((s) => s.chat_id !== chatId) })),
+      c.on("state", (s) => s === "open" && void this.#fetch(null))
+    ];
+    if (c.connectionState === "open")
+      void this.#fetch(null);
+    else
+      c.connect();
+  }
+  stop() {
+    for (const off of this.#offs.splice(0))
+      off();
+    this.#gen += 1;
+    this.client.inboxOff();
+    this.set({ loading: false });
+  }
+  async #fetch(before) {
+    const gen = ++this.#gen;
+    this.set({ loading: true });
+    let page;
+    try {
+      page = await this.client.inboxPage(before === null ? {} : { before }, this.pageSize);
+    } catch (e) {
+      if (gen === this.#gen)
+        this.set({ loading: false, error: e });
+      return;
+    }
+    if (gen !== this.#gen)
+      return;
+    this.#next = page.next;
+    if (before === null)
+      this.snap = Object.freeze({ ...this.snap, chats: [] });
+    this.#put(page.chats, page.unreadChats, { hasMore: page.next !== null, loading: false, error: null });
+  }
+  #put(summaries, unread, extra = {}) {
+    const byId = new Map(this.snap.chats.map((s) => [s.chat_id, s]));
+    for (const s of summaries)
+      byId.set(s.chat_id, Object.freeze(s));
+    this.set({
+      chats: Object.freeze([...byId.values()].sort(order)),
+      unreadChats: typeof unread === "number" ? unread : this.snap.unreadChats,
+      ...extra
+    });
+  }
+};
+
 // dist/outbox.js
 var encoder = new TextEncoder();
 var Outbox = class {
   storage;
   o;
   h;
-  items = [];
-  inFlight = /* @__PURE__ */ new Map();
+  #items = [];
+  #inFlight = /* @__PURE__ */ new Map();
   // chat -> send
-  order = 0;
-  timer = null;
-  closed = false;
+  #order = 0;
+  #timer = null;
+  #closed = false;
   /** Settles once the stored entries are in. */
   loaded;
   constructor(storage, o, h) {
@@ -355,18 +703,18 @@ var Outbox = class {
     this.o = o;
     this.h = h;
     this.loaded = storage.load().then((entries) => {
-      const early = this.items.splice(0);
+      const early = this.#items.splice(0);
       for (const entry of entries) {
         if (early.some((o2) => o2.entry.client_generated_id === entry.client_generated_id))
           continue;
-        this.items.push(outgoing(entry));
-        this.order = Math.max(this.order, entry.order);
+        this.#items.push(outgoing(entry));
+        this.#order = Math.max(this.#order, entry.order);
       }
-      this.items.sort((a, b) => a.entry.order - b.entry.order);
+      this.#items.sort((a, b) => a.entry.order - b.entry.order);
       for (const o2 of early) {
-        o2.entry.order = ++this.order;
-        this.items.push(o2);
-        this.save(o2.entry);
+        o2.entry.order = ++this.#order;
+        this.#items.push(o2);
+        this.#save(o2.entry);
       }
     }, (e) => h.error(new ChatRelayError("internal", `outbox storage failed to load: ${String(e)}`)));
   }
@@ -378,22 +726,22 @@ var Outbox = class {
       content,
       sender_id: this.h.me(),
       created_at: Date.now(),
-      order: ++this.order
+      order: ++this.#order
     };
     const out = outgoing(entry);
-    if (this.closed) {
+    if (this.#closed) {
       out.reject(new ChatRelayError("closed", "client closed", { chatId }));
       return { entry, done: out.done };
     }
-    this.items.push(out);
-    this.save(entry);
+    this.#items.push(out);
+    this.#save(entry);
     this.h.status({ chatId, clientGeneratedId: cgid, id: null, seq: null, status: "pending" });
     this.flush();
     return { entry, done: out.done };
   }
   /** The current user's entries (of one chat), oldest first, failed ones included. */
   pending(chatId) {
-    return this.mine().filter((o) => chatId === void 0 || o.entry.chat_id === chatId).map((o) => this.view(o.entry));
+    return this.#mine().filter((o) => chatId === void 0 || o.entry.chat_id === chatId).map((o) => this.view(o.entry));
   }
   view(entry) {
     const p = {
@@ -411,34 +759,34 @@ var Outbox = class {
   /** Resolves when every entry of the current user is stored or failed. */
   async flushed() {
     await this.loaded;
-    const waiting = this.mine().filter((o) => !o.entry.status);
+    const waiting = this.#mine().filter((o) => !o.entry.status);
     await Promise.allSettled(waiting.map((o) => o.done));
-    if (this.mine().some((o) => !o.entry.status))
+    if (this.#mine().some((o) => !o.entry.status))
       await this.flushed();
   }
   /** Sends a failed entry again (as it is); its new `done`, or null if there is no such failed entry. */
   retry(cgid, content) {
-    const i = this.items.findIndex((o2) => o2.entry.client_generated_id === cgid && o2.entry.status === "failed");
-    const old = this.items[i];
+    const i = this.#items.findIndex((o2) => o2.entry.client_generated_id === cgid && o2.entry.status === "failed");
+    const old = this.#items[i];
     if (!old)
       return null;
     const entry = { ...old.entry, content: content ?? old.entry.content };
     delete entry.status;
     delete entry.error;
     const o = outgoing(entry);
-    this.items[i] = o;
-    this.save(entry);
+    this.#items[i] = o;
+    this.#save(entry);
     this.h.status({ chatId: entry.chat_id, clientGeneratedId: cgid, id: null, seq: null, status: "pending" });
     this.flush();
     return o.done;
   }
   /** Forgets an entry that is failed or not in flight (in storage too); false if there is none such. */
   async discard(cgid) {
-    const i = this.items.findIndex((o2) => o2.entry.client_generated_id === cgid);
-    const o = this.items[i];
-    if (!o || !o.entry.status && this.inFlight.has(o.entry.chat_id) && this.head(o.entry.chat_id) === o)
+    const i = this.#items.findIndex((o2) => o2.entry.client_generated_id === cgid);
+    const o = this.#items[i];
+    if (!o || !o.entry.status && this.#inFlight.has(o.entry.chat_id) && this.#head(o.entry.chat_id) === o)
       return false;
-    this.items.splice(i, 1);
+    this.#items.splice(i, 1);
     o.reject(new ChatRelayError("closed", "discarded", { chatId: o.entry.chat_id }));
     await this.storage.remove(cgid);
     return true;
@@ -446,56 +794,56 @@ var Outbox = class {
   /** The socket is gone: nothing is in flight any more. `code` 1009: the largest send in flight was too large. */
   disconnected(code) {
     let largest;
-    for (const [chatId, f] of this.inFlight) {
+    for (const [chatId, f] of this.#inFlight) {
       clearTimeout(f.timer);
-      const o = this.head(chatId);
+      const o = this.#head(chatId);
       if (o && (!largest || o.bytes > largest.bytes))
         largest = o;
     }
-    this.inFlight.clear();
+    this.#inFlight.clear();
     if (code === 1009 && largest) {
-      this.fail(largest, new ChatRelayError("too_large", "the relay closed the connection: message too large", { chatId: largest.entry.chat_id }));
+      this.#fail(largest, new ChatRelayError("too_large", "the relay closed the connection: message too large", { chatId: largest.entry.chat_id }));
     }
   }
   /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
   close() {
-    this.closed = true;
-    this.stop();
-    for (const f of this.inFlight.values())
+    this.#closed = true;
+    this.#stop();
+    for (const f of this.#inFlight.values())
       clearTimeout(f.timer);
-    this.inFlight.clear();
-    for (const o of this.items)
+    this.#inFlight.clear();
+    for (const o of this.#items)
       o.reject(new ChatRelayError("closed", "client closed", { chatId: o.entry.chat_id }));
   }
-  stop() {
-    if (this.timer)
-      clearTimeout(this.timer);
-    this.timer = null;
+  #stop() {
+    if (this.#timer)
+      clearTimeout(this.#timer);
+    this.#timer = null;
   }
-  mine() {
+  #mine() {
     const me = this.h.me();
-    return this.items.filter((o) => o.entry.sender_id === null || o.entry.sender_id === me);
+    return this.#items.filter((o) => o.entry.sender_id === null || o.entry.sender_id === me);
   }
   /** The chat's next entry to send: its oldest one of the current user that has not failed. */
-  head(chatId) {
-    return this.mine().find((o) => o.entry.chat_id === chatId && !o.entry.status);
+  #head(chatId) {
+    return this.#mine().find((o) => o.entry.chat_id === chatId && !o.entry.status);
   }
   /** Sends the oldest unsent message of each chat that has none in flight. */
   flush() {
-    this.stop();
-    if (this.closed || !this.h.isOpen())
+    this.#stop();
+    if (this.#closed || !this.h.isOpen())
       return;
     const me = this.h.me();
     const now = Date.now();
     const heads = /* @__PURE__ */ new Set();
     let wake = Infinity;
-    for (const o of this.mine()) {
+    for (const o of this.#mine()) {
       const chatId = o.entry.chat_id;
       if (o.entry.status || heads.has(chatId))
         continue;
       if (o.entry.sender_id === null && me !== null) {
         o.entry.sender_id = me;
-        this.save(o.entry);
+        this.#save(o.entry);
       }
       const frame = {
         type: "send",
@@ -506,11 +854,11 @@ var Outbox = class {
       };
       const bytes = encoder.encode(JSON.stringify(frame)).length;
       if (bytes > this.o.maxFrameBytes) {
-        this.fail(o, new ChatRelayError("too_large", `message too large: ${bytes} bytes, the limit is ${this.o.maxFrameBytes}`, { chatId }));
+        this.#fail(o, new ChatRelayError("too_large", `message too large: ${bytes} bytes, the limit is ${this.o.maxFrameBytes}`, { chatId }));
         continue;
       }
       heads.add(chatId);
-      if (this.inFlight.has(chatId))
+      if (this.#inFlight.has(chatId))
         continue;
       if (o.notBefore > now) {
         wake = Math.min(wake, o.notBefore);
@@ -518,38 +866,38 @@ var Outbox = class {
       }
       const ref = this.h.ref();
       const timer = setTimeout(() => {
-        if (this.inFlight.get(chatId)?.ref !== ref)
+        if (this.#inFlight.get(chatId)?.ref !== ref)
           return;
-        this.inFlight.delete(chatId);
+        this.#inFlight.delete(chatId);
         o.notBefore = Date.now() + backoffDelay(Math.min(o.attempts - 1, 6), this.o.backoff);
         this.h.stalled();
         this.flush();
       }, this.o.sendTimeoutMs);
-      this.inFlight.set(chatId, { ref, timer });
+      this.#inFlight.set(chatId, { ref, timer });
       o.attempts += 1;
       o.bytes = bytes;
       this.h.write({ ...frame, ref });
     }
     if (wake !== Infinity)
-      this.timer = setTimeout(() => this.flush(), wake - now);
+      this.#timer = setTimeout(() => this.flush(), wake - now);
   }
   onSent(f, ref) {
     const cgid = String(f.client_generated_id);
     const chatId = String(f.chat_id);
-    const flight = this.inFlight.get(chatId);
+    const flight = this.#inFlight.get(chatId);
     if (ref !== null && flight?.ref === ref) {
       clearTimeout(flight.timer);
-      this.inFlight.delete(chatId);
+      this.#inFlight.delete(chatId);
     }
     this.settle(cgid, { id: String(f.id), seq: Number(f.seq), duplicate: f.duplicate === true });
     this.flush();
   }
   /** An entry is stored (its `sent`, or its row arrived): forget it, tell the app. False if unknown. */
   settle(cgid, result) {
-    const i = this.items.findIndex((o2) => o2.entry.client_generated_id === cgid);
+    const i = this.#items.findIndex((o2) => o2.entry.client_generated_id === cgid);
     if (i < 0)
       return false;
-    const [o] = this.items.splice(i, 1);
+    const [o] = this.#items.splice(i, 1);
     this.storage.remove(cgid).catch(() => {
     });
     this.h.status({ chatId: o.entry.chat_id, clientGeneratedId: cgid, id: result.id, seq: result.seq, status: "sent" });
@@ -559,34 +907,34 @@ var Outbox = class {
   /** An `error` answering a `send`: retry later, or fail the message for good. False if `ref` was no send. */
   onError(ref, err) {
     let chatId = null;
-    for (const [c, f] of this.inFlight)
+    for (const [c, f] of this.#inFlight)
       if (f.ref === ref)
         chatId = c;
     if (chatId === null)
       return false;
-    clearTimeout(this.inFlight.get(chatId)?.timer);
-    this.inFlight.delete(chatId);
-    const o = this.head(chatId);
+    clearTimeout(this.#inFlight.get(chatId)?.timer);
+    this.#inFlight.delete(chatId);
+    const o = this.#head(chatId);
     if (!o)
       return true;
     if (err.retryable) {
       o.notBefore = Date.now() + (err.retryAfterMs ?? backoffDelay(Math.min(o.attempts, 6), this.o.backoff));
     } else {
-      this.fail(o, err);
+      this.#fail(o, err);
     }
     this.flush();
     return true;
   }
   /** Refused for good: kept as failed (in storage too), `done` rejected. */
-  fail(o, err) {
+  #fail(o, err) {
     o.entry.status = "failed";
     o.entry.error = err.code;
-    this.save(o.entry);
+    this.#save(o.entry);
     this.h.status({ chatId: o.entry.chat_id, clientGeneratedId: o.entry.client_generated_id, id: null, seq: null, status: "failed" });
     o.reject(err);
     this.h.error(err);
   }
-  save(entry) {
+  #save(entry) {
     this.storage.put({ ...entry }).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId: entry.chat_id })));
   }
 };
@@ -606,60 +954,78 @@ function outgoing(entry) {
 
 // dist/storage.js
 var MemoryStorage = class {
-  entries = /* @__PURE__ */ new Map();
+  #entries = /* @__PURE__ */ new Map();
+  #chats = /* @__PURE__ */ new Map();
+  async loadChat(chatId) {
+    const saved = this.#chats.get(chatId);
+    return saved === void 0 ? null : JSON.parse(saved);
+  }
+  async saveChat(chatId, chat) {
+    this.#chats.set(chatId, JSON.stringify(chat));
+  }
   async load() {
-    return [...this.entries.values()].sort((a, b) => a.order - b.order);
+    return [...this.#entries.values()].sort((a, b) => a.order - b.order);
   }
   async put(entry) {
-    this.entries.set(entry.client_generated_id, { ...entry });
+    this.#entries.set(entry.client_generated_id, { ...entry });
   }
   async remove(clientGeneratedId) {
-    this.entries.delete(clientGeneratedId);
+    this.#entries.delete(clientGeneratedId);
   }
 };
 var IndexedDbStorage = class {
   name;
   factory;
-  db = null;
+  #db = null;
   constructor(name = "chat-relay-outbox", factory = globalThis.indexedDB) {
     this.name = name;
     this.factory = factory;
   }
-  open() {
-    if (!this.db) {
+  #open() {
+    if (!this.#db) {
       const factory = this.factory;
       if (!factory)
         return Promise.reject(new Error("IndexedDB is not available here; use MemoryStorage"));
-      this.db = new Promise((resolve, reject) => {
-        const req = factory.open(this.name, 1);
+      this.#db = new Promise((resolve, reject) => {
+        const req = factory.open(this.name, 2);
         req.onupgradeneeded = () => {
-          req.result.createObjectStore("outbox", { keyPath: "client_generated_id" });
+          const db = req.result;
+          if (!db.objectStoreNames.contains("outbox"))
+            db.createObjectStore("outbox", { keyPath: "client_generated_id" });
+          if (!db.objectStoreNames.contains("chats"))
+            db.createObjectStore("chats");
         };
         req.onsuccess = () => resolve(req.result);
         req.onerror = () => reject(req.error);
       });
     }
-    return this.db;
+    return this.#db;
   }
-  async run(mode, op) {
-    const db = await this.open();
+  async #run(mode, op, name = "outbox") {
+    const db = await this.#open();
     return new Promise((resolve, reject) => {
-      const tx = db.transaction("outbox", mode);
-      const req = op(tx.objectStore("outbox"));
+      const tx = db.transaction(name, mode);
+      const req = op(tx.objectStore(name));
       tx.oncomplete = () => resolve(req.result);
       tx.onerror = () => reject(tx.error);
       tx.onabort = () => reject(tx.error);
     });
   }
   async load() {
-    const all = await this.run("readonly", (s) => s.getAll());
+    const all = await this.#run("readonly", (s) => s.getAll());
     return all.sort((a, b) => a.order - b.order);
   }
   async put(entry) {
-    await this.run("readwrite", (s) => s.put(entry));
+    await this.#run("readwrite", (s) => s.put(entry));
   }
   async remove(clientGeneratedId) {
-    await this.run("readwrite", (s) => s.delete(clientGeneratedId));
+    await this.#run("readwrite", (s) => s.delete(clientGeneratedId));
+  }
+  async loadChat(chatId) {
+    return await this.#run("readonly", (s) => s.get(chatId), "chats") ?? null;
+  }
+  async saveChat(chatId, chat) {
+    await this.#run("readwrite", (s) => s.put(chat, chatId), "chats");
   }
 };
 
@@ -669,11 +1035,11 @@ var Subscriptions = class {
   o;
   h;
   chats = /* @__PURE__ */ new Map();
-  barriers = /* @__PURE__ */ new Map();
+  #barriers = /* @__PURE__ */ new Map();
   // ping ref -> chats
-  refs = /* @__PURE__ */ new Map();
+  #refs = /* @__PURE__ */ new Map();
   // subscribe ref -> chat
-  closed = null;
+  #closed = null;
   constructor(o, h) {
     this.o = o;
     this.h = h;
@@ -707,8 +1073,8 @@ var Subscriptions = class {
   }
   /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
   subscribe(chatId, afterSeq) {
-    if (this.closed)
-      return Promise.reject(this.closed);
+    if (this.#closed)
+      return Promise.reject(this.#closed);
     const chat = this.chat(chatId);
     if (afterSeq !== void 0 && (chat.cursor === null || afterSeq > chat.cursor))
       chat.cursor = afterSeq;
@@ -726,13 +1092,13 @@ var Subscriptions = class {
     promise.catch(() => {
     });
     if (chat.wanted && chat.ready) {
-      this.settleWaiters(chatId, chat);
+      this.#settleWaiters(chatId, chat);
       return promise;
     }
     const already = chat.wanted;
     chat.wanted = true;
     if (this.h.isOpen() && !already)
-      this.send(chatId);
+      this.#send(chatId);
     return promise;
   }
   /** Stops a chat (keeping its cursor); false when it was not subscribed. */
@@ -743,54 +1109,54 @@ var Subscriptions = class {
     chat.wanted = false;
     chat.ready = false;
     chat.online.clear();
-    this.forget(chatId);
-    this.rejectWaiters(chat, err);
+    this.#forget(chatId);
+    this.#rejectWaiters(chat, err);
     return true;
   }
   /** Answers still owed to earlier subscribes of a chat no longer count. */
-  forget(chatId) {
-    for (const [ref, c] of this.refs)
+  #forget(chatId) {
+    for (const [ref, c] of this.#refs)
       if (c === chatId)
-        this.refs.delete(ref);
-    for (const [ref, chats] of this.barriers) {
+        this.#refs.delete(ref);
+    for (const [ref, chats] of this.#barriers) {
       const rest = chats.filter((c) => c !== chatId);
       if (rest.length)
-        this.barriers.set(ref, rest);
+        this.#barriers.set(ref, rest);
       else
-        this.barriers.delete(ref);
+        this.#barriers.delete(ref);
     }
   }
   /** The connection is open: resubscribe, resend reads, acks. */
   opened() {
     for (const [chatId, chat] of this.chats) {
       if (chat.wanted)
-        this.send(chatId);
+        this.#send(chatId);
       if (chat.readSeq > chat.readSent)
-        this.sendRead(chatId, chat);
+        this.#sendRead(chatId, chat);
       if (chat.ackSeq > chat.ackedSeq)
-        this.scheduleAck(chatId, chat);
+        this.#scheduleAck(chatId, chat);
     }
   }
   /** The connection is gone: every subscription must be asked for again. */
   disconnected() {
-    this.barriers.clear();
-    this.refs.clear();
+    this.#barriers.clear();
+    this.#refs.clear();
     for (const chat of this.chats.values())
       chat.ready = false;
   }
   /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
   failWaiters(err) {
     for (const chat of this.chats.values())
-      this.rejectWaiters(chat, err);
+      this.#rejectWaiters(chat, err);
   }
   close(err) {
-    this.closed = err;
+    this.#closed = err;
     for (const chat of this.chats.values()) {
       if (chat.ackTimer)
         clearTimeout(chat.ackTimer);
       if (chat.retryTimer)
         clearTimeout(chat.retryTimer);
-      this.rejectWaiters(chat, err);
+      this.#rejectWaiters(chat, err);
     }
   }
   /** Whether a row is new for the app (above the cursor, never seen); if so, the cursor moves to it. */
@@ -810,9 +1176,9 @@ var Subscriptions = class {
     return true;
   }
   onSubscribed(chatId, f, ref) {
-    if (ref === null || this.refs.get(ref) !== chatId)
+    if (ref === null || this.#refs.get(ref) !== chatId)
       return;
-    this.refs.delete(ref);
+    this.#refs.delete(ref);
     const chat = this.chats.get(chatId);
     if (!chat || !chat.wanted)
       return;
@@ -826,10 +1192,10 @@ var Subscriptions = class {
   onPong(ref) {
     if (ref === null)
       return;
-    const chats = this.barriers.get(ref);
+    const chats = this.#barriers.get(ref);
     if (!chats)
       return;
-    this.barriers.delete(ref);
+    this.#barriers.delete(ref);
     for (const chatId of chats) {
       const chat = this.chats.get(chatId);
       if (!chat || !chat.wanted || chat.ready)
@@ -837,23 +1203,23 @@ var Subscriptions = class {
       chat.ready = true;
       chat.retries = 0;
       this.h.subscribed(this.subscription(chatId, chat));
-      this.settleWaiters(chatId, chat);
+      this.#settleWaiters(chatId, chat);
     }
   }
   /** An `error` answering a `subscribe`; false if `ref` was none. */
   onError(ref, err) {
-    const chatId = this.refs.get(ref);
+    const chatId = this.#refs.get(ref);
     if (chatId === void 0)
       return false;
-    this.refs.delete(ref);
+    this.#refs.delete(ref);
     const chat = this.chats.get(chatId);
     if (!chat)
       return true;
     if (err.retryable) {
-      this.retry(chatId, chat, err.retryAfterMs);
+      this.#retry(chatId, chat, err.retryAfterMs);
     } else {
       chat.wanted = false;
-      this.rejectWaiters(chat, err);
+      this.#rejectWaiters(chat, err);
       this.h.error(err);
     }
     return true;
@@ -863,7 +1229,7 @@ var Subscriptions = class {
     const chat = this.chats.get(chatId);
     if (chat?.wanted) {
       chat.ready = false;
-      this.retry(chatId, chat);
+      this.#retry(chatId, chat);
     }
   }
   /** The relay ended a subscription (removal). */
@@ -879,38 +1245,38 @@ var Subscriptions = class {
     else
       chat.online.delete(userId);
   }
-  send(chatId) {
+  #send(chatId) {
     const chat = this.chats.get(chatId);
     if (!chat || !this.h.isOpen())
       return;
     const ref = this.h.ref();
-    this.refs.set(ref, chatId);
+    this.#refs.set(ref, chatId);
     const frame = { type: "subscribe", chat_id: chatId, ref };
     if (chat.cursor !== null)
       frame.after_seq = chat.cursor;
     this.h.write(frame);
     const barrier = this.h.ref();
-    this.barriers.set(barrier, [chatId]);
+    this.#barriers.set(barrier, [chatId]);
     this.h.write({ type: "ping", ref: barrier });
   }
-  retry(chatId, chat, afterMs) {
+  #retry(chatId, chat, afterMs) {
     if (chat.retryTimer)
       return;
     chat.retryTimer = setTimeout(() => {
       chat.retryTimer = null;
       if (chat.wanted && !chat.ready)
-        this.send(chatId);
+        this.#send(chatId);
     }, afterMs ?? backoffDelay(chat.retries++, this.o.backoff));
   }
   subscription(chatId, chat) {
     return { chatId, latestSeq: chat.latestSeq, online: [...chat.online], onlineTruncated: chat.onlineTruncated };
   }
-  settleWaiters(chatId, chat) {
+  #settleWaiters(chatId, chat) {
     const sub = this.subscription(chatId, chat);
     for (const w of chat.waiters.splice(0))
       w.resolve(sub);
   }
-  rejectWaiters(chat, err) {
+  #rejectWaiters(chat, err) {
     for (const w of chat.waiters.splice(0))
       w.reject(err);
   }
@@ -918,16 +1284,16 @@ var Subscriptions = class {
   ack(chatId, seq) {
     const chat = this.chat(chatId);
     chat.ackSeq = Math.max(chat.ackSeq, seq);
-    this.scheduleAck(chatId, chat);
+    this.#scheduleAck(chatId, chat);
   }
   markRead(chatId, seq) {
     const chat = this.chat(chatId);
     if (seq <= chat.readSeq)
       return;
     chat.readSeq = seq;
-    this.sendRead(chatId, chat);
+    this.#sendRead(chatId, chat);
   }
-  scheduleAck(chatId, chat) {
+  #scheduleAck(chatId, chat) {
     if (chat.ackTimer)
       return;
     chat.ackTimer = setTimeout(() => {
@@ -937,7 +1303,7 @@ var Subscriptions = class {
       }
     }, this.o.ackDelayMs);
   }
-  sendRead(chatId, chat) {
+  #sendRead(chatId, chat) {
     if (this.h.write({ type: "read", chat_id: chatId, seq: chat.readSeq }))
       chat.readSent = chat.readSeq;
   }
@@ -963,9 +1329,9 @@ function decodeClaims(token) {
   if (!part)
     return null;
   try {
-    const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
-    const json = decodeURIComponent(Array.from(atob(b64), (c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""));
-    return JSON.parse(json);
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
   } catch {
     return null;
   }
@@ -997,19 +1363,19 @@ var Tokens = class {
   sub = null;
   /** The next connect fetches a new token (the last one was, or may have been, refused). */
   force = false;
-  issued = 0;
-  flight = null;
+  #issued = 0;
+  #flight = null;
   constructor(fetch, refreshBeforeMs) {
     this.fetch = fetch;
     this.refreshBeforeMs = refreshBeforeMs;
   }
   /** The cached token, or a fresh one when `force`, missing or expiring; never two calls at once. */
   get(force) {
-    if (this.flight)
-      return this.flight;
+    if (this.#flight)
+      return this.#flight;
     if (!force && this.token && !this.expiring())
       return Promise.resolve(this.token);
-    this.flight = (async () => {
+    this.#flight = (async () => {
       try {
         const token = await this.fetch();
         if (typeof token !== "string" || token.length === 0)
@@ -1017,7 +1383,7 @@ var Tokens = class {
         if (token === this.token)
           return token;
         this.token = token;
-        this.issued = Date.now();
+        this.#issued = Date.now();
         const claims = decodeClaims(token);
         this.exp = typeof claims?.exp === "number" ? claims.exp * 1e3 : null;
         if (typeof claims?.sub === "string")
@@ -1028,48 +1394,52 @@ var Tokens = class {
           throw e;
         throw new ChatRelayError("token", `getToken failed: ${e instanceof Error ? e.message : String(e)}`);
       } finally {
-        this.flight = null;
+        this.#flight = null;
       }
     })();
-    return this.flight;
+    return this.#flight;
   }
   /** How long before expiry to refresh: `refreshBeforeMs`, at most a quarter of the lifetime. */
-  margin() {
-    const lifetime = this.exp === null ? Infinity : this.exp - this.issued;
+  #margin() {
+    const lifetime = this.exp === null ? Infinity : this.exp - this.#issued;
     return Math.min(this.refreshBeforeMs, lifetime / 4);
   }
   expiring() {
-    return this.exp !== null && Date.now() >= this.exp - this.margin();
+    return this.exp !== null && Date.now() >= this.exp - this.#margin();
   }
   /** Milliseconds until the refresh is due, or null for a token without `exp`. */
   refreshIn() {
-    return this.exp === null ? null : Math.max(0, this.exp - this.margin() - Date.now());
+    return this.exp === null ? null : Math.max(0, this.exp - this.#margin() - Date.now());
   }
   /** How long to wait before asking again when `getToken` gave the same token back: a quarter of the margin, at least `floor`. */
   patience(floor) {
-    return Math.max(floor, this.margin() / 4);
+    return Math.max(floor, this.#margin() / 4);
   }
 };
 
 // dist/client.js
 var ChatRelayClient = class extends Emitter {
-  opts;
-  conn;
-  tokens;
-  outbox;
-  subs;
-  pending = /* @__PURE__ */ new Map();
+  #opts;
+  #conn;
+  #tokens;
+  #outbox;
+  #subs;
+  #pending = /* @__PURE__ */ new Map();
   // ref -> request
-  refreshTimer = null;
-  refreshTries = 0;
-  unwatch = null;
+  #storage;
+  #stores = /* @__PURE__ */ new Map();
+  #inboxStore = null;
+  #change;
+  #refreshTimer = null;
+  #refreshTries = 0;
+  #unwatch = null;
   constructor(options) {
     super();
     const WS = options.WebSocket ?? globalThis.WebSocket;
     if (!WS)
       throw new TypeError("no WebSocket here: pass one as options.WebSocket (e.g. `ws` under Node)");
     const inBrowser = typeof globalThis.document !== "undefined";
-    const o = this.opts = {
+    const o = this.#opts = {
       url: options.url,
       getToken: options.getToken,
       backoff: options.backoff ?? DEFAULT_BACKOFF,
@@ -1086,60 +1456,102 @@ var ChatRelayClient = class extends Emitter {
     };
     if (options.logger)
       this.logger = options.logger;
-    const write = (f) => this.conn.write(f);
-    const isOpen = () => this.conn.isOpen;
-    const ref = () => this.conn.ref();
+    this.#change = Object.freeze({ state: "idle", code: 0, reason: "", userId: null });
+    const write = (f) => this.#conn.write(f);
+    const isOpen = () => this.#conn.isOpen;
+    const ref = () => this.#conn.ref();
     const error = (e) => this.emit("error", e);
-    this.tokens = new Tokens(o.getToken, o.refreshBeforeMs);
-    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o, {
+    this.#tokens = new Tokens(o.getToken, o.refreshBeforeMs);
+    this.#storage = options.storage ?? new MemoryStorage();
+    this.#outbox = new Outbox(this.#storage, o, {
       write,
       isOpen,
       ref,
-      me: () => this.tokens.sub,
+      me: () => this.#tokens.sub,
       status: (s) => this.emit("status", s),
       error,
-      stalled: () => this.conn.reconnectNow()
+      stalled: () => this.#conn.reconnectNow()
     });
-    this.subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
-    this.conn = new Connection({ ...o, WebSocket: WS }, {
+    this.#subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
+    this.#conn = new Connection({ ...o, WebSocket: WS }, {
       token: async () => {
-        await this.outbox.loaded;
-        const token = await this.tokens.get(this.tokens.force);
-        this.tokens.force = false;
+        await this.#outbox.loaded;
+        const token = await this.#tokens.get(this.#tokens.force);
+        this.#tokens.force = false;
         return token;
       },
-      open: () => this.onOpen(),
-      frame: (f) => this.onFrame(f),
-      closed: (code, opened, attempt) => this.onClosed(code, opened, attempt),
+      open: () => this.#onOpen(),
+      frame: (f) => this.#onFrame(f),
+      closed: (code, opened, attempt) => this.#onClosed(code, opened, attempt),
       state: (s, why) => {
         this.logger.debug?.(`chat-relay: ${s}`, why);
         if (s === "unauthorized") {
           const err = new ChatRelayError("unauthorized", why.reason);
-          this.subs.failWaiters(err);
-          for (const ref2 of [...this.pending.keys()])
-            this.fail(ref2, err);
+          this.#subs.failWaiters(err);
+          for (const ref2 of [...this.#pending.keys()])
+            this.#fail(ref2, err);
         }
+        this.#change = Object.freeze({ state: s, ...why, userId: this.#tokens.sub });
         this.emit("state", s, why);
       },
       error
     });
     if (options.environment)
-      this.unwatch = this.conn.watch(options.environment);
+      this.#unwatch = this.#conn.watch(options.environment);
     else if (o.watchEnvironment)
-      this.unwatch = this.conn.watchBrowser();
+      this.#unwatch = this.#conn.watchBrowser();
   }
   // ------------------------------------------------------------------ API
   /** The current connection state. */
   get connectionState() {
-    return this.conn.state;
+    return this.#conn.state;
   }
   /** The signed-in user (the token's `sub`), once a token was fetched. */
   get userId() {
-    return this.tokens.sub;
+    return this.#tokens.sub;
+  }
+  /**
+   * One conversation as a store (`getSnapshot`/`subscribe`, for
+   * useSyncExternalStore): the same store for a chat id every time. It
+   * subscribes to the chat while it has listeners.
+   */
+  chat(chatId, opts) {
+    let store = this.#stores.get(chatId);
+    if (!store)
+      this.#stores.set(chatId, store = new ChatStore(this, chatId, this.#storage, opts));
+    return store;
+  }
+  /** The conversation list as a store (protocol 1.2); the inbox is on while it has listeners. */
+  inbox() {
+    return this.#inboxStore ??= new InboxStore(this);
+  }
+  /** The connection's state, why it is in it, and who: one frozen object per change (for useSyncExternalStore with the `state` event). */
+  get connection() {
+    return this.#change;
+  }
+  /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
+  async inboxPage(opts = {}, limit) {
+    const frame = { type: "inbox" };
+    if (opts.before !== void 0)
+      frame.before = opts.before;
+    if (limit !== void 0)
+      frame.limit = limit;
+    const a = await this.#request(frame, false);
+    return {
+      chats: Array.isArray(a.chats) ? a.chats : [],
+      next: typeof a.next === "string" ? a.next : null,
+      unreadChats: Number(a.unread_chats ?? 0)
+    };
+  }
+  /** Turns the connection's inbox off (no more `chat` events). */
+  inboxOff() {
+    if (this.#conn.state === "open")
+      this.#request({ type: "inbox_off" }, false).catch(() => {
+      });
   }
   /** Opens the connection (subscribe and send do too). */
   connect() {
-    this.conn.connect();
+    this.#conn.connect();
   }
   /**
    * Subscribes to a chat; resolves once the backfill after `afterSeq` (or
@@ -1147,62 +1559,62 @@ var ChatRelayClient = class extends Emitter {
    * Without either, starts after the chat's latest message.
    */
   subscribe(chatId, opts = {}) {
-    const promise = this.subs.subscribe(chatId, opts.afterSeq);
+    const promise = this.#subs.subscribe(chatId, opts.afterSeq);
     this.connect();
     return promise;
   }
   /** Stops a chat's events (its cursor is kept for a later subscribe). */
   unsubscribe(chatId) {
-    if (this.subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
-      this.conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.conn.ref() });
+    if (this.#subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
+      this.#conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.#conn.ref() });
     }
   }
   /** The highest seq delivered for a chat, or null. */
   cursor(chatId) {
-    return this.subs.chats.get(chatId)?.cursor ?? null;
+    return this.#subs.chats.get(chatId)?.cursor ?? null;
   }
   /** Users online in a chat (from `subscribed` and `presence`). */
   online(chatId) {
-    return [...this.subs.chats.get(chatId)?.online ?? []];
+    return [...this.#subs.chats.get(chatId)?.online ?? []];
   }
   /**
    * Sends a message. Returns at once with the optimistic message; the relay's
    * row arrives later as a `message` event whose `meta.replaces` names it.
    */
   send(chatId, content) {
-    const { entry, done } = this.outbox.add(chatId, content, uuid());
+    const { entry, done } = this.#outbox.add(chatId, content, uuid());
     this.connect();
-    return { ...this.outbox.view(entry), done };
+    return { ...this.#outbox.view(entry), done };
   }
   /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
   pendingMessages(chatId) {
-    return this.outbox.pending(chatId);
+    return this.#outbox.pending(chatId);
   }
   /** Sends a failed message again; its new `done`, or null if no such failed message. */
   retry(clientGeneratedId) {
-    const done = this.outbox.retry(clientGeneratedId);
+    const done = this.#outbox.retry(clientGeneratedId);
     if (done)
       this.connect();
     return done;
   }
   /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
   edit(clientGeneratedId, content) {
-    const done = this.outbox.retry(clientGeneratedId, content);
+    const done = this.#outbox.retry(clientGeneratedId, content);
     if (done)
       this.connect();
     return done;
   }
   /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
   discard(clientGeneratedId) {
-    return this.outbox.discard(clientGeneratedId);
+    return this.#outbox.discard(clientGeneratedId);
   }
   /** Resolves when every message in the outbox has been stored (or failed). */
   flushed() {
-    return this.outbox.flushed();
+    return this.#outbox.flushed();
   }
   /** The user has read a chat up to `seq`. */
   markRead(chatId, seq) {
-    this.subs.markRead(chatId, seq);
+    this.#subs.markRead(chatId, seq);
   }
   /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
   async history(chatId, opts = {}) {
@@ -1211,122 +1623,122 @@ var ChatRelayClient = class extends Emitter {
       frame.before_seq = opts.beforeSeq;
     if (opts.limit !== void 0)
       frame.limit = opts.limit;
-    const answer = await this.request(frame, true);
+    const answer = await this.#request(frame, true);
     return { messages: answer.messages ?? [], hasMore: answer.has_more === true };
   }
   /** The user is typing in a chat: sent at most every 2 s, only while subscribed. */
   typing(chatId) {
-    const chat = this.subs.chats.get(chatId);
+    const chat = this.#subs.chats.get(chatId);
     const now = Date.now();
     if (!chat || !chat.ready || now - chat.lastTypingAt < 2e3)
       return;
     chat.lastTypingAt = now;
-    this.conn.write({ type: "typing", chat_id: chatId });
+    this.#conn.write({ type: "typing", chat_id: chatId });
   }
   /**
    * Goes offline on purpose (false): the socket closes and nothing reconnects;
    * sends queue in the outbox. Back online (true): reconnects at once.
    */
   setOnline(online) {
-    this.conn.setOnline(online);
+    this.#conn.setOnline(online);
   }
   /** Closes for good: no reconnects; pending requests fail with `closed`. */
   close() {
-    if (this.conn.closed)
+    if (this.#conn.closed)
       return;
-    this.conn.closed = true;
-    if (this.refreshTimer)
-      clearTimeout(this.refreshTimer);
-    this.outbox.close();
-    this.subs.close(new ChatRelayError("closed", "client closed"));
-    for (const [ref, p] of this.pending) {
+    this.#conn.closed = true;
+    if (this.#refreshTimer)
+      clearTimeout(this.#refreshTimer);
+    this.#outbox.close();
+    this.#subs.close(new ChatRelayError("closed", "client closed"));
+    for (const [ref, p] of this.#pending) {
       clearTimeout(p.timer);
       p.reject(new ChatRelayError("closed", "client closed"));
-      this.pending.delete(ref);
+      this.#pending.delete(ref);
     }
-    this.conn.close();
-    this.unwatch?.();
+    this.#conn.close();
+    this.#unwatch?.();
   }
   // ------------------------------------------------------------ connection
-  onOpen() {
-    this.subs.opened();
-    for (const [ref, p] of this.pending) {
+  #onOpen() {
+    this.#subs.opened();
+    for (const [ref, p] of this.#pending) {
       if (p.resend)
-        this.conn.write({ ...p.frame, ref });
+        this.#conn.write({ ...p.frame, ref });
     }
-    this.outbox.flush();
-    this.scheduleRefresh();
+    this.#outbox.flush();
+    this.#scheduleRefresh();
   }
-  onClosed(code, opened, attempt) {
-    this.outbox.disconnected(code);
-    this.subs.disconnected();
-    for (const [ref, p] of this.pending) {
+  #onClosed(code, opened, attempt) {
+    this.#outbox.disconnected(code);
+    this.#subs.disconnected();
+    for (const [ref, p] of this.#pending) {
       if (!p.resend) {
         clearTimeout(p.timer);
         p.reject(new ChatRelayError("disconnected", "the connection closed before the answer"));
-        this.pending.delete(ref);
+        this.#pending.delete(ref);
       }
     }
-    if (this.conn.closed || this.conn.manualOffline)
+    if (this.#conn.closed || this.#conn.manualOffline)
       return;
     if (code === 4001 || !opened && attempt === 2)
-      this.tokens.force = true;
+      this.#tokens.force = true;
   }
   // ----------------------------------------------------------------- token
-  scheduleRefresh() {
-    if (this.refreshTimer)
-      clearTimeout(this.refreshTimer);
-    this.refreshTimer = null;
-    const delay = this.tokens.refreshIn();
-    if (delay === null || this.conn.closed)
+  #scheduleRefresh() {
+    if (this.#refreshTimer)
+      clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const delay = this.#tokens.refreshIn();
+    if (delay === null || this.#conn.closed)
       return;
-    this.refreshTimer = setTimeout(() => void this.refresh(), delay);
+    this.#refreshTimer = setTimeout(() => void this.#refresh(), delay);
   }
   /**
    * Fetches a new token and hands it to the open connection with `auth`.
    * The same token back (the app's cache): nothing is sent; asked again
    * later. Another user's token: the connection starts over as that user.
    */
-  async refresh() {
-    this.refreshTimer = null;
-    const [before, who] = [this.tokens.token, this.tokens.sub];
+  async #refresh() {
+    this.#refreshTimer = null;
+    const [before, who] = [this.#tokens.token, this.#tokens.sub];
     let token;
     try {
-      token = await this.tokens.get(true);
+      token = await this.#tokens.get(true);
     } catch (e) {
       const err = e;
       this.emit("error", err);
       if (err.code === "unauthorized")
-        return this.conn.unauthorized(err.message);
-      this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(++this.refreshTries, this.opts.backoff));
+        return this.#conn.unauthorized(err.message);
+      this.#refreshTimer = setTimeout(() => void this.#refresh(), backoffDelay(++this.#refreshTries, this.#opts.backoff));
       return;
     }
-    if (this.conn.closed)
+    if (this.#conn.closed)
       return;
     if (token === before) {
-      this.refreshTimer = setTimeout(() => void this.refresh(), this.tokens.patience(backoffDelay(++this.refreshTries, this.opts.backoff)));
+      this.#refreshTimer = setTimeout(() => void this.#refresh(), this.#tokens.patience(backoffDelay(++this.#refreshTries, this.#opts.backoff)));
       return;
     }
-    this.refreshTries = 0;
-    if (this.tokens.sub !== who)
-      return this.conn.drop(4002, "user changed");
-    if (this.conn.isOpen && this.conn.state === "open") {
+    this.#refreshTries = 0;
+    if (this.#tokens.sub !== who)
+      return this.#conn.drop(4002, "user changed");
+    if (this.#conn.isOpen && this.#conn.state === "open") {
       try {
-        await this.request({ type: "auth", access_token: token }, false);
+        await this.#request({ type: "auth", access_token: token }, false);
       } catch (e) {
         if (e instanceof ChatRelayError && e.code !== "disconnected")
           this.emit("error", e);
       }
     }
-    this.scheduleRefresh();
+    this.#scheduleRefresh();
   }
   // ---------------------------------------------------------------- frames
-  onFrame(f) {
+  #onFrame(f) {
     const chatId = typeof f.chat_id === "string" ? f.chat_id : "";
     const ref = f.ref === void 0 || f.ref === null ? null : String(f.ref);
     switch (f.type) {
       case "message":
-        return this.onMessage(chatId, f.message);
+        return this.#onMessage(chatId, f.message);
       case "update": {
         const m = f.message;
         this.emit("update", m);
@@ -1353,102 +1765,110 @@ var ChatRelayClient = class extends Emitter {
         });
         return;
       case "subscribed":
-        return this.subs.onSubscribed(chatId, f, ref);
+        return this.#subs.onSubscribed(chatId, f, ref);
       case "unsubscribed":
         if (ref === null) {
-          this.subs.removed(chatId);
+          this.#subs.removed(chatId);
           this.emit("unsubscribed", { chatId, reason: typeof f.reason === "string" ? f.reason : null });
         }
         return;
       case "sent":
-        return this.outbox.onSent(f, ref);
+        return this.#outbox.onSent(f, ref);
       case "pong":
-        return this.subs.onPong(ref);
+        return this.#subs.onPong(ref);
       case "typing":
-        if (f.user_id !== this.tokens.sub)
+        if (f.user_id !== this.#tokens.sub)
           this.emit("typing", { chatId, userId: String(f.user_id) });
         return;
       case "presence": {
         const userId = String(f.user_id);
         const online = f.online === true;
-        this.subs.presence(chatId, userId, online);
+        this.#subs.presence(chatId, userId, online);
         this.emit("presence", { chatId, userId, online });
         return;
       }
+      case "chat": {
+        const { type: _type, ...summary } = typeof f.chat === "object" && f.chat ? f.chat : f;
+        return this.emit("chat", summary);
+      }
+      case "chat_removed":
+        return this.emit("chatRemoved", { chatId });
       case "error":
-        return this.onError(f, ref);
+        return this.#onError(f, ref);
       default:
         if (ref !== null)
-          this.answer(ref, f);
+          this.#answer(ref, f);
     }
   }
-  onMessage(chatId, m) {
-    if (!this.subs.accept(chatId, m))
+  #onMessage(chatId, m) {
+    if (!this.#subs.accept(chatId, m))
       return;
     const cgid = m.client_generated_id ?? null;
     let replaces = null;
     if (cgid !== null) {
-      if (this.outbox.settle(cgid, { id: m.id, seq: m.seq, duplicate: false })) {
+      if (this.#outbox.settle(cgid, { id: m.id, seq: m.seq, duplicate: false })) {
         replaces = cgid;
-      } else if (m.sender_id !== null && m.sender_id === this.tokens.sub) {
+      } else if (m.sender_id !== null && m.sender_id === this.#tokens.sub) {
         replaces = cgid;
       }
     }
     this.emit("message", m, { replaces });
-    if (this.opts.autoAck && m.sender_id !== this.tokens.sub)
-      this.subs.ack(chatId, m.seq);
+    if (this.#opts.autoAck && m.sender_id !== this.#tokens.sub)
+      this.#subs.ack(chatId, m.seq);
   }
-  onError(f, ref) {
+  #onError(f, ref) {
     const err = ChatRelayError.fromFrame(f);
-    if (ref !== null && this.subs.onError(ref, err))
+    if (ref !== null && this.#subs.onError(ref, err))
       return;
-    if (ref !== null && this.outbox.onError(ref, err))
+    if (ref !== null && this.#outbox.onError(ref, err))
       return;
-    if (ref !== null && this.pending.has(ref)) {
-      this.fail(ref, err);
+    if (ref !== null && this.#pending.has(ref)) {
+      this.#fail(ref, err);
       return;
     }
     if (err.chatId && err.code === "unavailable")
-      this.subs.lost(err.chatId);
+      this.#subs.lost(err.chatId);
     this.emit("error", err);
   }
   // -------------------------------------------------------------- requests
-  request(frame, resend) {
-    if (this.conn.closed)
+  #request(frame, resend) {
+    if (this.#conn.closed)
       return Promise.reject(new ChatRelayError("closed", "client closed"));
-    const ref = this.conn.ref();
+    const ref = this.#conn.ref();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.fail(ref, new ChatRelayError("timeout", `no answer to ${String(frame.type)} in time`)), this.opts.requestTimeoutMs);
-      this.pending.set(ref, { frame, resolve, reject, timer, resend });
-      if (this.conn.state === "open")
-        this.conn.write({ ...frame, ref });
+      const timer = setTimeout(() => this.#fail(ref, new ChatRelayError("timeout", `no answer to ${String(frame.type)} in time`)), this.#opts.requestTimeoutMs);
+      this.#pending.set(ref, { frame, resolve, reject, timer, resend });
+      if (this.#conn.state === "open")
+        this.#conn.write({ ...frame, ref });
       else if (!resend)
-        this.fail(ref, new ChatRelayError("disconnected", "not connected"));
+        this.#fail(ref, new ChatRelayError("disconnected", "not connected"));
       else
         this.connect();
     });
   }
-  answer(ref, f) {
-    const p = this.pending.get(ref);
+  #answer(ref, f) {
+    const p = this.#pending.get(ref);
     if (!p)
       return;
     clearTimeout(p.timer);
-    this.pending.delete(ref);
+    this.#pending.delete(ref);
     p.resolve(f);
   }
-  fail(ref, err) {
-    const p = this.pending.get(ref);
+  #fail(ref, err) {
+    const p = this.#pending.get(ref);
     if (!p)
       return;
     clearTimeout(p.timer);
-    this.pending.delete(ref);
+    this.#pending.delete(ref);
     p.reject(err);
   }
 };
 export {
   ChatRelayClient,
   ChatRelayError,
+  ChatStore,
   DEFAULT_BACKOFF,
+  InboxStore,
   IndexedDbStorage,
   MemoryStorage,
   UnauthorizedError,

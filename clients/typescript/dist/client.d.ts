@@ -26,9 +26,11 @@ import { type BackoffOptions } from "./backoff.js";
 import { type WebSocketConstructor } from "./connection.js";
 import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
+import { ChatStore, type ChatStoreOptions } from "./chat-store.js";
+import { InboxStore } from "./inbox-store.js";
 import { type SendResult } from "./outbox.js";
 import { type OutboxStorage } from "./storage.js";
-import type { ChatMessage, ConnectionState, Environment, HistoryPage, Logger, PendingMessage, Receipt, StateChange, StatusChange, Subscription } from "./types.js";
+import type { ChatMessage, ChatSummary, ConnectionSnapshot, ConnectionState, Environment, HistoryPage, InboxPage, Logger, PendingMessage, Receipt, StateChange, StatusChange, Subscription } from "./types.js";
 export type { WebSocketConstructor, WebSocketLike } from "./connection.js";
 export interface ClientOptions {
     /** `ws(s)://host/v1/ws` */
@@ -108,22 +110,36 @@ export interface ClientEvents {
     /** The connection's state moved; `why` carries the close code and reason, or the client's own. */
     state: [state: ConnectionState, why: StateChange];
     error: [error: ChatRelayError];
+    /** A chat's summary changed (protocol 1.2; while an inbox is on: `client.inbox()`). */
+    chat: [summary: ChatSummary];
+    /** The user left a chat (protocol 1.2 `chat_removed`). */
+    chatRemoved: [event: {
+        chatId: string;
+    }];
 }
 export declare class ChatRelayClient extends Emitter<ClientEvents> {
-    private readonly opts;
-    private readonly conn;
-    private readonly tokens;
-    private readonly outbox;
-    private readonly subs;
-    private readonly pending;
-    private refreshTimer;
-    private refreshTries;
-    private unwatch;
+    #private;
     constructor(options: ClientOptions);
     /** The current connection state. */
     get connectionState(): ConnectionState;
     /** The signed-in user (the token's `sub`), once a token was fetched. */
     get userId(): string | null;
+    /**
+     * One conversation as a store (`getSnapshot`/`subscribe`, for
+     * useSyncExternalStore): the same store for a chat id every time. It
+     * subscribes to the chat while it has listeners.
+     */
+    chat(chatId: string, opts?: ChatStoreOptions): ChatStore;
+    /** The conversation list as a store (protocol 1.2); the inbox is on while it has listeners. */
+    inbox(): InboxStore;
+    /** The connection's state, why it is in it, and who: one frozen object per change (for useSyncExternalStore with the `state` event). */
+    get connection(): ConnectionSnapshot;
+    /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
+    inboxPage(opts?: {
+        before?: string;
+    }, limit?: number): Promise<InboxPage>;
+    /** Turns the connection's inbox off (no more `chat` events). */
+    inboxOff(): void;
     /** Opens the connection (subscribe and send do too). */
     connect(): void;
     /**
@@ -171,19 +187,4 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     setOnline(online: boolean): void;
     /** Closes for good: no reconnects; pending requests fail with `closed`. */
     close(): void;
-    private onOpen;
-    private onClosed;
-    private scheduleRefresh;
-    /**
-     * Fetches a new token and hands it to the open connection with `auth`.
-     * The same token back (the app's cache): nothing is sent; asked again
-     * later. Another user's token: the connection starts over as that user.
-     */
-    private refresh;
-    private onFrame;
-    private onMessage;
-    private onError;
-    private request;
-    private answer;
-    private fail;
 }

@@ -45,6 +45,7 @@ export interface ConnectionHooks {
     error(e: ChatRelayError): void;
 }
 export declare class Connection {
+    #private;
     private readonly o;
     private readonly h;
     state: ConnectionState;
@@ -52,13 +53,6 @@ export declare class Connection {
     closed: boolean;
     /** Offline on purpose (`setOnline(false)`). */
     manualOffline: boolean;
-    private ws;
-    private attempt;
-    private refs;
-    private reconnectTimer;
-    private pingTimer;
-    private deadTimer;
-    private lastFrameAt;
     constructor(o: ConnectionOptions, h: ConnectionHooks);
     get isOpen(): boolean;
     /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
@@ -69,23 +63,14 @@ export declare class Connection {
     write(frame: Frame): boolean;
     setOnline(online: boolean): void;
     close(): void;
-    private open;
-    private onClosed;
     /** `getToken` says nobody is signed in: stop until `connect()`. */
     unauthorized(reason: string): void;
-    private scheduleReconnect;
     /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
     reconnectNow(): void;
-    private clearReconnect;
     /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
     drop(code: number, reason: string, opened?: boolean): void;
-    private startPings;
-    private stopPings;
-    /** Pings; a socket that sends no frame at all within the timeout is dead. */
-    private ping;
     /** Listens to the app's network and foreground hints; returns the function that stops listening. */
     watch(env: Environment): () => void;
     /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
     watchBrowser(): () => void;
-    private setState;
 }

@@ -15,38 +15,38 @@ export class Connection {
     closed = false;
     /** Offline on purpose (`setOnline(false)`). */
     manualOffline = false;
-    ws = null;
-    attempt = 0;
-    refs = 0;
-    reconnectTimer = null;
-    pingTimer = null;
-    deadTimer = null;
-    lastFrameAt = 0;
+    #ws = null;
+    #attempt = 0;
+    #refs = 0;
+    #reconnectTimer = null;
+    #pingTimer = null;
+    #deadTimer = null;
+    #lastFrameAt = 0;
     constructor(o, h) {
         this.o = o;
         this.h = h;
     }
     get isOpen() {
-        return this.ws !== null && this.ws.readyState === OPEN;
+        return this.#ws !== null && this.#ws.readyState === OPEN;
     }
     /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
     connect() {
         if (this.closed || this.manualOffline)
             return;
         if (this.state === "idle" || this.state === "unauthorized")
-            void this.open();
+            void this.#open();
     }
     /** A fresh request reference (`ref`). */
     ref() {
-        this.refs += 1;
-        return `c${this.refs}`;
+        this.#refs += 1;
+        return `c${this.#refs}`;
     }
     /** Writes a frame if the socket is open; false when it is not. */
     write(frame) {
-        if (!this.ws || this.ws.readyState !== OPEN)
+        if (!this.#ws || this.#ws.readyState !== OPEN)
             return false;
         try {
-            this.ws.send(JSON.stringify(frame));
+            this.#ws.send(JSON.stringify(frame));
             return true;
         }
         catch {
@@ -58,27 +58,27 @@ export class Connection {
             return;
         if (!online) {
             this.manualOffline = true;
-            this.clearReconnect();
+            this.#clearReconnect();
             this.drop(1000, "offline");
-            this.setState("offline", 1000, "offline");
+            this.#setState("offline", 1000, "offline");
         }
         else if (this.manualOffline) {
             this.manualOffline = false;
-            this.setState("idle", 0, "online");
-            this.attempt = 0;
-            void this.open();
+            this.#setState("idle", 0, "online");
+            this.#attempt = 0;
+            void this.#open();
         }
     }
     close() {
         this.closed = true;
-        this.clearReconnect();
+        this.#clearReconnect();
         this.drop(1000, "client closed");
-        this.setState("closed", 1000, "client closed");
+        this.#setState("closed", 1000, "client closed");
     }
-    async open() {
-        if (this.closed || this.manualOffline || this.ws)
+    async #open() {
+        if (this.closed || this.manualOffline || this.#ws)
             return;
-        this.setState("connecting", 0, "connect");
+        this.#setState("connecting", 0, "connect");
         let token;
         try {
             token = await this.h.token();
@@ -89,10 +89,10 @@ export class Connection {
             if (err.code === "unauthorized")
                 this.unauthorized(err.message);
             else
-                this.scheduleReconnect();
+                this.#scheduleReconnect();
             return;
         }
-        if (this.closed || this.manualOffline || this.ws)
+        if (this.closed || this.manualOffline || this.#ws)
             return;
         const sep = this.o.url.includes("?") ? "&" : "?";
         let ws;
@@ -101,30 +101,30 @@ export class Connection {
         }
         catch (e) {
             this.h.error(new ChatRelayError("unavailable", `cannot open the socket: ${String(e)}`));
-            this.scheduleReconnect();
+            this.#scheduleReconnect();
             return;
         }
-        this.ws = ws;
+        this.#ws = ws;
         let opened = false;
         const stuck = setTimeout(() => {
-            if (this.ws === ws && !opened)
+            if (this.#ws === ws && !opened)
                 this.drop(4000, "connect timeout", false);
         }, this.o.connectTimeoutMs);
         ws.onopen = () => {
             clearTimeout(stuck);
-            if (this.ws !== ws)
+            if (this.#ws !== ws)
                 return;
             opened = true;
-            this.attempt = 0;
-            this.lastFrameAt = Date.now();
-            this.setState("open", 0, "open");
+            this.#attempt = 0;
+            this.#lastFrameAt = Date.now();
+            this.#setState("open", 0, "open");
             this.h.open();
-            this.startPings();
+            this.#startPings();
         };
         ws.onmessage = (ev) => {
-            if (this.ws !== ws)
+            if (this.#ws !== ws)
                 return;
-            this.lastFrameAt = Date.now();
+            this.#lastFrameAt = Date.now();
             if (typeof ev.data !== "string")
                 return;
             let frame;
@@ -138,69 +138,69 @@ export class Connection {
         };
         ws.onclose = (ev) => {
             clearTimeout(stuck);
-            if (this.ws !== ws)
+            if (this.#ws !== ws)
                 return;
-            this.onClosed(ev.code, ev.reason ?? "", opened);
+            this.#onClosed(ev.code, ev.reason ?? "", opened);
         };
         ws.onerror = () => {
             // A close event follows.
         };
     }
-    onClosed(code, reason, opened) {
-        this.ws = null;
-        this.stopPings();
-        this.h.closed(code, opened, this.attempt);
+    #onClosed(code, reason, opened) {
+        this.#ws = null;
+        this.#stopPings();
+        this.h.closed(code, opened, this.#attempt);
         if (this.closed || this.state === "unauthorized")
             return;
         if (this.manualOffline) {
-            this.setState("offline", 1000, "offline");
+            this.#setState("offline", 1000, "offline");
             return;
         }
-        this.setState("connecting", code, reason);
-        this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : undefined);
+        this.#setState("connecting", code, reason);
+        this.#scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.#attempt, 1) : undefined);
     }
     /** `getToken` says nobody is signed in: stop until `connect()`. */
     unauthorized(reason) {
-        this.clearReconnect();
-        this.setState("unauthorized", 4001, reason);
+        this.#clearReconnect();
+        this.#setState("unauthorized", 4001, reason);
         this.drop(4001, reason);
     }
-    scheduleReconnect(attempt) {
+    #scheduleReconnect(attempt) {
         if (this.closed || this.manualOffline)
             return;
-        this.clearReconnect();
-        const delay = backoffDelay(attempt ?? this.attempt, this.o.backoff);
-        this.attempt += 1;
-        this.setState("connecting", 0, "reconnect");
-        this.reconnectTimer = setTimeout(() => {
-            this.reconnectTimer = null;
-            void this.open();
+        this.#clearReconnect();
+        const delay = backoffDelay(attempt ?? this.#attempt, this.o.backoff);
+        this.#attempt += 1;
+        this.#setState("connecting", 0, "reconnect");
+        this.#reconnectTimer = setTimeout(() => {
+            this.#reconnectTimer = null;
+            void this.#open();
         }, delay);
     }
     /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
     reconnectNow() {
         if (this.closed || this.manualOffline)
             return;
-        if (this.ws) {
+        if (this.#ws) {
             // Maybe a dead socket: a ping tells within pingTimeoutMs.
-            this.ping();
+            this.#ping();
             return;
         }
-        this.clearReconnect();
-        this.attempt = 0;
-        void this.open();
+        this.#clearReconnect();
+        this.#attempt = 0;
+        void this.#open();
     }
-    clearReconnect() {
-        if (this.reconnectTimer)
-            clearTimeout(this.reconnectTimer);
-        this.reconnectTimer = null;
+    #clearReconnect() {
+        if (this.#reconnectTimer)
+            clearTimeout(this.#reconnectTimer);
+        this.#reconnectTimer = null;
     }
     /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
     drop(code, reason, opened = true) {
-        const ws = this.ws;
+        const ws = this.#ws;
         if (!ws)
             return;
-        this.onClosed(code, reason, opened);
+        this.#onClosed(code, reason, opened);
         try {
             ws.close(code, reason);
         }
@@ -208,27 +208,27 @@ export class Connection {
             // already closing
         }
     }
-    startPings() {
-        this.stopPings();
-        this.pingTimer = setInterval(() => this.ping(), this.o.pingIntervalMs);
+    #startPings() {
+        this.#stopPings();
+        this.#pingTimer = setInterval(() => this.#ping(), this.o.pingIntervalMs);
     }
-    stopPings() {
-        if (this.pingTimer)
-            clearInterval(this.pingTimer);
-        if (this.deadTimer)
-            clearTimeout(this.deadTimer);
-        this.pingTimer = null;
-        this.deadTimer = null;
+    #stopPings() {
+        if (this.#pingTimer)
+            clearInterval(this.#pingTimer);
+        if (this.#deadTimer)
+            clearTimeout(this.#deadTimer);
+        this.#pingTimer = null;
+        this.#deadTimer = null;
     }
     /** Pings; a socket that sends no frame at all within the timeout is dead. */
-    ping() {
-        if (!this.isOpen || this.deadTimer)
+    #ping() {
+        if (!this.isOpen || this.#deadTimer)
             return;
         const sentAt = Date.now();
         this.write({ type: "ping", ref: this.ref() });
-        this.deadTimer = setTimeout(() => {
-            this.deadTimer = null;
-            if (this.lastFrameAt < sentAt)
+        this.#deadTimer = setTimeout(() => {
+            this.#deadTimer = null;
+            if (this.#lastFrameAt < sentAt)
                 this.drop(4000, "no answer to ping");
         }, this.o.pingTimeoutMs);
     }
@@ -240,25 +240,17 @@ export class Connection {
     }
     /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
     watchBrowser() {
-        const g = globalThis;
-        const offs = [];
-        const online = () => this.reconnectNow();
-        if (g.addEventListener && g.removeEventListener) {
-            g.addEventListener("online", online);
-            offs.push(() => g.removeEventListener?.("online", online));
-        }
-        const doc = g.document;
-        if (doc?.addEventListener) {
-            const visible = () => {
-                if (doc.visibilityState === "visible")
-                    this.reconnectNow();
-            };
-            doc.addEventListener("visibilitychange", visible);
-            offs.push(() => doc.removeEventListener?.("visibilitychange", visible));
-        }
-        return () => offs.forEach((off) => off());
+        const doc = globalThis.document;
+        const on = (target, type, fn) => {
+            target?.addEventListener?.(type, fn);
+            return () => target?.removeEventListener?.(type, fn);
+        };
+        return this.watch({
+            onOnline: (fn) => on(globalThis, "online", fn),
+            onForeground: (fn) => on(doc, "visibilitychange", () => doc?.visibilityState === "visible" && fn()),
+        });
     }
-    setState(state, code, reason) {
+    #setState(state, code, reason) {
         if (this.state === state)
             return;
         this.state = state;

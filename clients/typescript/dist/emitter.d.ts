@@ -4,8 +4,8 @@ export type Listener<A extends any[]> = (...args: A) => void;
 export declare class Emitter<Events extends {
     [K in keyof Events]: any[];
 }> {
-    private readonly listeners;
-    /** Where a listener's exception is reported (default: console). */
+    #private;
+    /** Where a listener's exception is reported (default: console, warnings and errors only). */
     protected logger: Logger;
     /** Adds a listener; returns a function that removes it. */
     on<K extends keyof Events>(event: K, fn: Listener<Events[K]>): () => void;

@@ -10,6 +10,8 @@
  * ```
  */
 export { ChatRelayClient } from "./client.js";
+export { ChatStore } from "./chat-store.js";
+export { InboxStore } from "./inbox-store.js";
 export { decodeClaims, uuid } from "./util.js";
 export { ChatRelayError, UnauthorizedError } from "./errors.js";
 export { IndexedDbStorage, MemoryStorage } from "./storage.js";

@@ -37,14 +37,10 @@ export interface OutboxOptions {
     sendTimeoutMs: number;
 }
 export declare class Outbox {
+    #private;
     private readonly storage;
     private readonly o;
     private readonly h;
-    private readonly items;
-    private readonly inFlight;
-    private order;
-    private timer;
-    private closed;
     /** Settles once the stored entries are in. */
     readonly loaded: Promise<void>;
     constructor(storage: OutboxStorage, o: OutboxOptions, h: OutboxHooks);
@@ -66,10 +62,6 @@ export declare class Outbox {
     disconnected(code: number): void;
     /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
     close(): void;
-    private stop;
-    private mine;
-    /** The chat's next entry to send: its oldest one of the current user that has not failed. */
-    private head;
     /** Sends the oldest unsent message of each chat that has none in flight. */
     flush(): void;
     onSent(f: Frame, ref: string | null): void;
@@ -77,7 +69,4 @@ export declare class Outbox {
     settle(cgid: string, result: SendResult): boolean;
     /** An `error` answering a `send`: retry later, or fail the message for good. False if `ref` was no send. */
     onError(ref: string, err: ChatRelayError): boolean;
-    /** Refused for good: kept as failed (in storage too), `done` rejected. */
-    private fail;
-    private save;
 }

@@ -40,12 +40,10 @@ export interface SubscriptionHooks {
     error(e: ChatRelayError): void;
 }
 export declare class Subscriptions {
+    #private;
     private readonly o;
     private readonly h;
     readonly chats: Map<string, ChatState>;
-    private readonly barriers;
-    private readonly refs;
-    private closed;
     constructor(o: {
         backoff: BackoffOptions;
         ackDelayMs: number;
@@ -56,8 +54,6 @@ export declare class Subscriptions {
     subscribe(chatId: string, afterSeq: number | undefined): Promise<Subscription>;
     /** Stops a chat (keeping its cursor); false when it was not subscribed. */
     unsubscribe(chatId: string, err: ChatRelayError): boolean;
-    /** Answers still owed to earlier subscribes of a chat no longer count. */
-    private forget;
     /** The connection is open: resubscribe, resend reads, acks. */
     opened(): void;
     /** The connection is gone: every subscription must be asked for again. */
@@ -77,13 +73,7 @@ export declare class Subscriptions {
     /** The relay ended a subscription (removal). */
     removed(chatId: string): void;
     presence(chatId: string, userId: string, online: boolean): void;
-    private send;
-    private retry;
     subscription(chatId: string, chat: ChatState): Subscription;
-    private settleWaiters;
-    private rejectWaiters;
     ack(chatId: string, seq: number): void;
     markRead(chatId: string, seq: number): void;
-    private scheduleAck;
-    private sendRead;
 }

@@ -11,9 +11,9 @@ export class Subscriptions {
     o;
     h;
     chats = new Map();
-    barriers = new Map(); // ping ref -> chats
-    refs = new Map(); // subscribe ref -> chat
-    closed = null;
+    #barriers = new Map(); // ping ref -> chats
+    #refs = new Map(); // subscribe ref -> chat
+    #closed = null;
     constructor(o, h) {
         this.o = o;
         this.h = h;
@@ -47,8 +47,8 @@ export class Subscriptions {
     }
     /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
     subscribe(chatId, afterSeq) {
-        if (this.closed)
-            return Promise.reject(this.closed);
+        if (this.#closed)
+            return Promise.reject(this.#closed);
         const chat = this.chat(chatId);
         if (afterSeq !== undefined && (chat.cursor === null || afterSeq > chat.cursor))
             chat.cursor = afterSeq;
@@ -65,13 +65,13 @@ export class Subscriptions {
         });
         promise.catch(() => { });
         if (chat.wanted && chat.ready) {
-            this.settleWaiters(chatId, chat);
+            this.#settleWaiters(chatId, chat);
             return promise;
         }
         const already = chat.wanted;
         chat.wanted = true;
         if (this.h.isOpen() && !already)
-            this.send(chatId);
+            this.#send(chatId);
         return promise;
     }
     /** Stops a chat (keeping its cursor); false when it was not subscribed. */
@@ -82,54 +82,54 @@ export class Subscriptions {
         chat.wanted = false;
         chat.ready = false;
         chat.online.clear();
-        this.forget(chatId);
-        this.rejectWaiters(chat, err);
+        this.#forget(chatId);
+        this.#rejectWaiters(chat, err);
         return true;
     }
     /** Answers still owed to earlier subscribes of a chat no longer count. */
-    forget(chatId) {
-        for (const [ref, c] of this.refs)
+    #forget(chatId) {
+        for (const [ref, c] of this.#refs)
             if (c === chatId)
-                this.refs.delete(ref);
-        for (const [ref, chats] of this.barriers) {
+                this.#refs.delete(ref);
+        for (const [ref, chats] of this.#barriers) {
             const rest = chats.filter((c) => c !== chatId);
             if (rest.length)
-                this.barriers.set(ref, rest);
+                this.#barriers.set(ref, rest);
             else
-                this.barriers.delete(ref);
+                this.#barriers.delete(ref);
         }
     }
     /** The connection is open: resubscribe, resend reads, acks. */
     opened() {
         for (const [chatId, chat] of this.chats) {
             if (chat.wanted)
-                this.send(chatId);
+                this.#send(chatId);
             if (chat.readSeq > chat.readSent)
-                this.sendRead(chatId, chat);
+                this.#sendRead(chatId, chat);
             if (chat.ackSeq > chat.ackedSeq)
-                this.scheduleAck(chatId, chat);
+                this.#scheduleAck(chatId, chat);
         }
     }
     /** The connection is gone: every subscription must be asked for again. */
     disconnected() {
-        this.barriers.clear();
-        this.refs.clear();
+        this.#barriers.clear();
+        this.#refs.clear();
         for (const chat of this.chats.values())
             chat.ready = false;
     }
     /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
     failWaiters(err) {
         for (const chat of this.chats.values())
-            this.rejectWaiters(chat, err);
+            this.#rejectWaiters(chat, err);
     }
     close(err) {
-        this.closed = err;
+        this.#closed = err;
         for (const chat of this.chats.values()) {
             if (chat.ackTimer)
                 clearTimeout(chat.ackTimer);
             if (chat.retryTimer)
                 clearTimeout(chat.retryTimer);
-            this.rejectWaiters(chat, err);
+            this.#rejectWaiters(chat, err);
         }
     }
     /** Whether a row is new for the app (above the cursor, never seen); if so, the cursor moves to it. */
@@ -150,9 +150,9 @@ export class Subscriptions {
         return true;
     }
     onSubscribed(chatId, f, ref) {
-        if (ref === null || this.refs.get(ref) !== chatId)
+        if (ref === null || this.#refs.get(ref) !== chatId)
             return;
-        this.refs.delete(ref);
+        this.#refs.delete(ref);
         const chat = this.chats.get(chatId);
         if (!chat || !chat.wanted)
             return;
@@ -166,10 +166,10 @@ export class Subscriptions {
     onPong(ref) {
         if (ref === null)
             return;
-        const chats = this.barriers.get(ref);
+        const chats = this.#barriers.get(ref);
         if (!chats)
             return;
-        this.barriers.delete(ref);
+        this.#barriers.delete(ref);
         for (const chatId of chats) {
             const chat = this.chats.get(chatId);
             if (!chat || !chat.wanted || chat.ready)
@@ -177,24 +177,24 @@ export class Subscriptions {
             chat.ready = true;
             chat.retries = 0;
             this.h.subscribed(this.subscription(chatId, chat));
-            this.settleWaiters(chatId, chat);
+            this.#settleWaiters(chatId, chat);
         }
     }
     /** An `error` answering a `subscribe`; false if `ref` was none. */
     onError(ref, err) {
-        const chatId = this.refs.get(ref);
+        const chatId = this.#refs.get(ref);
         if (chatId === undefined)
             return false;
-        this.refs.delete(ref);
+        this.#refs.delete(ref);
         const chat = this.chats.get(chatId);
         if (!chat)
             return true;
         if (err.retryable) {
-            this.retry(chatId, chat, err.retryAfterMs);
+            this.#retry(chatId, chat, err.retryAfterMs);
         }
         else {
             chat.wanted = false;
-            this.rejectWaiters(chat, err);
+            this.#rejectWaiters(chat, err);
             this.h.error(err);
         }
         return true;
@@ -204,7 +204,7 @@ export class Subscriptions {
         const chat = this.chats.get(chatId);
         if (chat?.wanted) {
             chat.ready = false;
-            this.retry(chatId, chat);
+            this.#retry(chatId, chat);
         }
     }
     /** The relay ended a subscription (removal). */
@@ -220,39 +220,39 @@ export class Subscriptions {
         else
             chat.online.delete(userId);
     }
-    send(chatId) {
+    #send(chatId) {
         const chat = this.chats.get(chatId);
         if (!chat || !this.h.isOpen())
             return;
         const ref = this.h.ref();
-        this.refs.set(ref, chatId);
+        this.#refs.set(ref, chatId);
         const frame = { type: "subscribe", chat_id: chatId, ref };
         if (chat.cursor !== null)
             frame.after_seq = chat.cursor;
         this.h.write(frame);
         // The pong comes after everything the subscribe owes: the backfill.
         const barrier = this.h.ref();
-        this.barriers.set(barrier, [chatId]);
+        this.#barriers.set(barrier, [chatId]);
         this.h.write({ type: "ping", ref: barrier });
     }
-    retry(chatId, chat, afterMs) {
+    #retry(chatId, chat, afterMs) {
         if (chat.retryTimer)
             return;
         chat.retryTimer = setTimeout(() => {
             chat.retryTimer = null;
             if (chat.wanted && !chat.ready)
-                this.send(chatId);
+                this.#send(chatId);
         }, afterMs ?? backoffDelay(chat.retries++, this.o.backoff));
     }
     subscription(chatId, chat) {
         return { chatId, latestSeq: chat.latestSeq, online: [...chat.online], onlineTruncated: chat.onlineTruncated };
     }
-    settleWaiters(chatId, chat) {
+    #settleWaiters(chatId, chat) {
         const sub = this.subscription(chatId, chat);
         for (const w of chat.waiters.splice(0))
             w.resolve(sub);
     }
-    rejectWaiters(chat, err) {
+    #rejectWaiters(chat, err) {
         for (const w of chat.waiters.splice(0))
             w.reject(err);
     }
@@ -260,16 +260,16 @@ export class Subscriptions {
     ack(chatId, seq) {
         const chat = this.chat(chatId);
         chat.ackSeq = Math.max(chat.ackSeq, seq);
-        this.scheduleAck(chatId, chat);
+        this.#scheduleAck(chatId, chat);
     }
     markRead(chatId, seq) {
         const chat = this.chat(chatId);
         if (seq <= chat.readSeq)
             return;
         chat.readSeq = seq;
-        this.sendRead(chatId, chat);
+        this.#sendRead(chatId, chat);
     }
-    scheduleAck(chatId, chat) {
+    #scheduleAck(chatId, chat) {
         if (chat.ackTimer)
             return;
         chat.ackTimer = setTimeout(() => {
@@ -279,7 +279,7 @@ export class Subscriptions {
             }
         }, this.o.ackDelayMs);
     }
-    sendRead(chatId, chat) {
+    #sendRead(chatId, chat) {
         if (this.h.write({ type: "read", chat_id: chatId, seq: chat.readSeq }))
             chat.readSent = chat.readSeq;
     }

@@ -1,4 +1,5 @@
 export declare class Tokens {
+    #private;
     private readonly fetch;
     private readonly refreshBeforeMs;
     token: string | null;
@@ -8,13 +9,9 @@ export declare class Tokens {
     sub: string | null;
     /** The next connect fetches a new token (the last one was, or may have been, refused). */
     force: boolean;
-    private issued;
-    private flight;
     constructor(fetch: () => string | Promise<string>, refreshBeforeMs: number);
     /** The cached token, or a fresh one when `force`, missing or expiring; never two calls at once. */
     get(force: boolean): Promise<string>;
-    /** How long before expiry to refresh: `refreshBeforeMs`, at most a quarter of the lifetime. */
-    private margin;
     expiring(): boolean;
     /** Milliseconds until the refresh is due, or null for a token without `exp`. */
     refreshIn(): number | null;

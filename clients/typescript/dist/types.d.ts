@@ -96,3 +96,32 @@ export interface StatusChange {
     seq: number | null;
     status: "pending" | "sent" | "delivered" | "read" | "failed";
 }
+/** What a conversation list shows for one chat (protocol 1.2 `inbox` and `chat`). */
+export interface ChatSummary {
+    chat_id: string;
+    /** The chat's highest seq (0 when empty). */
+    last_seq: number;
+    last_message: ChatMessage | null;
+    /** RFC 3339: the newest message's `created_at`, or the chat's. */
+    last_activity: string;
+    /** Unread messages (others'), at most 999. */
+    unread: number;
+    read_seq: number;
+    delivered_seq: number;
+    /** On `chat` frames: the badge after this change. */
+    unread_chats?: number;
+}
+/** One page of the inbox. */
+export interface InboxPage {
+    chats: ChatSummary[];
+    /** Cursor of the next older page, or null. */
+    next: string | null;
+    /** Chats with unread messages, over all pages. */
+    unreadChats: number;
+}
+/** The connection, as `client.connection()` shows it. */
+export interface ConnectionSnapshot extends StateChange {
+    state: ConnectionState;
+    /** The token's `sub`, once known. */
+    userId: string | null;
+}

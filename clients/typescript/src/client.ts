@@ -26,15 +26,20 @@ import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js
 import { Connection, type WebSocketConstructor } from "./connection.js";
 import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
+import { ChatStore, type ChatStoreOptions } from "./chat-store.js";
+import { InboxStore } from "./inbox-store.js";
 import { Outbox, type SendResult } from "./outbox.js";
 import { MemoryStorage, type OutboxStorage } from "./storage.js";
 import { Subscriptions } from "./subscriptions.js";
 import { Tokens } from "./token.js";
 import type {
   ChatMessage,
+  ChatSummary,
+  ConnectionSnapshot,
   ConnectionState,
   Environment,
   HistoryPage,
+  InboxPage,
   Logger,
   PendingMessage,
   Receipt,
@@ -113,6 +118,10 @@ export interface ClientEvents {
   /** The connection's state moved; `why` carries the close code and reason, or the client's own. */
   state: [state: ConnectionState, why: StateChange];
   error: [error: ChatRelayError];
+  /** A chat's summary changed (protocol 1.2; while an inbox is on: `client.inbox()`). */
+  chat: [summary: ChatSummary];
+  /** The user left a chat (protocol 1.2 `chat_removed`). */
+  chatRemoved: [event: { chatId: string }];
 }
 
 interface Pending {
@@ -125,22 +134,26 @@ interface Pending {
 }
 
 export class ChatRelayClient extends Emitter<ClientEvents> {
-  private readonly opts: Required<Omit<ClientOptions, "WebSocket" | "storage" | "environment" | "logger">>;
-  private readonly conn: Connection;
-  private readonly tokens: Tokens;
-  private readonly outbox: Outbox;
-  private readonly subs: Subscriptions;
-  private readonly pending = new Map<string, Pending>(); // ref -> request
-  private refreshTimer: Timer | null = null;
-  private refreshTries = 0;
-  private unwatch: (() => void) | null = null;
+  readonly #opts: Required<Omit<ClientOptions, "WebSocket" | "storage" | "environment" | "logger">>;
+  readonly #conn: Connection;
+  readonly #tokens: Tokens;
+  readonly #outbox: Outbox;
+  readonly #subs: Subscriptions;
+  readonly #pending = new Map<string, Pending>(); // ref -> request
+  readonly #storage: OutboxStorage;
+  readonly #stores = new Map<string, ChatStore>();
+  #inboxStore: InboxStore | null = null;
+  #change: ConnectionSnapshot;
+  #refreshTimer: Timer | null = null;
+  #refreshTries = 0;
+  #unwatch: (() => void) | null = null;
 
   constructor(options: ClientOptions) {
     super();
     const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) throw new TypeError("no WebSocket here: pass one as options.WebSocket (e.g. `ws` under Node)");
     const inBrowser = typeof (globalThis as { document?: unknown }).document !== "undefined";
-    const o = (this.opts = {
+    const o = (this.#opts = {
       url: options.url,
       getToken: options.getToken,
       backoff: options.backoff ?? DEFAULT_BACKOFF,
@@ -156,64 +169,106 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
       maxFrameBytes: options.maxFrameBytes ?? 65_536,
     });
     if (options.logger) this.logger = options.logger;
-    const write = (f: Frame) => this.conn.write(f);
-    const isOpen = () => this.conn.isOpen;
-    const ref = () => this.conn.ref();
+    this.#change = Object.freeze({ state: "idle", code: 0, reason: "", userId: null });
+    const write = (f: Frame) => this.#conn.write(f);
+    const isOpen = () => this.#conn.isOpen;
+    const ref = () => this.#conn.ref();
     const error = (e: ChatRelayError) => this.emit("error", e);
-    this.tokens = new Tokens(o.getToken, o.refreshBeforeMs);
-    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), o, {
+    this.#tokens = new Tokens(o.getToken, o.refreshBeforeMs);
+    this.#storage = options.storage ?? new MemoryStorage();
+    this.#outbox = new Outbox(this.#storage, o, {
       write,
       isOpen,
       ref,
-      me: () => this.tokens.sub,
+      me: () => this.#tokens.sub,
       status: (s) => this.emit("status", s),
       error,
-      stalled: () => this.conn.reconnectNow(),
+      stalled: () => this.#conn.reconnectNow(),
     });
-    this.subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
-    this.conn = new Connection(
+    this.#subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
+    this.#conn = new Connection(
       { ...o, WebSocket: WS },
       {
         token: async () => {
-          await this.outbox.loaded;
-          const token = await this.tokens.get(this.tokens.force);
-          this.tokens.force = false;
+          await this.#outbox.loaded;
+          const token = await this.#tokens.get(this.#tokens.force);
+          this.#tokens.force = false;
           return token;
         },
-        open: () => this.onOpen(),
-        frame: (f) => this.onFrame(f),
-        closed: (code, opened, attempt) => this.onClosed(code, opened, attempt),
+        open: () => this.#onOpen(),
+        frame: (f) => this.#onFrame(f),
+        closed: (code, opened, attempt) => this.#onClosed(code, opened, attempt),
         state: (s, why) => {
           this.logger.debug?.(`chat-relay: ${s}`, why);
           if (s === "unauthorized") {
             const err = new ChatRelayError("unauthorized", why.reason);
-            this.subs.failWaiters(err);
-            for (const ref of [...this.pending.keys()]) this.fail(ref, err);
+            this.#subs.failWaiters(err);
+            for (const ref of [...this.#pending.keys()]) this.#fail(ref, err);
           }
+          this.#change = Object.freeze({ state: s, ...why, userId: this.#tokens.sub });
           this.emit("state", s, why);
         },
         error,
       },
     );
-    if (options.environment) this.unwatch = this.conn.watch(options.environment);
-    else if (o.watchEnvironment) this.unwatch = this.conn.watchBrowser();
+    if (options.environment) this.#unwatch = this.#conn.watch(options.environment);
+    else if (o.watchEnvironment) this.#unwatch = this.#conn.watchBrowser();
   }
 
   // ------------------------------------------------------------------ API
 
   /** The current connection state. */
   get connectionState(): ConnectionState {
-    return this.conn.state;
+    return this.#conn.state;
   }
 
   /** The signed-in user (the token's `sub`), once a token was fetched. */
   get userId(): string | null {
-    return this.tokens.sub;
+    return this.#tokens.sub;
+  }
+
+  /**
+   * One conversation as a store (`getSnapshot`/`subscribe`, for
+   * useSyncExternalStore): the same store for a chat id every time. It
+   * subscribes to the chat while it has listeners.
+   */
+  chat(chatId: string, opts?: ChatStoreOptions): ChatStore {
+    let store = this.#stores.get(chatId);
+    if (!store) this.#stores.set(chatId, (store = new ChatStore(this, chatId, this.#storage, opts)));
+    return store;
+  }
+
+  /** The conversation list as a store (protocol 1.2); the inbox is on while it has listeners. */
+  inbox(): InboxStore {
+    return (this.#inboxStore ??= new InboxStore(this));
+  }
+
+  /** The connection's state, why it is in it, and who: one frozen object per change (for useSyncExternalStore with the `state` event). */
+  get connection(): ConnectionSnapshot {
+    return this.#change;
+  }
+
+  /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
+  async inboxPage(opts: { before?: string } = {}, limit?: number): Promise<InboxPage> {
+    const frame: Frame = { type: "inbox" };
+    if (opts.before !== undefined) frame.before = opts.before;
+    if (limit !== undefined) frame.limit = limit;
+    const a = await this.#request(frame, false);
+    return {
+      chats: Array.isArray(a.chats) ? (a.chats as ChatSummary[]) : [],
+      next: typeof a.next === "string" ? a.next : null,
+      unreadChats: Number(a.unread_chats ?? 0),
+    };
+  }
+
+  /** Turns the connection's inbox off (no more `chat` events). */
+  inboxOff(): void {
+    if (this.#conn.state === "open") this.#request({ type: "inbox_off" }, false).catch(() => {});
   }
 
   /** Opens the connection (subscribe and send do too). */
   connect(): void {
-    this.conn.connect();
+    this.#conn.connect();
   }
 
   /**
@@ -222,27 +277,27 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
    * Without either, starts after the chat's latest message.
    */
   subscribe(chatId: string, opts: { afterSeq?: number } = {}): Promise<Subscription> {
-    const promise = this.subs.subscribe(chatId, opts.afterSeq);
+    const promise = this.#subs.subscribe(chatId, opts.afterSeq);
     this.connect();
     return promise;
   }
 
   /** Stops a chat's events (its cursor is kept for a later subscribe). */
   unsubscribe(chatId: string): void {
-    if (this.subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
+    if (this.#subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
       // With a ref: its answer is told apart from a removal (which has none).
-      this.conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.conn.ref() });
+      this.#conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.#conn.ref() });
     }
   }
 
   /** The highest seq delivered for a chat, or null. */
   cursor(chatId: string): number | null {
-    return this.subs.chats.get(chatId)?.cursor ?? null;
+    return this.#subs.chats.get(chatId)?.cursor ?? null;
   }
 
   /** Users online in a chat (from `subscribed` and `presence`). */
   online(chatId: string): string[] {
-    return [...(this.subs.chats.get(chatId)?.online ?? [])];
+    return [...(this.#subs.chats.get(chatId)?.online ?? [])];
   }
 
   /**
@@ -250,43 +305,43 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
    * row arrives later as a `message` event whose `meta.replaces` names it.
    */
   send(chatId: string, content: string): OutgoingMessage {
-    const { entry, done } = this.outbox.add(chatId, content, uuid());
+    const { entry, done } = this.#outbox.add(chatId, content, uuid());
     this.connect();
-    return { ...this.outbox.view(entry), done };
+    return { ...this.#outbox.view(entry), done };
   }
 
   /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
   pendingMessages(chatId?: string): PendingMessage[] {
-    return this.outbox.pending(chatId);
+    return this.#outbox.pending(chatId);
   }
 
   /** Sends a failed message again; its new `done`, or null if no such failed message. */
   retry(clientGeneratedId: string): Promise<SendResult> | null {
-    const done = this.outbox.retry(clientGeneratedId);
+    const done = this.#outbox.retry(clientGeneratedId);
     if (done) this.connect();
     return done;
   }
 
   /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
   edit(clientGeneratedId: string, content: string): Promise<SendResult> | null {
-    const done = this.outbox.retry(clientGeneratedId, content);
+    const done = this.#outbox.retry(clientGeneratedId, content);
     if (done) this.connect();
     return done;
   }
 
   /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
   discard(clientGeneratedId: string): Promise<boolean> {
-    return this.outbox.discard(clientGeneratedId);
+    return this.#outbox.discard(clientGeneratedId);
   }
 
   /** Resolves when every message in the outbox has been stored (or failed). */
   flushed(): Promise<void> {
-    return this.outbox.flushed();
+    return this.#outbox.flushed();
   }
 
   /** The user has read a chat up to `seq`. */
   markRead(chatId: string, seq: number): void {
-    this.subs.markRead(chatId, seq);
+    this.#subs.markRead(chatId, seq);
   }
 
   /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
@@ -294,17 +349,17 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     const frame: Frame = { type: "history", chat_id: chatId };
     if (opts.beforeSeq !== undefined) frame.before_seq = opts.beforeSeq;
     if (opts.limit !== undefined) frame.limit = opts.limit;
-    const answer = await this.request(frame, true);
+    const answer = await this.#request(frame, true);
     return { messages: (answer.messages as ChatMessage[]) ?? [], hasMore: answer.has_more === true };
   }
 
   /** The user is typing in a chat: sent at most every 2 s, only while subscribed. */
   typing(chatId: string): void {
-    const chat = this.subs.chats.get(chatId);
+    const chat = this.#subs.chats.get(chatId);
     const now = Date.now();
     if (!chat || !chat.ready || now - chat.lastTypingAt < 2000) return;
     chat.lastTypingAt = now;
-    this.conn.write({ type: "typing", chat_id: chatId });
+    this.#conn.write({ type: "typing", chat_id: chatId });
   }
 
   /**
@@ -312,62 +367,62 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
    * sends queue in the outbox. Back online (true): reconnects at once.
    */
   setOnline(online: boolean): void {
-    this.conn.setOnline(online);
+    this.#conn.setOnline(online);
   }
 
   /** Closes for good: no reconnects; pending requests fail with `closed`. */
   close(): void {
-    if (this.conn.closed) return;
-    this.conn.closed = true;
-    if (this.refreshTimer) clearTimeout(this.refreshTimer);
-    this.outbox.close();
-    this.subs.close(new ChatRelayError("closed", "client closed"));
-    for (const [ref, p] of this.pending) {
+    if (this.#conn.closed) return;
+    this.#conn.closed = true;
+    if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
+    this.#outbox.close();
+    this.#subs.close(new ChatRelayError("closed", "client closed"));
+    for (const [ref, p] of this.#pending) {
       clearTimeout(p.timer);
       p.reject(new ChatRelayError("closed", "client closed"));
-      this.pending.delete(ref);
+      this.#pending.delete(ref);
     }
-    this.conn.close();
-    this.unwatch?.();
+    this.#conn.close();
+    this.#unwatch?.();
   }
 
   // ------------------------------------------------------------ connection
 
-  private onOpen(): void {
-    this.subs.opened();
-    for (const [ref, p] of this.pending) {
-      if (p.resend) this.conn.write({ ...p.frame, ref });
+  #onOpen(): void {
+    this.#subs.opened();
+    for (const [ref, p] of this.#pending) {
+      if (p.resend) this.#conn.write({ ...p.frame, ref });
     }
-    this.outbox.flush();
-    this.scheduleRefresh();
+    this.#outbox.flush();
+    this.#scheduleRefresh();
   }
 
-  private onClosed(code: number, opened: boolean, attempt: number): void {
-    this.outbox.disconnected(code);
-    this.subs.disconnected();
-    for (const [ref, p] of this.pending) {
+  #onClosed(code: number, opened: boolean, attempt: number): void {
+    this.#outbox.disconnected(code);
+    this.#subs.disconnected();
+    for (const [ref, p] of this.#pending) {
       if (!p.resend) {
         clearTimeout(p.timer);
         p.reject(new ChatRelayError("disconnected", "the connection closed before the answer"));
-        this.pending.delete(ref);
+        this.#pending.delete(ref);
       }
     }
-    if (this.conn.closed || this.conn.manualOffline) return;
+    if (this.#conn.closed || this.#conn.manualOffline) return;
     // 4001: the token expired or was refused; fetch a new one. Not even
     // opened: maybe a refused token (HTTP 401), more likely the server is
     // down; a browser cannot tell, so once per run of failures. (A token
     // near expiry is fetched anyway.)
-    if (code === 4001 || (!opened && attempt === 2)) this.tokens.force = true;
+    if (code === 4001 || (!opened && attempt === 2)) this.#tokens.force = true;
   }
 
   // ----------------------------------------------------------------- token
 
-  private scheduleRefresh(): void {
-    if (this.refreshTimer) clearTimeout(this.refreshTimer);
-    this.refreshTimer = null;
-    const delay = this.tokens.refreshIn();
-    if (delay === null || this.conn.closed) return;
-    this.refreshTimer = setTimeout(() => void this.refresh(), delay);
+  #scheduleRefresh(): void {
+    if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const delay = this.#tokens.refreshIn();
+    if (delay === null || this.#conn.closed) return;
+    this.#refreshTimer = setTimeout(() => void this.#refresh(), delay);
   }
 
   /**
@@ -375,49 +430,49 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
    * The same token back (the app's cache): nothing is sent; asked again
    * later. Another user's token: the connection starts over as that user.
    */
-  private async refresh(): Promise<void> {
-    this.refreshTimer = null;
-    const [before, who] = [this.tokens.token, this.tokens.sub];
+  async #refresh(): Promise<void> {
+    this.#refreshTimer = null;
+    const [before, who] = [this.#tokens.token, this.#tokens.sub];
     let token: string;
     try {
-      token = await this.tokens.get(true);
+      token = await this.#tokens.get(true);
     } catch (e) {
       const err = e as ChatRelayError;
       this.emit("error", err);
-      if (err.code === "unauthorized") return this.conn.unauthorized(err.message);
+      if (err.code === "unauthorized") return this.#conn.unauthorized(err.message);
       // Try again soon, while the old token may still be valid.
-      this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(++this.refreshTries, this.opts.backoff));
+      this.#refreshTimer = setTimeout(() => void this.#refresh(), backoffDelay(++this.#refreshTries, this.#opts.backoff));
       return;
     }
-    if (this.conn.closed) return;
+    if (this.#conn.closed) return;
     if (token === before) {
-      this.refreshTimer = setTimeout(
-        () => void this.refresh(),
-        this.tokens.patience(backoffDelay(++this.refreshTries, this.opts.backoff)),
+      this.#refreshTimer = setTimeout(
+        () => void this.#refresh(),
+        this.#tokens.patience(backoffDelay(++this.#refreshTries, this.#opts.backoff)),
       );
       return;
     }
-    this.refreshTries = 0;
-    if (this.tokens.sub !== who) return this.conn.drop(4002, "user changed");
-    if (this.conn.isOpen && this.conn.state === "open") {
+    this.#refreshTries = 0;
+    if (this.#tokens.sub !== who) return this.#conn.drop(4002, "user changed");
+    if (this.#conn.isOpen && this.#conn.state === "open") {
       try {
-        await this.request({ type: "auth", access_token: token }, false);
+        await this.#request({ type: "auth", access_token: token }, false);
       } catch (e) {
         // Refused: the relay closes with 4001 and the reconnect fetches anew.
         if (e instanceof ChatRelayError && e.code !== "disconnected") this.emit("error", e);
       }
     }
-    this.scheduleRefresh();
+    this.#scheduleRefresh();
   }
 
   // ---------------------------------------------------------------- frames
 
-  private onFrame(f: Frame): void {
+  #onFrame(f: Frame): void {
     const chatId = typeof f.chat_id === "string" ? f.chat_id : "";
     const ref = f.ref === undefined || f.ref === null ? null : String(f.ref);
     switch (f.type) {
       case "message":
-        return this.onMessage(chatId, f.message as ChatMessage);
+        return this.#onMessage(chatId, f.message as ChatMessage);
       case "update": {
         const m = f.message as ChatMessage;
         this.emit("update", m);
@@ -444,94 +499,101 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
         });
         return;
       case "subscribed":
-        return this.subs.onSubscribed(chatId, f, ref);
+        return this.#subs.onSubscribed(chatId, f, ref);
       case "unsubscribed":
         // With a ref: the answer to our unsubscribe. Without: a removal.
         if (ref === null) {
-          this.subs.removed(chatId);
+          this.#subs.removed(chatId);
           this.emit("unsubscribed", { chatId, reason: typeof f.reason === "string" ? f.reason : null });
         }
         return;
       case "sent":
-        return this.outbox.onSent(f, ref);
+        return this.#outbox.onSent(f, ref);
       case "pong":
-        return this.subs.onPong(ref);
+        return this.#subs.onPong(ref);
       case "typing":
         // The relay echoes typing to the user's other connections (tabs): not news.
-        if (f.user_id !== this.tokens.sub) this.emit("typing", { chatId, userId: String(f.user_id) });
+        if (f.user_id !== this.#tokens.sub) this.emit("typing", { chatId, userId: String(f.user_id) });
         return;
       case "presence": {
         const userId = String(f.user_id);
         const online = f.online === true;
-        this.subs.presence(chatId, userId, online);
+        this.#subs.presence(chatId, userId, online);
         this.emit("presence", { chatId, userId, online });
         return;
       }
+      case "chat": {
+        // The summary's fields, on the frame itself (or, tolerated, under `chat`).
+        const { type: _type, ...summary } = (typeof f.chat === "object" && f.chat ? f.chat : f) as Frame;
+        return this.emit("chat", summary as unknown as ChatSummary);
+      }
+      case "chat_removed":
+        return this.emit("chatRemoved", { chatId });
       case "error":
-        return this.onError(f, ref);
+        return this.#onError(f, ref);
       default:
-        if (ref !== null) this.answer(ref, f);
+        if (ref !== null) this.#answer(ref, f);
     }
   }
 
-  private onMessage(chatId: string, m: ChatMessage): void {
-    if (!this.subs.accept(chatId, m)) return;
+  #onMessage(chatId: string, m: ChatMessage): void {
+    if (!this.#subs.accept(chatId, m)) return;
     const cgid = m.client_generated_id ?? null;
     let replaces: string | null = null;
     if (cgid !== null) {
-      if (this.outbox.settle(cgid, { id: m.id, seq: m.seq, duplicate: false })) {
+      if (this.#outbox.settle(cgid, { id: m.id, seq: m.seq, duplicate: false })) {
         replaces = cgid;
-      } else if (m.sender_id !== null && m.sender_id === this.tokens.sub) {
+      } else if (m.sender_id !== null && m.sender_id === this.#tokens.sub) {
         replaces = cgid; // sent earlier by this user (another tab, before a reload)
       }
     }
     this.emit("message", m, { replaces });
-    if (this.opts.autoAck && m.sender_id !== this.tokens.sub) this.subs.ack(chatId, m.seq);
+    if (this.#opts.autoAck && m.sender_id !== this.#tokens.sub) this.#subs.ack(chatId, m.seq);
   }
 
-  private onError(f: Frame, ref: string | null): void {
+  #onError(f: Frame, ref: string | null): void {
     const err = ChatRelayError.fromFrame(f);
-    if (ref !== null && this.subs.onError(ref, err)) return;
-    if (ref !== null && this.outbox.onError(ref, err)) return;
-    if (ref !== null && this.pending.has(ref)) {
-      this.fail(ref, err);
+    if (ref !== null && this.#subs.onError(ref, err)) return;
+    if (ref !== null && this.#outbox.onError(ref, err)) return;
+    if (ref !== null && this.#pending.has(ref)) {
+      this.#fail(ref, err);
       return;
     }
     // Unasked: a subscription the relay could not keep ("subscribe again").
-    if (err.chatId && err.code === "unavailable") this.subs.lost(err.chatId);
+    if (err.chatId && err.code === "unavailable") this.#subs.lost(err.chatId);
     this.emit("error", err);
   }
 
   // -------------------------------------------------------------- requests
 
-  private request(frame: Frame, resend: boolean): Promise<Frame> {
-    if (this.conn.closed) return Promise.reject(new ChatRelayError("closed", "client closed"));
-    const ref = this.conn.ref();
+  #request(frame: Frame, resend: boolean): Promise<Frame> {
+    if (this.#conn.closed) return Promise.reject(new ChatRelayError("closed", "client closed"));
+    const ref = this.#conn.ref();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
-        () => this.fail(ref, new ChatRelayError("timeout", `no answer to ${String(frame.type)} in time`)),
-        this.opts.requestTimeoutMs,
+        () => this.#fail(ref, new ChatRelayError("timeout", `no answer to ${String(frame.type)} in time`)),
+        this.#opts.requestTimeoutMs,
       );
-      this.pending.set(ref, { frame, resolve, reject, timer, resend });
-      if (this.conn.state === "open") this.conn.write({ ...frame, ref });
-      else if (!resend) this.fail(ref, new ChatRelayError("disconnected", "not connected"));
+      this.#pending.set(ref, { frame, resolve, reject, timer, resend });
+      if (this.#conn.state === "open") this.#conn.write({ ...frame, ref });
+      else if (!resend) this.#fail(ref, new ChatRelayError("disconnected", "not connected"));
       else this.connect();
     });
   }
 
-  private answer(ref: string, f: Frame): void {
-    const p = this.pending.get(ref);
+  #answer(ref: string, f: Frame): void {
+    const p = this.#pending.get(ref);
     if (!p) return;
     clearTimeout(p.timer);
-    this.pending.delete(ref);
+    this.#pending.delete(ref);
     p.resolve(f);
   }
 
-  private fail(ref: string, err: ChatRelayError): void {
-    const p = this.pending.get(ref);
+  #fail(ref: string, err: ChatRelayError): void {
+    const p = this.#pending.get(ref);
     if (!p) return;
     clearTimeout(p.timer);
-    this.pending.delete(ref);
+    this.#pending.delete(ref);
     p.reject(err);
   }
 }

@@ -52,13 +52,13 @@ export class Connection {
   closed = false;
   /** Offline on purpose (`setOnline(false)`). */
   manualOffline = false;
-  private ws: WebSocketLike | null = null;
-  private attempt = 0;
-  private refs = 0;
-  private reconnectTimer: Timer | null = null;
-  private pingTimer: ReturnType<typeof setInterval> | null = null;
-  private deadTimer: Timer | null = null;
-  private lastFrameAt = 0;
+  #ws: WebSocketLike | null = null;
+  #attempt = 0;
+  #refs = 0;
+  #reconnectTimer: Timer | null = null;
+  #pingTimer: ReturnType<typeof setInterval> | null = null;
+  #deadTimer: Timer | null = null;
+  #lastFrameAt = 0;
 
   constructor(
     private readonly o: ConnectionOptions,
@@ -66,26 +66,26 @@ export class Connection {
   ) {}
 
   get isOpen(): boolean {
-    return this.ws !== null && this.ws.readyState === OPEN;
+    return this.#ws !== null && this.#ws.readyState === OPEN;
   }
 
   /** Opens the connection unless it is open, opening, closed or offline on purpose (`unauthorized`: tries again). */
   connect(): void {
     if (this.closed || this.manualOffline) return;
-    if (this.state === "idle" || this.state === "unauthorized") void this.open();
+    if (this.state === "idle" || this.state === "unauthorized") void this.#open();
   }
 
   /** A fresh request reference (`ref`). */
   ref(): string {
-    this.refs += 1;
-    return `c${this.refs}`;
+    this.#refs += 1;
+    return `c${this.#refs}`;
   }
 
   /** Writes a frame if the socket is open; false when it is not. */
   write(frame: Frame): boolean {
-    if (!this.ws || this.ws.readyState !== OPEN) return false;
+    if (!this.#ws || this.#ws.readyState !== OPEN) return false;
     try {
-      this.ws.send(JSON.stringify(frame));
+      this.#ws.send(JSON.stringify(frame));
       return true;
     } catch {
       return false;
@@ -96,27 +96,27 @@ export class Connection {
     if (this.closed) return;
     if (!online) {
       this.manualOffline = true;
-      this.clearReconnect();
+      this.#clearReconnect();
       this.drop(1000, "offline");
-      this.setState("offline", 1000, "offline");
+      this.#setState("offline", 1000, "offline");
     } else if (this.manualOffline) {
       this.manualOffline = false;
-      this.setState("idle", 0, "online");
-      this.attempt = 0;
-      void this.open();
+      this.#setState("idle", 0, "online");
+      this.#attempt = 0;
+      void this.#open();
     }
   }
 
   close(): void {
     this.closed = true;
-    this.clearReconnect();
+    this.#clearReconnect();
     this.drop(1000, "client closed");
-    this.setState("closed", 1000, "client closed");
+    this.#setState("closed", 1000, "client closed");
   }
 
-  private async open(): Promise<void> {
-    if (this.closed || this.manualOffline || this.ws) return;
-    this.setState("connecting", 0, "connect");
+  async #open(): Promise<void> {
+    if (this.closed || this.manualOffline || this.#ws) return;
+    this.#setState("connecting", 0, "connect");
     let token: string;
     try {
       token = await this.h.token();
@@ -124,37 +124,37 @@ export class Connection {
       const err = e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`);
       this.h.error(err);
       if (err.code === "unauthorized") this.unauthorized(err.message);
-      else this.scheduleReconnect();
+      else this.#scheduleReconnect();
       return;
     }
-    if (this.closed || this.manualOffline || this.ws) return;
+    if (this.closed || this.manualOffline || this.#ws) return;
     const sep = this.o.url.includes("?") ? "&" : "?";
     let ws: WebSocketLike;
     try {
       ws = new this.o.WebSocket(`${this.o.url}${sep}access_token=${encodeURIComponent(token)}`);
     } catch (e) {
       this.h.error(new ChatRelayError("unavailable", `cannot open the socket: ${String(e)}`));
-      this.scheduleReconnect();
+      this.#scheduleReconnect();
       return;
     }
-    this.ws = ws;
+    this.#ws = ws;
     let opened = false;
     const stuck = setTimeout(() => {
-      if (this.ws === ws && !opened) this.drop(4000, "connect timeout", false);
+      if (this.#ws === ws && !opened) this.drop(4000, "connect timeout", false);
     }, this.o.connectTimeoutMs);
     ws.onopen = () => {
       clearTimeout(stuck);
-      if (this.ws !== ws) return;
+      if (this.#ws !== ws) return;
       opened = true;
-      this.attempt = 0;
-      this.lastFrameAt = Date.now();
-      this.setState("open", 0, "open");
+      this.#attempt = 0;
+      this.#lastFrameAt = Date.now();
+      this.#setState("open", 0, "open");
       this.h.open();
-      this.startPings();
+      this.#startPings();
     };
     ws.onmessage = (ev) => {
-      if (this.ws !== ws) return;
-      this.lastFrameAt = Date.now();
+      if (this.#ws !== ws) return;
+      this.#lastFrameAt = Date.now();
       if (typeof ev.data !== "string") return;
       let frame: Frame;
       try {
@@ -166,69 +166,69 @@ export class Connection {
     };
     ws.onclose = (ev) => {
       clearTimeout(stuck);
-      if (this.ws !== ws) return;
-      this.onClosed(ev.code, ev.reason ?? "", opened);
+      if (this.#ws !== ws) return;
+      this.#onClosed(ev.code, ev.reason ?? "", opened);
     };
     ws.onerror = () => {
       // A close event follows.
     };
   }
 
-  private onClosed(code: number, reason: string, opened: boolean): void {
-    this.ws = null;
-    this.stopPings();
-    this.h.closed(code, opened, this.attempt);
+  #onClosed(code: number, reason: string, opened: boolean): void {
+    this.#ws = null;
+    this.#stopPings();
+    this.h.closed(code, opened, this.#attempt);
     if (this.closed || this.state === "unauthorized") return;
     if (this.manualOffline) {
-      this.setState("offline", 1000, "offline");
+      this.#setState("offline", 1000, "offline");
       return;
     }
-    this.setState("connecting", code, reason);
-    this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : undefined);
+    this.#setState("connecting", code, reason);
+    this.#scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.#attempt, 1) : undefined);
   }
 
   /** `getToken` says nobody is signed in: stop until `connect()`. */
   unauthorized(reason: string): void {
-    this.clearReconnect();
-    this.setState("unauthorized", 4001, reason);
+    this.#clearReconnect();
+    this.#setState("unauthorized", 4001, reason);
     this.drop(4001, reason);
   }
 
-  private scheduleReconnect(attempt?: number): void {
+  #scheduleReconnect(attempt?: number): void {
     if (this.closed || this.manualOffline) return;
-    this.clearReconnect();
-    const delay = backoffDelay(attempt ?? this.attempt, this.o.backoff);
-    this.attempt += 1;
-    this.setState("connecting", 0, "reconnect");
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = null;
-      void this.open();
+    this.#clearReconnect();
+    const delay = backoffDelay(attempt ?? this.#attempt, this.o.backoff);
+    this.#attempt += 1;
+    this.#setState("connecting", 0, "reconnect");
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      void this.#open();
     }, delay);
   }
 
   /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
   reconnectNow(): void {
     if (this.closed || this.manualOffline) return;
-    if (this.ws) {
+    if (this.#ws) {
       // Maybe a dead socket: a ping tells within pingTimeoutMs.
-      this.ping();
+      this.#ping();
       return;
     }
-    this.clearReconnect();
-    this.attempt = 0;
-    void this.open();
+    this.#clearReconnect();
+    this.#attempt = 0;
+    void this.#open();
   }
 
-  private clearReconnect(): void {
-    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = null;
+  #clearReconnect(): void {
+    if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
   }
 
   /** Closes the socket at once (as closed with `code`), without waiting for its close event. */
   drop(code: number, reason: string, opened = true): void {
-    const ws = this.ws;
+    const ws = this.#ws;
     if (!ws) return;
-    this.onClosed(code, reason, opened);
+    this.#onClosed(code, reason, opened);
     try {
       ws.close(code, reason);
     } catch {
@@ -236,26 +236,26 @@ export class Connection {
     }
   }
 
-  private startPings(): void {
-    this.stopPings();
-    this.pingTimer = setInterval(() => this.ping(), this.o.pingIntervalMs);
+  #startPings(): void {
+    this.#stopPings();
+    this.#pingTimer = setInterval(() => this.#ping(), this.o.pingIntervalMs);
   }
 
-  private stopPings(): void {
-    if (this.pingTimer) clearInterval(this.pingTimer);
-    if (this.deadTimer) clearTimeout(this.deadTimer);
-    this.pingTimer = null;
-    this.deadTimer = null;
+  #stopPings(): void {
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    if (this.#deadTimer) clearTimeout(this.#deadTimer);
+    this.#pingTimer = null;
+    this.#deadTimer = null;
   }
 
   /** Pings; a socket that sends no frame at all within the timeout is dead. */
-  private ping(): void {
-    if (!this.isOpen || this.deadTimer) return;
+  #ping(): void {
+    if (!this.isOpen || this.#deadTimer) return;
     const sentAt = Date.now();
     this.write({ type: "ping", ref: this.ref() });
-    this.deadTimer = setTimeout(() => {
-      this.deadTimer = null;
-      if (this.lastFrameAt < sentAt) this.drop(4000, "no answer to ping");
+    this.#deadTimer = setTimeout(() => {
+      this.#deadTimer = null;
+      if (this.#lastFrameAt < sentAt) this.drop(4000, "no answer to ping");
     }, this.o.pingTimeoutMs);
   }
 
@@ -268,29 +268,19 @@ export class Connection {
 
   /** Listens to `online` and `visibilitychange`; returns the function that stops listening. */
   watchBrowser(): () => void {
-    const g = globalThis as {
-      addEventListener?: (t: string, f: () => void) => void;
-      removeEventListener?: (t: string, f: () => void) => void;
-      document?: { visibilityState?: string; addEventListener?: (t: string, f: () => void) => void; removeEventListener?: (t: string, f: () => void) => void };
+    type Target = { addEventListener?(t: string, f: () => void): void; removeEventListener?(t: string, f: () => void): void };
+    const doc = (globalThis as { document?: Target & { visibilityState?: string } }).document;
+    const on = (target: Target | undefined, type: string, fn: () => void) => {
+      target?.addEventListener?.(type, fn);
+      return () => target?.removeEventListener?.(type, fn);
     };
-    const offs: Array<() => void> = [];
-    const online = () => this.reconnectNow();
-    if (g.addEventListener && g.removeEventListener) {
-      g.addEventListener("online", online);
-      offs.push(() => g.removeEventListener?.("online", online));
-    }
-    const doc = g.document;
-    if (doc?.addEventListener) {
-      const visible = () => {
-        if (doc.visibilityState === "visible") this.reconnectNow();
-      };
-      doc.addEventListener("visibilitychange", visible);
-      offs.push(() => doc.removeEventListener?.("visibilitychange", visible));
-    }
-    return () => offs.forEach((off) => off());
+    return this.watch({
+      onOnline: (fn) => on(globalThis as Target, "online", fn),
+      onForeground: (fn) => on(doc, "visibilitychange", () => doc?.visibilityState === "visible" && fn()),
+    });
   }
 
-  private setState(state: ConnectionState, code: number, reason: string): void {
+  #setState(state: ConnectionState, code: number, reason: string): void {
     if (this.state === state) return;
     this.state = state;
     this.h.state(state, { code, reason });

@@ -10,6 +10,11 @@
  * ```
  */
 export { ChatRelayClient } from "./client.js";
+export { ChatStore } from "./chat-store.js";
+export type { ChatItem, ChatSnapshot, ChatStoreOptions, SavedChat } from "./chat-store.js";
+export { InboxStore } from "./inbox-store.js";
+export type { InboxSnapshot } from "./inbox-store.js";
+export type { Store } from "./store.js";
 export { decodeClaims, uuid } from "./util.js";
 export type {
   ClientEvents,
@@ -27,9 +32,12 @@ export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export type {
   ChatMessage,
+  ChatSummary,
+  ConnectionSnapshot,
   ConnectionState,
   Environment,
   HistoryPage,
+  InboxPage,
   Logger,
   MessageStatus,
   OutboxEntry,

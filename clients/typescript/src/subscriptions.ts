@@ -44,9 +44,9 @@ export interface SubscriptionHooks {
 
 export class Subscriptions {
   readonly chats = new Map<string, ChatState>();
-  private readonly barriers = new Map<string, string[]>(); // ping ref -> chats
-  private readonly refs = new Map<string, string>(); // subscribe ref -> chat
-  private closed: ChatRelayError | null = null;
+  readonly #barriers = new Map<string, string[]>(); // ping ref -> chats
+  readonly #refs = new Map<string, string>(); // subscribe ref -> chat
+  #closed: ChatRelayError | null = null;
 
   constructor(
     private readonly o: { backoff: BackoffOptions; ackDelayMs: number; requestTimeoutMs: number },
@@ -83,7 +83,7 @@ export class Subscriptions {
 
   /** Resolves once live (the backfill delivered); rejects after `requestTimeoutMs`, though the subscription keeps trying. */
   subscribe(chatId: string, afterSeq: number | undefined): Promise<Subscription> {
-    if (this.closed) return Promise.reject(this.closed);
+    if (this.#closed) return Promise.reject(this.#closed);
     const chat = this.chat(chatId);
     if (afterSeq !== undefined && (chat.cursor === null || afterSeq > chat.cursor)) chat.cursor = afterSeq;
     const promise = new Promise<Subscription>((resolve, reject) => {
@@ -99,12 +99,12 @@ export class Subscriptions {
     });
     promise.catch(() => {});
     if (chat.wanted && chat.ready) {
-      this.settleWaiters(chatId, chat);
+      this.#settleWaiters(chatId, chat);
       return promise;
     }
     const already = chat.wanted;
     chat.wanted = true;
-    if (this.h.isOpen() && !already) this.send(chatId);
+    if (this.h.isOpen() && !already) this.#send(chatId);
     return promise;
   }
 
@@ -115,48 +115,48 @@ export class Subscriptions {
     chat.wanted = false;
     chat.ready = false;
     chat.online.clear();
-    this.forget(chatId);
-    this.rejectWaiters(chat, err);
+    this.#forget(chatId);
+    this.#rejectWaiters(chat, err);
     return true;
   }
 
   /** Answers still owed to earlier subscribes of a chat no longer count. */
-  private forget(chatId: string): void {
-    for (const [ref, c] of this.refs) if (c === chatId) this.refs.delete(ref);
-    for (const [ref, chats] of this.barriers) {
+  #forget(chatId: string): void {
+    for (const [ref, c] of this.#refs) if (c === chatId) this.#refs.delete(ref);
+    for (const [ref, chats] of this.#barriers) {
       const rest = chats.filter((c) => c !== chatId);
-      if (rest.length) this.barriers.set(ref, rest);
-      else this.barriers.delete(ref);
+      if (rest.length) this.#barriers.set(ref, rest);
+      else this.#barriers.delete(ref);
     }
   }
 
   /** The connection is open: resubscribe, resend reads, acks. */
   opened(): void {
     for (const [chatId, chat] of this.chats) {
-      if (chat.wanted) this.send(chatId);
-      if (chat.readSeq > chat.readSent) this.sendRead(chatId, chat);
-      if (chat.ackSeq > chat.ackedSeq) this.scheduleAck(chatId, chat);
+      if (chat.wanted) this.#send(chatId);
+      if (chat.readSeq > chat.readSent) this.#sendRead(chatId, chat);
+      if (chat.ackSeq > chat.ackedSeq) this.#scheduleAck(chatId, chat);
     }
   }
 
   /** The connection is gone: every subscription must be asked for again. */
   disconnected(): void {
-    this.barriers.clear();
-    this.refs.clear();
+    this.#barriers.clear();
+    this.#refs.clear();
     for (const chat of this.chats.values()) chat.ready = false;
   }
 
   /** Every waiting `subscribe()` fails with `err` (the subscriptions stay wanted). */
   failWaiters(err: ChatRelayError): void {
-    for (const chat of this.chats.values()) this.rejectWaiters(chat, err);
+    for (const chat of this.chats.values()) this.#rejectWaiters(chat, err);
   }
 
   close(err: ChatRelayError): void {
-    this.closed = err;
+    this.#closed = err;
     for (const chat of this.chats.values()) {
       if (chat.ackTimer) clearTimeout(chat.ackTimer);
       if (chat.retryTimer) clearTimeout(chat.retryTimer);
-      this.rejectWaiters(chat, err);
+      this.#rejectWaiters(chat, err);
     }
   }
 
@@ -175,8 +175,8 @@ export class Subscriptions {
   }
 
   onSubscribed(chatId: string, f: Frame, ref: string | null): void {
-    if (ref === null || this.refs.get(ref) !== chatId) return;
-    this.refs.delete(ref);
+    if (ref === null || this.#refs.get(ref) !== chatId) return;
+    this.#refs.delete(ref);
     const chat = this.chats.get(chatId);
     if (!chat || !chat.wanted) return;
     chat.latestSeq = Number(f.latest_seq ?? 0);
@@ -188,31 +188,31 @@ export class Subscriptions {
   /** A pong: the chats whose barrier it was are live. */
   onPong(ref: string | null): void {
     if (ref === null) return;
-    const chats = this.barriers.get(ref);
+    const chats = this.#barriers.get(ref);
     if (!chats) return;
-    this.barriers.delete(ref);
+    this.#barriers.delete(ref);
     for (const chatId of chats) {
       const chat = this.chats.get(chatId);
       if (!chat || !chat.wanted || chat.ready) continue;
       chat.ready = true;
       chat.retries = 0;
       this.h.subscribed(this.subscription(chatId, chat));
-      this.settleWaiters(chatId, chat);
+      this.#settleWaiters(chatId, chat);
     }
   }
 
   /** An `error` answering a `subscribe`; false if `ref` was none. */
   onError(ref: string, err: ChatRelayError): boolean {
-    const chatId = this.refs.get(ref);
+    const chatId = this.#refs.get(ref);
     if (chatId === undefined) return false;
-    this.refs.delete(ref);
+    this.#refs.delete(ref);
     const chat = this.chats.get(chatId);
     if (!chat) return true;
     if (err.retryable) {
-      this.retry(chatId, chat, err.retryAfterMs);
+      this.#retry(chatId, chat, err.retryAfterMs);
     } else {
       chat.wanted = false;
-      this.rejectWaiters(chat, err);
+      this.#rejectWaiters(chat, err);
       this.h.error(err);
     }
     return true;
@@ -223,7 +223,7 @@ export class Subscriptions {
     const chat = this.chats.get(chatId);
     if (chat?.wanted) {
       chat.ready = false;
-      this.retry(chatId, chat);
+      this.#retry(chatId, chat);
     }
   }
 
@@ -239,25 +239,25 @@ export class Subscriptions {
     else chat.online.delete(userId);
   }
 
-  private send(chatId: string): void {
+  #send(chatId: string): void {
     const chat = this.chats.get(chatId);
     if (!chat || !this.h.isOpen()) return;
     const ref = this.h.ref();
-    this.refs.set(ref, chatId);
+    this.#refs.set(ref, chatId);
     const frame: Frame = { type: "subscribe", chat_id: chatId, ref };
     if (chat.cursor !== null) frame.after_seq = chat.cursor;
     this.h.write(frame);
     // The pong comes after everything the subscribe owes: the backfill.
     const barrier = this.h.ref();
-    this.barriers.set(barrier, [chatId]);
+    this.#barriers.set(barrier, [chatId]);
     this.h.write({ type: "ping", ref: barrier });
   }
 
-  private retry(chatId: string, chat: ChatState, afterMs?: number): void {
+  #retry(chatId: string, chat: ChatState, afterMs?: number): void {
     if (chat.retryTimer) return;
     chat.retryTimer = setTimeout(() => {
       chat.retryTimer = null;
-      if (chat.wanted && !chat.ready) this.send(chatId);
+      if (chat.wanted && !chat.ready) this.#send(chatId);
     }, afterMs ?? backoffDelay(chat.retries++, this.o.backoff));
   }
 
@@ -265,12 +265,12 @@ export class Subscriptions {
     return { chatId, latestSeq: chat.latestSeq, online: [...chat.online], onlineTruncated: chat.onlineTruncated };
   }
 
-  private settleWaiters(chatId: string, chat: ChatState): void {
+  #settleWaiters(chatId: string, chat: ChatState): void {
     const sub = this.subscription(chatId, chat);
     for (const w of chat.waiters.splice(0)) w.resolve(sub);
   }
 
-  private rejectWaiters(chat: ChatState, err: ChatRelayError): void {
+  #rejectWaiters(chat: ChatState, err: ChatRelayError): void {
     for (const w of chat.waiters.splice(0)) w.reject(err);
   }
 
@@ -279,17 +279,17 @@ export class Subscriptions {
   ack(chatId: string, seq: number): void {
     const chat = this.chat(chatId);
     chat.ackSeq = Math.max(chat.ackSeq, seq);
-    this.scheduleAck(chatId, chat);
+    this.#scheduleAck(chatId, chat);
   }
 
   markRead(chatId: string, seq: number): void {
     const chat = this.chat(chatId);
     if (seq <= chat.readSeq) return;
     chat.readSeq = seq;
-    this.sendRead(chatId, chat);
+    this.#sendRead(chatId, chat);
   }
 
-  private scheduleAck(chatId: string, chat: ChatState): void {
+  #scheduleAck(chatId: string, chat: ChatState): void {
     if (chat.ackTimer) return;
     chat.ackTimer = setTimeout(() => {
       chat.ackTimer = null;
@@ -299,7 +299,7 @@ export class Subscriptions {
     }, this.o.ackDelayMs);
   }
 
-  private sendRead(chatId: string, chat: ChatState): void {
+  #sendRead(chatId: string, chat: ChatState): void {
     if (this.h.write({ type: "read", chat_id: chatId, seq: chat.readSeq })) chat.readSent = chat.readSeq;
   }
 }

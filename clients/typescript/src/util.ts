@@ -5,11 +5,9 @@ export function decodeClaims(token: string): { exp?: unknown; sub?: unknown } | 
   const part = token.split(".")[1];
   if (!part) return null;
   try {
-    const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
-    const json = decodeURIComponent(
-      Array.from(atob(b64), (c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""),
-    );
-    return JSON.parse(json) as { exp?: unknown; sub?: unknown };
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes)) as { exp?: unknown; sub?: unknown };
   } catch {
     return null;
   }
