@@ -486,9 +486,9 @@ var ChatStore = class extends BaseStore {
           return;
         this.#latestSeq = s.latestSeq;
         this.#known = true;
-        this.set({ live: true, online: s.online });
         if (!this.#rows.length)
           void this.loadOlder();
+        this.set({ live: true, online: s.online });
       }),
       c.on("unsubscribed", (u) => mine(u.chatId) && this.set({ live: false })),
       c.on("state", (s) => s !== "open" && this.set({ live: false }))

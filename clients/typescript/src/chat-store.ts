@@ -177,8 +177,9 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
         if (!mine(s.chatId)) return;
         this.#latestSeq = s.latestSeq;
         this.#known = true;
-        this.set({ live: true, online: s.online });
+        // The first page starts before `live` shows, so no snapshot is live, empty and not loading.
         if (!this.#rows.length) void this.loadOlder();
+        this.set({ live: true, online: s.online });
       }),
       c.on("unsubscribed", (u) => mine(u.chatId) && this.set({ live: false })),
       c.on("state", (s) => s !== "open" && this.set({ live: false })),
