@@ -616,7 +616,7 @@ var ChatStore = class extends BaseStore {
 
 // dist/inbox-store.js
 var time = (s) => Date.parse(s.last_activity) || 0;
-var order = (a, b) => time(b) - time(a) || (a.chat_id < b.chat_id ? -1 : a.chat_id > b.chat_id ? 1 : 0);
+var order = (a, b) => time(b) - time(a) || a.chat_id.localeCompare(b.chat_id);
 var InboxStore = class extends BaseStore {
   client;
   pageSize;
@@ -698,25 +698,47 @@ var Outbox = class {
   #closed = false;
   /** Settles once the stored entries are in. */
   loaded;
+  #leader;
+  #unlock = null;
   constructor(storage, o, h) {
     this.storage = storage;
     this.o = o;
     this.h = h;
     this.loaded = storage.load().then((entries) => {
       const early = this.#items.splice(0);
-      for (const entry of entries) {
-        if (early.some((o2) => o2.entry.client_generated_id === entry.client_generated_id))
-          continue;
-        this.#items.push(outgoing(entry));
-        this.#order = Math.max(this.#order, entry.order);
-      }
-      this.#items.sort((a, b) => a.entry.order - b.entry.order);
+      this.#take(entries.filter((e) => !early.some((o2) => o2.entry.client_generated_id === e.client_generated_id)));
       for (const o2 of early) {
         o2.entry.order = ++this.#order;
         this.#items.push(o2);
         this.#save(o2.entry);
       }
-    }, (e) => h.error(new ChatRelayError("internal", `outbox storage failed to load: ${String(e)}`)));
+    }, (e) => h.error(new ChatRelayError("internal", `outbox storage: ${String(e)}`)));
+    const locks = o.locks ?? globalThis.navigator?.locks;
+    this.#leader = !storage.shared || !locks;
+    if (!this.#leader) {
+      locks.request(storage.shared, () => new Promise((release) => (this.#unlock = release, void this.#lead()))).catch(() => {
+      });
+    }
+  }
+  /** Entries from storage this client does not have yet, in order. */
+  #take(entries) {
+    for (const e of entries) {
+      if (this.#items.some((o) => o.entry.client_generated_id === e.client_generated_id))
+        continue;
+      this.#items.push(outgoing(e, true));
+      this.#order = Math.max(this.#order, e.order);
+    }
+    this.#items.sort((a, b) => a.entry.order - b.entry.order);
+  }
+  /** This tab now sends what is stored: as it is now (others may have sent some, or stored more). */
+  async #lead() {
+    await this.loaded;
+    const stored = await this.storage.load().catch(() => []);
+    const ids = new Set(stored.map((e) => e.client_generated_id));
+    this.#items = this.#items.filter((o) => !o.inherited || ids.has(o.entry.client_generated_id));
+    this.#take(stored);
+    this.#leader = true;
+    this.flush();
   }
   /** Queues a message; returns its entry and `done`. */
   add(chatId, content, cgid) {
@@ -802,12 +824,13 @@ var Outbox = class {
     }
     this.#inFlight.clear();
     if (code === 1009 && largest) {
-      this.#fail(largest, new ChatRelayError("too_large", "the relay closed the connection: message too large", { chatId: largest.entry.chat_id }));
+      this.#fail(largest, new ChatRelayError("too_large", "the relay closed with 1009 (too large)", { chatId: largest.entry.chat_id }));
     }
   }
   /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
   close() {
     this.#closed = true;
+    this.#unlock?.();
     this.#stop();
     for (const f of this.#inFlight.values())
       clearTimeout(f.timer);
@@ -822,7 +845,7 @@ var Outbox = class {
   }
   #mine() {
     const me = this.h.me();
-    return this.#items.filter((o) => o.entry.sender_id === null || o.entry.sender_id === me);
+    return this.#items.filter((o) => (o.entry.sender_id === null || o.entry.sender_id === me) && (this.#leader || !o.inherited));
   }
   /** The chat's next entry to send: its oldest one of the current user that has not failed. */
   #head(chatId) {
@@ -854,7 +877,7 @@ var Outbox = class {
       };
       const bytes = encoder.encode(JSON.stringify(frame)).length;
       if (bytes > this.o.maxFrameBytes) {
-        this.#fail(o, new ChatRelayError("too_large", `message too large: ${bytes} bytes, the limit is ${this.o.maxFrameBytes}`, { chatId }));
+        this.#fail(o, new ChatRelayError("too_large", `${bytes} bytes > maxFrameBytes`, { chatId }));
         continue;
       }
       heads.add(chatId);
@@ -935,10 +958,10 @@ var Outbox = class {
     this.h.error(err);
   }
   #save(entry) {
-    this.storage.put({ ...entry }).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId: entry.chat_id })));
+    this.storage.put({ ...entry }).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage: ${String(e)}`, { chatId: entry.chat_id })));
   }
 };
-function outgoing(entry) {
+function outgoing(entry, inherited = false) {
   let resolve;
   let reject;
   const done = new Promise((res, rej) => {
@@ -949,7 +972,7 @@ function outgoing(entry) {
   });
   if (entry.status === "failed")
     reject(new ChatRelayError(entry.error ?? "internal", "failed earlier"));
-  return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0 };
+  return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0, inherited: inherited || void 0 };
 }
 
 // dist/storage.js
@@ -1251,10 +1274,7 @@ var Subscriptions = class {
       return;
     const ref = this.h.ref();
     this.#refs.set(ref, chatId);
-    const frame = { type: "subscribe", chat_id: chatId, ref };
-    if (chat.cursor !== null)
-      frame.after_seq = chat.cursor;
-    this.h.write(frame);
+    this.h.write({ type: "subscribe", chat_id: chatId, ref, after_seq: chat.cursor ?? void 0 });
     const barrier = this.h.ref();
     this.#barriers.set(barrier, [chatId]);
     this.h.write({ type: "ping", ref: barrier });
@@ -1439,20 +1459,20 @@ var ChatRelayClient = class extends Emitter {
     if (!WS)
       throw new TypeError("no WebSocket here: pass one as options.WebSocket (e.g. `ws` under Node)");
     const inBrowser = typeof globalThis.document !== "undefined";
+    const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== void 0));
     const o = this.#opts = {
-      url: options.url,
-      getToken: options.getToken,
-      backoff: options.backoff ?? DEFAULT_BACKOFF,
-      pingIntervalMs: options.pingIntervalMs ?? 2e4,
-      pingTimeoutMs: options.pingTimeoutMs ?? 1e4,
-      ackDelayMs: options.ackDelayMs ?? 250,
-      autoAck: options.autoAck ?? true,
-      refreshBeforeMs: options.refreshBeforeMs ?? 6e4,
-      watchEnvironment: options.watchEnvironment ?? inBrowser,
-      requestTimeoutMs: options.requestTimeoutMs ?? 3e4,
-      connectTimeoutMs: options.connectTimeoutMs ?? 15e3,
-      sendTimeoutMs: options.sendTimeoutMs ?? 15e3,
-      maxFrameBytes: options.maxFrameBytes ?? 65536
+      backoff: DEFAULT_BACKOFF,
+      pingIntervalMs: 2e4,
+      pingTimeoutMs: 1e4,
+      ackDelayMs: 250,
+      autoAck: true,
+      refreshBeforeMs: 6e4,
+      watchEnvironment: inBrowser,
+      requestTimeoutMs: 3e4,
+      connectTimeoutMs: 15e3,
+      sendTimeoutMs: 15e3,
+      maxFrameBytes: 65536,
+      ...given
     };
     if (options.logger)
       this.logger = options.logger;
@@ -1463,7 +1483,7 @@ var ChatRelayClient = class extends Emitter {
     const error = (e) => this.emit("error", e);
     this.#tokens = new Tokens(o.getToken, o.refreshBeforeMs);
     this.#storage = options.storage ?? new MemoryStorage();
-    this.#outbox = new Outbox(this.#storage, o, {
+    this.#outbox = new Outbox(this.#storage, { ...o, locks: options.locks }, {
       write,
       isOpen,
       ref,
@@ -1531,12 +1551,7 @@ var ChatRelayClient = class extends Emitter {
   }
   /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
   async inboxPage(opts = {}, limit) {
-    const frame = { type: "inbox" };
-    if (opts.before !== void 0)
-      frame.before = opts.before;
-    if (limit !== void 0)
-      frame.limit = limit;
-    const a = await this.#request(frame, false);
+    const a = await this.#request({ type: "inbox", before: opts.before, limit }, false);
     return {
       chats: Array.isArray(a.chats) ? a.chats : [],
       next: typeof a.next === "string" ? a.next : null,
@@ -1592,12 +1607,9 @@ var ChatRelayClient = class extends Emitter {
   }
   /** Sends a failed message again; its new `done`, or null if no such failed message. */
   retry(clientGeneratedId) {
-    const done = this.#outbox.retry(clientGeneratedId);
-    if (done)
-      this.connect();
-    return done;
+    return this.edit(clientGeneratedId);
   }
-  /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
+  /** Sends a failed message again (same id), with new `content` if given; its new `done`, or null. */
   edit(clientGeneratedId, content) {
     const done = this.#outbox.retry(clientGeneratedId, content);
     if (done)
@@ -1618,11 +1630,7 @@ var ChatRelayClient = class extends Emitter {
   }
   /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
   async history(chatId, opts = {}) {
-    const frame = { type: "history", chat_id: chatId };
-    if (opts.beforeSeq !== void 0)
-      frame.before_seq = opts.beforeSeq;
-    if (opts.limit !== void 0)
-      frame.limit = opts.limit;
+    const frame = { type: "history", chat_id: chatId, before_seq: opts.beforeSeq, limit: opts.limit };
     const answer = await this.#request(frame, true);
     return { messages: answer.messages ?? [], hasMore: answer.has_more === true };
   }
@@ -1675,7 +1683,7 @@ var ChatRelayClient = class extends Emitter {
     for (const [ref, p] of this.#pending) {
       if (!p.resend) {
         clearTimeout(p.timer);
-        p.reject(new ChatRelayError("disconnected", "the connection closed before the answer"));
+        p.reject(new ChatRelayError("disconnected", "disconnected"));
         this.#pending.delete(ref);
       }
     }

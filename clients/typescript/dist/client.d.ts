@@ -28,7 +28,7 @@ import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
 import { ChatStore, type ChatStoreOptions } from "./chat-store.js";
 import { InboxStore } from "./inbox-store.js";
-import { type SendResult } from "./outbox.js";
+import { type Locks, type SendResult } from "./outbox.js";
 import { type OutboxStorage } from "./storage.js";
 import type { ChatMessage, ChatSummary, ConnectionSnapshot, ConnectionState, Environment, HistoryPage, InboxPage, Logger, PendingMessage, Receipt, StateChange, StatusChange, Subscription } from "./types.js";
 export type { WebSocketConstructor, WebSocketLike } from "./connection.js";
@@ -67,6 +67,8 @@ export interface ClientOptions {
     environment?: Environment;
     /** Where the client says what it does and what went wrong (default: console, errors only). */
     logger?: Logger;
+    /** Web Locks (default `navigator.locks`): with a storage tabs share, one tab at a time sends what was stored. */
+    locks?: Locks;
 }
 /** A `send` in progress. */
 export interface OutgoingMessage extends PendingMessage {
@@ -165,8 +167,8 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     pendingMessages(chatId?: string): PendingMessage[];
     /** Sends a failed message again; its new `done`, or null if no such failed message. */
     retry(clientGeneratedId: string): Promise<SendResult> | null;
-    /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
-    edit(clientGeneratedId: string, content: string): Promise<SendResult> | null;
+    /** Sends a failed message again (same id), with new `content` if given; its new `done`, or null. */
+    edit(clientGeneratedId: string, content?: string): Promise<SendResult> | null;
     /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
     discard(clientGeneratedId: string): Promise<boolean>;
     /** Resolves when every message in the outbox has been stored (or failed). */

@@ -53,20 +53,20 @@ export class ChatRelayClient extends Emitter {
         if (!WS)
             throw new TypeError("no WebSocket here: pass one as options.WebSocket (e.g. `ws` under Node)");
         const inBrowser = typeof globalThis.document !== "undefined";
+        const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
         const o = (this.#opts = {
-            url: options.url,
-            getToken: options.getToken,
-            backoff: options.backoff ?? DEFAULT_BACKOFF,
-            pingIntervalMs: options.pingIntervalMs ?? 20_000,
-            pingTimeoutMs: options.pingTimeoutMs ?? 10_000,
-            ackDelayMs: options.ackDelayMs ?? 250,
-            autoAck: options.autoAck ?? true,
-            refreshBeforeMs: options.refreshBeforeMs ?? 60_000,
-            watchEnvironment: options.watchEnvironment ?? inBrowser,
-            requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
-            connectTimeoutMs: options.connectTimeoutMs ?? 15_000,
-            sendTimeoutMs: options.sendTimeoutMs ?? 15_000,
-            maxFrameBytes: options.maxFrameBytes ?? 65_536,
+            backoff: DEFAULT_BACKOFF,
+            pingIntervalMs: 20_000,
+            pingTimeoutMs: 10_000,
+            ackDelayMs: 250,
+            autoAck: true,
+            refreshBeforeMs: 60_000,
+            watchEnvironment: inBrowser,
+            requestTimeoutMs: 30_000,
+            connectTimeoutMs: 15_000,
+            sendTimeoutMs: 15_000,
+            maxFrameBytes: 65_536,
+            ...given,
         });
         if (options.logger)
             this.logger = options.logger;
@@ -77,7 +77,7 @@ export class ChatRelayClient extends Emitter {
         const error = (e) => this.emit("error", e);
         this.#tokens = new Tokens(o.getToken, o.refreshBeforeMs);
         this.#storage = options.storage ?? new MemoryStorage();
-        this.#outbox = new Outbox(this.#storage, o, {
+        this.#outbox = new Outbox(this.#storage, { ...o, locks: options.locks }, {
             write,
             isOpen,
             ref,
@@ -145,12 +145,8 @@ export class ChatRelayClient extends Emitter {
     }
     /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
     async inboxPage(opts = {}, limit) {
-        const frame = { type: "inbox" };
-        if (opts.before !== undefined)
-            frame.before = opts.before;
-        if (limit !== undefined)
-            frame.limit = limit;
-        const a = await this.#request(frame, false);
+        // (undefined fields are left out of the JSON)
+        const a = await this.#request({ type: "inbox", before: opts.before, limit }, false);
         return {
             chats: Array.isArray(a.chats) ? a.chats : [],
             next: typeof a.next === "string" ? a.next : null,
@@ -206,12 +202,9 @@ export class ChatRelayClient extends Emitter {
     }
     /** Sends a failed message again; its new `done`, or null if no such failed message. */
     retry(clientGeneratedId) {
-        const done = this.#outbox.retry(clientGeneratedId);
-        if (done)
-            this.connect();
-        return done;
+        return this.edit(clientGeneratedId);
     }
-    /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
+    /** Sends a failed message again (same id), with new `content` if given; its new `done`, or null. */
     edit(clientGeneratedId, content) {
         const done = this.#outbox.retry(clientGeneratedId, content);
         if (done)
@@ -232,11 +225,7 @@ export class ChatRelayClient extends Emitter {
     }
     /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
     async history(chatId, opts = {}) {
-        const frame = { type: "history", chat_id: chatId };
-        if (opts.beforeSeq !== undefined)
-            frame.before_seq = opts.beforeSeq;
-        if (opts.limit !== undefined)
-            frame.limit = opts.limit;
+        const frame = { type: "history", chat_id: chatId, before_seq: opts.beforeSeq, limit: opts.limit };
         const answer = await this.#request(frame, true);
         return { messages: answer.messages ?? [], hasMore: answer.has_more === true };
     }
@@ -289,7 +278,7 @@ export class ChatRelayClient extends Emitter {
         for (const [ref, p] of this.#pending) {
             if (!p.resend) {
                 clearTimeout(p.timer);
-                p.reject(new ChatRelayError("disconnected", "the connection closed before the answer"));
+                p.reject(new ChatRelayError("disconnected", "disconnected"));
                 this.#pending.delete(ref);
             }
         }

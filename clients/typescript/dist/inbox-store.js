@@ -1,6 +1,7 @@
 import { BaseStore } from "./store.js";
 const time = (s) => Date.parse(s.last_activity) || 0;
-const order = (a, b) => time(b) - time(a) || (a.chat_id < b.chat_id ? -1 : a.chat_id > b.chat_id ? 1 : 0);
+// Chat ids are uuids: lowercase hex, so localeCompare is plain byte order here.
+const order = (a, b) => time(b) - time(a) || a.chat_id.localeCompare(b.chat_id);
 export class InboxStore extends BaseStore {
     client;
     pageSize;

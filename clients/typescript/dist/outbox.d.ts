@@ -4,7 +4,10 @@
  * per chat (so in order), retried with the same `client_generated_id`.
  *
  * Per user: an entry goes out only on a connection of the user who wrote it
- * (the token's `sub`). An entry the relay refuses for good (or one too large
+ * (the token's `sub`). Across tabs sharing a storage (IndexedDB), one tab at
+ * a time, the holder of a Web Lock named by the storage, sends what was
+ * stored before it started; each tab sends what it writes itself. Without
+ * Web Locks every tab sends everything (the relay stores each id once). An entry the relay refuses for good (or one too large
  * to send) is marked failed and kept, never retried on its own: the app
  * calls `retry`, `edit` or `discard`.
  */
@@ -35,6 +38,12 @@ export interface OutboxOptions {
     /** The relay's frame limit (`CHAT_RELAY_MAX_FRAME_BYTES`). */
     maxFrameBytes: number;
     sendTimeoutMs: number;
+    /** `navigator.locks`, or a stand-in. */
+    locks?: Locks | undefined;
+}
+/** The part of the Web Locks API the outbox uses. */
+export interface Locks {
+    request(name: string, callback: () => Promise<void>): Promise<unknown>;
 }
 export declare class Outbox {
     #private;

@@ -4,7 +4,10 @@
  * per chat (so in order), retried with the same `client_generated_id`.
  *
  * Per user: an entry goes out only on a connection of the user who wrote it
- * (the token's `sub`). An entry the relay refuses for good (or one too large
+ * (the token's `sub`). Across tabs sharing a storage (IndexedDB), one tab at
+ * a time, the holder of a Web Lock named by the storage, sends what was
+ * stored before it started; each tab sends what it writes itself. Without
+ * Web Locks every tab sends everything (the relay stores each id once). An entry the relay refuses for good (or one too large
  * to send) is marked failed and kept, never retried on its own: the app
  * calls `retry`, `edit` or `discard`.
  */
@@ -22,6 +25,8 @@ export class Outbox {
     #closed = false;
     /** Settles once the stored entries are in. */
     loaded;
+    #leader;
+    #unlock = null;
     constructor(storage, o, h) {
         this.storage = storage;
         this.o = o;
@@ -29,19 +34,39 @@ export class Outbox {
         this.loaded = storage.load().then((entries) => {
             // Sent before the load finished: after everything stored, in the order sent.
             const early = this.#items.splice(0);
-            for (const entry of entries) {
-                if (early.some((o) => o.entry.client_generated_id === entry.client_generated_id))
-                    continue;
-                this.#items.push(outgoing(entry));
-                this.#order = Math.max(this.#order, entry.order);
-            }
-            this.#items.sort((a, b) => a.entry.order - b.entry.order);
+            this.#take(entries.filter((e) => !early.some((o) => o.entry.client_generated_id === e.client_generated_id)));
             for (const o of early) {
                 o.entry.order = ++this.#order;
                 this.#items.push(o);
                 this.#save(o.entry);
             }
-        }, (e) => h.error(new ChatRelayError("internal", `outbox storage failed to load: ${String(e)}`)));
+        }, (e) => h.error(new ChatRelayError("internal", `outbox storage: ${String(e)}`)));
+        const locks = o.locks ?? globalThis.navigator?.locks;
+        this.#leader = !storage.shared || !locks;
+        if (!this.#leader) {
+            // Held until close(); the next tab in line gets it then.
+            locks.request(storage.shared, () => new Promise((release) => ((this.#unlock = release), void this.#lead()))).catch(() => { });
+        }
+    }
+    /** Entries from storage this client does not have yet, in order. */
+    #take(entries) {
+        for (const e of entries) {
+            if (this.#items.some((o) => o.entry.client_generated_id === e.client_generated_id))
+                continue;
+            this.#items.push(outgoing(e, true));
+            this.#order = Math.max(this.#order, e.order);
+        }
+        this.#items.sort((a, b) => a.entry.order - b.entry.order);
+    }
+    /** This tab now sends what is stored: as it is now (others may have sent some, or stored more). */
+    async #lead() {
+        await this.loaded;
+        const stored = await this.storage.load().catch(() => []);
+        const ids = new Set(stored.map((e) => e.client_generated_id));
+        this.#items = this.#items.filter((o) => !o.inherited || ids.has(o.entry.client_generated_id));
+        this.#take(stored);
+        this.#leader = true;
+        this.flush();
     }
     /** Queues a message; returns its entry and `done`. */
     add(chatId, content, cgid) {
@@ -129,12 +154,13 @@ export class Outbox {
         }
         this.#inFlight.clear();
         if (code === 1009 && largest) {
-            this.#fail(largest, new ChatRelayError("too_large", "the relay closed the connection: message too large", { chatId: largest.entry.chat_id }));
+            this.#fail(largest, new ChatRelayError("too_large", "the relay closed with 1009 (too large)", { chatId: largest.entry.chat_id }));
         }
     }
     /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
     close() {
         this.#closed = true;
+        this.#unlock?.();
         this.#stop();
         for (const f of this.#inFlight.values())
             clearTimeout(f.timer);
@@ -149,7 +175,7 @@ export class Outbox {
     }
     #mine() {
         const me = this.h.me();
-        return this.#items.filter((o) => o.entry.sender_id === null || o.entry.sender_id === me);
+        return this.#items.filter((o) => (o.entry.sender_id === null || o.entry.sender_id === me) && (this.#leader || !o.inherited));
     }
     /** The chat's next entry to send: its oldest one of the current user that has not failed. */
     #head(chatId) {
@@ -181,7 +207,7 @@ export class Outbox {
             };
             const bytes = encoder.encode(JSON.stringify(frame)).length;
             if (bytes > this.o.maxFrameBytes) {
-                this.#fail(o, new ChatRelayError("too_large", `message too large: ${bytes} bytes, the limit is ${this.o.maxFrameBytes}`, { chatId }));
+                this.#fail(o, new ChatRelayError("too_large", `${bytes} bytes > maxFrameBytes`, { chatId }));
                 continue;
             }
             heads.add(chatId);
@@ -263,10 +289,10 @@ export class Outbox {
         this.h.error(err);
     }
     #save(entry) {
-        this.storage.put({ ...entry }).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId: entry.chat_id })));
+        this.storage.put({ ...entry }).catch((e) => this.h.error(new ChatRelayError("internal", `outbox storage: ${String(e)}`, { chatId: entry.chat_id })));
     }
 }
-function outgoing(entry) {
+function outgoing(entry, inherited = false) {
     let resolve;
     let reject;
     const done = new Promise((res, rej) => {
@@ -276,5 +302,5 @@ function outgoing(entry) {
     done.catch(() => { });
     if (entry.status === "failed")
         reject(new ChatRelayError(entry.error ?? "internal", "failed earlier"));
-    return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0 };
+    return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0, inherited: inherited || undefined };
 }

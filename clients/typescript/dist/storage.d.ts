@@ -10,6 +10,8 @@ export interface OutboxStorage {
     load(): Promise<OutboxEntry[]>;
     put(entry: OutboxEntry): Promise<void>;
     remove(clientGeneratedId: string): Promise<void>;
+    /** Set where tabs share this storage (IndexedDB): the Web Lock that says which tab sends what was stored. */
+    readonly shared?: string;
     /** A chat store's saved window (optional: without it, a cold start fetches history). */
     loadChat?(chatId: string): Promise<SavedChat | null>;
     saveChat?(chatId: string, chat: SavedChat): Promise<void>;

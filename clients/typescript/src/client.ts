@@ -28,7 +28,7 @@ import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
 import { ChatStore, type ChatStoreOptions } from "./chat-store.js";
 import { InboxStore } from "./inbox-store.js";
-import { Outbox, type SendResult } from "./outbox.js";
+import { type Locks, Outbox, type SendResult } from "./outbox.js";
 import { MemoryStorage, type OutboxStorage } from "./storage.js";
 import { Subscriptions } from "./subscriptions.js";
 import { Tokens } from "./token.js";
@@ -86,6 +86,8 @@ export interface ClientOptions {
   environment?: Environment;
   /** Where the client says what it does and what went wrong (default: console, errors only). */
   logger?: Logger;
+  /** Web Locks (default `navigator.locks`): with a storage tabs share, one tab at a time sends what was stored. */
+  locks?: Locks;
 }
 
 /** A `send` in progress. */
@@ -134,7 +136,7 @@ interface Pending {
 }
 
 export class ChatRelayClient extends Emitter<ClientEvents> {
-  readonly #opts: Required<Omit<ClientOptions, "WebSocket" | "storage" | "environment" | "logger">>;
+  readonly #opts: Required<Omit<ClientOptions, "WebSocket" | "storage" | "environment" | "logger" | "locks">>;
   readonly #conn: Connection;
   readonly #tokens: Tokens;
   readonly #outbox: Outbox;
@@ -153,20 +155,20 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) throw new TypeError("no WebSocket here: pass one as options.WebSocket (e.g. `ws` under Node)");
     const inBrowser = typeof (globalThis as { document?: unknown }).document !== "undefined";
+    const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as ClientOptions;
     const o = (this.#opts = {
-      url: options.url,
-      getToken: options.getToken,
-      backoff: options.backoff ?? DEFAULT_BACKOFF,
-      pingIntervalMs: options.pingIntervalMs ?? 20_000,
-      pingTimeoutMs: options.pingTimeoutMs ?? 10_000,
-      ackDelayMs: options.ackDelayMs ?? 250,
-      autoAck: options.autoAck ?? true,
-      refreshBeforeMs: options.refreshBeforeMs ?? 60_000,
-      watchEnvironment: options.watchEnvironment ?? inBrowser,
-      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
-      connectTimeoutMs: options.connectTimeoutMs ?? 15_000,
-      sendTimeoutMs: options.sendTimeoutMs ?? 15_000,
-      maxFrameBytes: options.maxFrameBytes ?? 65_536,
+      backoff: DEFAULT_BACKOFF,
+      pingIntervalMs: 20_000,
+      pingTimeoutMs: 10_000,
+      ackDelayMs: 250,
+      autoAck: true,
+      refreshBeforeMs: 60_000,
+      watchEnvironment: inBrowser,
+      requestTimeoutMs: 30_000,
+      connectTimeoutMs: 15_000,
+      sendTimeoutMs: 15_000,
+      maxFrameBytes: 65_536,
+      ...given,
     });
     if (options.logger) this.logger = options.logger;
     this.#change = Object.freeze({ state: "idle", code: 0, reason: "", userId: null });
@@ -176,7 +178,7 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     const error = (e: ChatRelayError) => this.emit("error", e);
     this.#tokens = new Tokens(o.getToken, o.refreshBeforeMs);
     this.#storage = options.storage ?? new MemoryStorage();
-    this.#outbox = new Outbox(this.#storage, o, {
+    this.#outbox = new Outbox(this.#storage, { ...o, locks: options.locks }, {
       write,
       isOpen,
       ref,
@@ -250,10 +252,8 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
 
   /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
   async inboxPage(opts: { before?: string } = {}, limit?: number): Promise<InboxPage> {
-    const frame: Frame = { type: "inbox" };
-    if (opts.before !== undefined) frame.before = opts.before;
-    if (limit !== undefined) frame.limit = limit;
-    const a = await this.#request(frame, false);
+    // (undefined fields are left out of the JSON)
+    const a = await this.#request({ type: "inbox", before: opts.before, limit }, false);
     return {
       chats: Array.isArray(a.chats) ? (a.chats as ChatSummary[]) : [],
       next: typeof a.next === "string" ? a.next : null,
@@ -317,13 +317,11 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
 
   /** Sends a failed message again; its new `done`, or null if no such failed message. */
   retry(clientGeneratedId: string): Promise<SendResult> | null {
-    const done = this.#outbox.retry(clientGeneratedId);
-    if (done) this.connect();
-    return done;
+    return this.edit(clientGeneratedId);
   }
 
-  /** Changes a failed message's content and sends it again (same id); its new `done`, or null. */
-  edit(clientGeneratedId: string, content: string): Promise<SendResult> | null {
+  /** Sends a failed message again (same id), with new `content` if given; its new `done`, or null. */
+  edit(clientGeneratedId: string, content?: string): Promise<SendResult> | null {
     const done = this.#outbox.retry(clientGeneratedId, content);
     if (done) this.connect();
     return done;
@@ -346,9 +344,7 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
 
   /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
   async history(chatId: string, opts: { beforeSeq?: number; limit?: number } = {}): Promise<HistoryPage> {
-    const frame: Frame = { type: "history", chat_id: chatId };
-    if (opts.beforeSeq !== undefined) frame.before_seq = opts.beforeSeq;
-    if (opts.limit !== undefined) frame.limit = opts.limit;
+    const frame: Frame = { type: "history", chat_id: chatId, before_seq: opts.beforeSeq, limit: opts.limit };
     const answer = await this.#request(frame, true);
     return { messages: (answer.messages as ChatMessage[]) ?? [], hasMore: answer.has_more === true };
   }
@@ -403,7 +399,7 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     for (const [ref, p] of this.#pending) {
       if (!p.resend) {
         clearTimeout(p.timer);
-        p.reject(new ChatRelayError("disconnected", "the connection closed before the answer"));
+        p.reject(new ChatRelayError("disconnected", "disconnected"));
         this.#pending.delete(ref);
       }
     }

@@ -21,8 +21,8 @@ export interface InboxSnapshot {
 }
 
 const time = (s: ChatSummary) => Date.parse(s.last_activity) || 0;
-const order = (a: ChatSummary, b: ChatSummary) =>
-  time(b) - time(a) || (a.chat_id < b.chat_id ? -1 : a.chat_id > b.chat_id ? 1 : 0);
+// Chat ids are uuids: lowercase hex, so localeCompare is plain byte order here.
+const order = (a: ChatSummary, b: ChatSummary) => time(b) - time(a) || a.chat_id.localeCompare(b.chat_id);
 
 export class InboxStore extends BaseStore<InboxSnapshot> {
   #next: string | null = null;

@@ -4,7 +4,10 @@
  * per chat (so in order), retried with the same `client_generated_id`.
  *
  * Per user: an entry goes out only on a connection of the user who wrote it
- * (the token's `sub`). An entry the relay refuses for good (or one too large
+ * (the token's `sub`). Across tabs sharing a storage (IndexedDB), one tab at
+ * a time, the holder of a Web Lock named by the storage, sends what was
+ * stored before it started; each tab sends what it writes itself. Without
+ * Web Locks every tab sends everything (the relay stores each id once). An entry the relay refuses for good (or one too large
  * to send) is marked failed and kept, never retried on its own: the app
  * calls `retry`, `edit` or `discard`.
  */
@@ -29,6 +32,8 @@ interface Outgoing {
   attempts: number;
   /** The frame's size when it was last written. */
   bytes: number;
+  /** Loaded from storage, not written by this client: sent only by the tab holding the lock. */
+  inherited?: boolean;
 }
 
 /** What the outbox asks of the client. */
@@ -49,18 +54,27 @@ export interface OutboxOptions {
   /** The relay's frame limit (`CHAT_RELAY_MAX_FRAME_BYTES`). */
   maxFrameBytes: number;
   sendTimeoutMs: number;
+  /** `navigator.locks`, or a stand-in. */
+  locks?: Locks | undefined;
+}
+
+/** The part of the Web Locks API the outbox uses. */
+export interface Locks {
+  request(name: string, callback: () => Promise<void>): Promise<unknown>;
 }
 
 const encoder = new TextEncoder();
 
 export class Outbox {
-  readonly #items: Outgoing[] = [];
+  #items: Outgoing[] = [];
   readonly #inFlight = new Map<string, { ref: string; timer: Timer }>(); // chat -> send
   #order = 0;
   #timer: Timer | null = null;
   #closed = false;
   /** Settles once the stored entries are in. */
   readonly loaded: Promise<void>;
+  #leader: boolean;
+  #unlock: (() => void) | null = null;
 
   constructor(
     private readonly storage: OutboxStorage,
@@ -71,20 +85,42 @@ export class Outbox {
       (entries) => {
         // Sent before the load finished: after everything stored, in the order sent.
         const early = this.#items.splice(0);
-        for (const entry of entries) {
-          if (early.some((o) => o.entry.client_generated_id === entry.client_generated_id)) continue;
-          this.#items.push(outgoing(entry));
-          this.#order = Math.max(this.#order, entry.order);
-        }
-        this.#items.sort((a, b) => a.entry.order - b.entry.order);
+        this.#take(entries.filter((e) => !early.some((o) => o.entry.client_generated_id === e.client_generated_id)));
         for (const o of early) {
           o.entry.order = ++this.#order;
           this.#items.push(o);
           this.#save(o.entry);
         }
       },
-      (e: unknown) => h.error(new ChatRelayError("internal", `outbox storage failed to load: ${String(e)}`)),
+      (e: unknown) => h.error(new ChatRelayError("internal", `outbox storage: ${String(e)}`)),
     );
+    const locks = o.locks ?? (globalThis as { navigator?: { locks?: Locks } }).navigator?.locks;
+    this.#leader = !storage.shared || !locks;
+    if (!this.#leader) {
+      // Held until close(); the next tab in line gets it then.
+      locks!.request(storage.shared!, () => new Promise<void>((release) => ((this.#unlock = release), void this.#lead()))).catch(() => {});
+    }
+  }
+
+  /** Entries from storage this client does not have yet, in order. */
+  #take(entries: OutboxEntry[]): void {
+    for (const e of entries) {
+      if (this.#items.some((o) => o.entry.client_generated_id === e.client_generated_id)) continue;
+      this.#items.push(outgoing(e, true));
+      this.#order = Math.max(this.#order, e.order);
+    }
+    this.#items.sort((a, b) => a.entry.order - b.entry.order);
+  }
+
+  /** This tab now sends what is stored: as it is now (others may have sent some, or stored more). */
+  async #lead(): Promise<void> {
+    await this.loaded;
+    const stored = await this.storage.load().catch(() => []);
+    const ids = new Set(stored.map((e) => e.client_generated_id));
+    this.#items = this.#items.filter((o) => !o.inherited || ids.has(o.entry.client_generated_id));
+    this.#take(stored);
+    this.#leader = true;
+    this.flush();
   }
 
   /** Queues a message; returns its entry and `done`. */
@@ -174,13 +210,14 @@ export class Outbox {
     }
     this.#inFlight.clear();
     if (code === 1009 && largest) {
-      this.#fail(largest, new ChatRelayError("too_large", "the relay closed the connection: message too large", { chatId: largest.entry.chat_id }));
+      this.#fail(largest, new ChatRelayError("too_large", "the relay closed with 1009 (too large)", { chatId: largest.entry.chat_id }));
     }
   }
 
   /** The client closed: every `done` still open is rejected (entries stay stored for the next client). */
   close(): void {
     this.#closed = true;
+    this.#unlock?.();
     this.#stop();
     for (const f of this.#inFlight.values()) clearTimeout(f.timer);
     this.#inFlight.clear();
@@ -194,7 +231,7 @@ export class Outbox {
 
   #mine(): Outgoing[] {
     const me = this.h.me();
-    return this.#items.filter((o) => o.entry.sender_id === null || o.entry.sender_id === me);
+    return this.#items.filter((o) => (o.entry.sender_id === null || o.entry.sender_id === me) && (this.#leader || !o.inherited));
   }
 
   /** The chat's next entry to send: its oldest one of the current user that has not failed. */
@@ -226,7 +263,7 @@ export class Outbox {
       };
       const bytes = encoder.encode(JSON.stringify(frame)).length;
       if (bytes > this.o.maxFrameBytes) {
-        this.#fail(o, new ChatRelayError("too_large", `message too large: ${bytes} bytes, the limit is ${this.o.maxFrameBytes}`, { chatId }));
+        this.#fail(o, new ChatRelayError("too_large", `${bytes} bytes > maxFrameBytes`, { chatId }));
         continue;
       }
       heads.add(chatId);
@@ -305,12 +342,12 @@ export class Outbox {
 
   #save(entry: OutboxEntry): void {
     this.storage.put({ ...entry }).catch((e: unknown) =>
-      this.h.error(new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId: entry.chat_id })),
+      this.h.error(new ChatRelayError("internal", `outbox storage: ${String(e)}`, { chatId: entry.chat_id })),
     );
   }
 }
 
-function outgoing(entry: OutboxEntry): Outgoing {
+function outgoing(entry: OutboxEntry, inherited = false): Outgoing {
   let resolve!: Outgoing["resolve"];
   let reject!: Outgoing["reject"];
   const done = new Promise<SendResult>((res, rej) => {
@@ -319,5 +356,5 @@ function outgoing(entry: OutboxEntry): Outgoing {
   });
   done.catch(() => {});
   if (entry.status === "failed") reject(new ChatRelayError((entry.error as "too_large") ?? "internal", "failed earlier"));
-  return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0 };
+  return { entry, resolve, reject, done, notBefore: 0, attempts: 0, bytes: 0, inherited: inherited || undefined };
 }

@@ -244,9 +244,7 @@ export class Subscriptions {
     if (!chat || !this.h.isOpen()) return;
     const ref = this.h.ref();
     this.#refs.set(ref, chatId);
-    const frame: Frame = { type: "subscribe", chat_id: chatId, ref };
-    if (chat.cursor !== null) frame.after_seq = chat.cursor;
-    this.h.write(frame);
+    this.h.write({ type: "subscribe", chat_id: chatId, ref, after_seq: chat.cursor ?? undefined });
     // The pong comes after everything the subscribe owes: the backfill.
     const barrier = this.h.ref();
     this.#barriers.set(barrier, [chatId]);

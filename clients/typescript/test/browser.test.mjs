@@ -105,10 +105,14 @@ test("two people chat: ticks, presence, typing, history, an offline switch, a re
   await page.press(`${pane("alice")} input.text`, "Enter");
   await page.reload();
   await page.waitForSelector(`${pane("bob")}[data-live="true"]`);
-  await page.waitForFunction(
-    (sel) => [...document.querySelectorAll(sel)].some((e) => e.firstChild?.textContent === "survives a reload"),
-    `${pane("bob")} .msg`,
-  );
+  await page
+    .waitForFunction(
+      (sel) => [...document.querySelectorAll(sel)].some((e) => e.firstChild?.textContent === "survives a reload"),
+      `${pane("bob")} .msg`,
+    )
+    .catch(async (e) => {
+      throw new Error(`${e.message}\n${await explain(page)}`);
+    });
   await page.waitForSelector(`${pane("alice")}[data-live="true"]`);
   await page.waitForFunction((sel) => document.querySelectorAll(sel).length === 0, `${pane("alice")} .msg.pending`);
   const once = (await texts(page, "bob")).filter((t) => t === "survives a reload");
@@ -116,6 +120,22 @@ test("two people chat: ticks, presence, typing, history, an offline switch, a re
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+/** What the page's clients hold, for a failure's message. */
+function explain(page) {
+  return page.evaluate(async () => {
+    const out = {};
+    for (const [name, c] of Object.entries(window.clients ?? {})) {
+      out[name] = {
+        state: c.connectionState,
+        user: c.userId,
+        pending: c.pendingMessages().map((p) => [p.content, p.status]),
+        last: [...document.querySelectorAll(`section.pane[data-user="${name}"] .msg`)].slice(-3).map((e) => `${e.firstChild?.textContent}|${e.dataset.status}`),
+      };
+    }
+    return JSON.stringify(out);
+  });
+}
 
 /** Routes the page's relay sockets through the test: `drop(frame, sub)` true swallows a client frame; `seen` has them all. */
 async function tapSockets(page, drop = () => false) {

@@ -704,3 +704,55 @@ test("B6: after close(), subscribe() and send().done settle (rejected as closed)
   await within(assert.rejects(c.subscribe(CHAT), closed), 500, "subscribe after close");
   await within(assert.rejects(c.send(CHAT, "late").done, closed), 500, "a send after close");
 });
+
+/** A lock manager like navigator.locks: one holder per name; the next in line gets it when the holder's promise settles. */
+class FakeLocks {
+  constructor() {
+    this.queue = [];
+  }
+  request(_name, callback) {
+    return new Promise((resolve) => {
+      const run = () =>
+        callback()
+          .then(resolve)
+          .finally(() => {
+            this.queue.shift();
+            this.queue[0]?.();
+          });
+      this.queue.push(run);
+      if (this.queue.length === 1) run();
+    });
+  }
+}
+
+test("across tabs sharing a storage, the one holding the Web Lock sends what was stored; each sends its own", async () => {
+  const locks = new FakeLocks();
+  const storage = new MemoryStorage();
+  storage.shared = "chat-relay:test"; // as IndexedDbStorage: tabs see the same entries
+  const stored = { chat_id: CHAT, client_generated_id: "00000000-0000-4000-8000-0000000000cc", content: "stored", sender_id: ME, created_at: 1, order: 1 };
+  await storage.put(stored);
+  const [h1, h2] = [new Harness(), new Harness()];
+  const tab1 = client(h1, { storage, locks });
+  const tab2 = client(h2, { storage, locks });
+  tab1.connect();
+  tab2.connect();
+  const [ws1, ws2] = [await h1.socket(0), await h2.socket(0)];
+  ws1.open();
+  ws2.open();
+  const s1 = await ws1.frame((f) => f.type === "send");
+  assert.equal(s1.client_generated_id, stored.client_generated_id, "the first tab holds the lock and sends it");
+  await Promise.all([tab2.subscribe(CHAT), ws2.acceptSubscribe(CHAT)]);
+  assert.deepEqual(ws2.sent.filter((f) => f.type === "send"), [], "the second does not");
+  assert.deepEqual(tab2.pendingMessages(), []);
+  const own = tab2.send(CHAT, "from tab 2");
+  const s2 = await ws2.frame((f) => f.type === "send");
+  assert.equal(s2.client_generated_id, own.client_generated_id, "its own messages it sends itself");
+  ws2.push({ type: "sent", chat_id: CHAT, client_generated_id: own.client_generated_id, id: "t2", seq: 1, duplicate: false, ref: s2.ref });
+  await own.done;
+  // The first tab goes away before its `sent` came: the second takes over what is still stored.
+  tab1.close();
+  const again = await within(ws2.frame((f) => f.type === "send" && f.client_generated_id === stored.client_generated_id), 1000, "the stored message from the second tab");
+  ws2.push({ type: "sent", chat_id: CHAT, client_generated_id: stored.client_generated_id, id: "s", seq: 2, duplicate: false, ref: again.ref });
+  await tab2.flushed();
+  assert.deepEqual(await storage.load(), []);
+});
