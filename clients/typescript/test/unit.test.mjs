@@ -756,3 +756,24 @@ test("across tabs sharing a storage, the one holding the Web Lock sends what was
   await tab2.flushed();
   assert.deepEqual(await storage.load(), []);
 });
+
+test("B5: the logger option hears state changes (debug) and listeners' exceptions (error)", async () => {
+  const h = new Harness();
+  const lines = [];
+  const logger = { debug: (...a) => lines.push(["debug", ...a]), error: (...a) => lines.push(["error", ...a]) };
+  const c = client(h, { logger });
+  c.on("state", (s) => {
+    if (s === "open") throw new Error("a bug in the app's listener");
+  });
+  c.connect();
+  const ws = await h.socket(0);
+  ws.open();
+  assert.equal(c.connectionState, "open", "a throwing listener does not break the client");
+  assert.deepEqual(
+    lines.filter((l) => l[0] === "debug").map((l) => [l[1], l[2]]),
+    [["chat-relay: connecting", { code: 0, reason: "connect" }], ["chat-relay: open", { code: 0, reason: "open" }]],
+  );
+  const errors = lines.filter((l) => l[0] === "error");
+  assert.equal(errors.length, 1);
+  assert.match(String(errors[0][2]), /a bug in the app's listener/);
+});
