@@ -24,4 +24,4 @@ export type { OutboxStorage } from "./storage.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export type { ChatMessage, ChatSummary, ConnectionSnapshot, ConnectionState, Environment, HistoryPage, InboxPage, Logger, MessageStatus, OutboxEntry, PendingMessage, Receipt, StateChange, StatusChange, Subscription, } from "./types.js";
-export type { SendResult } from "./outbox.js";
+export type { Locks, SendResult } from "./outbox.js";

@@ -47,4 +47,4 @@ export type {
   StatusChange,
   Subscription,
 } from "./types.js";
-export type { SendResult } from "./outbox.js";
+export type { Locks, SendResult } from "./outbox.js";

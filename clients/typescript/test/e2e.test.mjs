@@ -243,3 +243,24 @@ test("a message over the relay's frame limit: failed once (1009), never sent aga
   a.close();
   await relay.stop();
 });
+
+test("the inbox store against this relay: a page, or (no protocol 1.2 inbox yet) an error, and the connection stays usable", async () => {
+  const relay = await new RelayProcess(demo).start();
+  const [alice, bob] = [randomUUID(), randomUUID()];
+  const chat = await createChat(db, [alice, bob]);
+  const a = client(relay.url, alice);
+  const inbox = a.inbox();
+  const snap = await new Promise((resolve) => {
+    const off = inbox.subscribe(() => {
+      const s = inbox.getSnapshot();
+      if (!s.loading && (s.error || s.chats.length)) queueMicrotask(() => (off(), resolve(s)));
+    });
+  });
+  if (snap.error) assert.equal(snap.error.code, "bad_request", "a relay without `inbox` refuses it as an unknown frame");
+  else assert.deepEqual(snap.chats.map((c) => c.chat_id), [chat]);
+  assert.equal(a.connectionState, "open");
+  await a.subscribe(chat);
+  await a.send(chat, "still fine").done;
+  a.close();
+  await relay.stop();
+});
