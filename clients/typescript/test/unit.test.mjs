@@ -777,3 +777,31 @@ test("B5: the logger option hears state changes (debug) and listeners' exception
   assert.equal(errors.length, 1);
   assert.match(String(errors[0][2]), /a bug in the app's listener/);
 });
+
+test("B5: a refresh whose getToken keeps failing backs off", async () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"], now: 1_700_000_000_000 });
+  const h = new Harness();
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  let calls = 0;
+  const c = client(h, {
+    getToken: async () => {
+      calls += 1;
+      if (calls > 1) throw new Error("auth server down");
+      return jwt({ sub: ME, exp });
+    },
+    backoff: { initialMs: 1000, maxMs: 60_000 },
+    pingIntervalMs: 10_000_000,
+  });
+  c.on("error", () => {});
+  c.connect();
+  await settle();
+  (await h.socket(0)).open();
+  // The refresh is due a minute before expiry; then a minute of failures.
+  mock.timers.tick((3600 - 60) * 1000);
+  await settle();
+  for (let s = 0; s < 60; s++) {
+    mock.timers.tick(1000);
+    await settle();
+  }
+  assert.ok(calls - 1 <= 8, `getToken failed ${calls - 1} times in a minute: retries must back off`);
+});
