@@ -45,12 +45,14 @@ export interface UseChat extends ChatSnapshot {
  * `online`, and the actions (`send`, `loadOlder`, `sendTyping`, and for
  * failed messages `retry`, `edit`, `discard`).
  * Subscribed while mounted; messages are marked read while `visible`
- * (default true: pass your own, e.g. the page's or the screen's focus).
+ * (default true; pass your own, e.g. whether the screen has focus) and the
+ * page is visible (in browsers).
  */
 export function useChat(chatId: string, opts: { visible?: boolean } = {}): UseChat {
   const store = useChatRelay().chat(chatId);
   const snap = useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot);
-  const visible = opts.visible ?? true;
+  const page = useSyncExternalStore(onVisibility, pageVisible, () => true);
+  const visible = (opts.visible ?? true) && page;
   useEffect(() => {
     store.setVisible(visible);
     return () => store.setVisible(false);
@@ -68,6 +70,13 @@ export function useChat(chatId: string, opts: { visible?: boolean } = {}): UseCh
     [store],
   );
   return useMemo(() => ({ ...snap, ...actions }), [snap, actions]);
+}
+
+const doc = (globalThis as { document?: Document }).document;
+const pageVisible = () => doc?.visibilityState !== "hidden";
+function onVisibility(fn: () => void): () => void {
+  doc?.addEventListener("visibilitychange", fn);
+  return () => doc?.removeEventListener("visibilitychange", fn);
 }
 
 export interface UseInbox extends InboxSnapshot {

@@ -32,6 +32,9 @@ function setup() {
   return { harness, client, wrap };
 }
 
+/** Waits out the store's read debounce (100 ms), to see that nothing was sent: there is no event for "nothing". */
+const quiet = () => act(() => new Promise<void>((r) => setTimeout(r, 250)));
+
 function Chat({ id }: { id: string }) {
   const { items, live, hasMore } = useChat(id);
   return h(
@@ -89,10 +92,36 @@ describe("useChat", () => {
       ws.push({ type: "message", chat_id: CHAT, seq: 1, message: row(CHAT, 1) });
     });
     await screen.findByText("m1");
+    await quiet(); // longer than the store's read debounce: a read would have gone out by now
     expect(ws.sent.filter((f: { type: string }) => f.type === "read")).toEqual([]);
     view.rerender(wrap(h(Hidden, { visible: true })));
     expect(await ws.frame((f: { type: string }) => f.type === "read")).toEqual({ type: "read", chat_id: CHAT, seq: 1 });
   });
+});
+
+it("useChat marks read only while the page is visible too", async () => {
+  const { harness, wrap } = setup();
+  const setPage = (state: "visible" | "hidden") => {
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+    document.dispatchEvent(new Event("visibilitychange"));
+  };
+  setPage("hidden");
+  function Shown() {
+    const { items } = useChat(CHAT);
+    return h("p", null, items.map((i) => i.content).join(","));
+  }
+  render(wrap(h(Shown)));
+  const ws = await harness.socket(0);
+  await act(async () => {
+    ws.open();
+    await ws.acceptSubscribe(CHAT, { latest: 0 });
+    ws.push({ type: "message", chat_id: CHAT, seq: 1, message: row(CHAT, 1) });
+  });
+  await screen.findByText("m1");
+  await quiet(); // as above
+  expect(ws.sent.filter((f: { type: string }) => f.type === "read")).toEqual([]);
+  await act(async () => setPage("visible"));
+  expect(await ws.frame((f: { type: string }) => f.type === "read")).toEqual({ type: "read", chat_id: CHAT, seq: 1 });
 });
 
 describe("useInbox", () => {
