@@ -1,13 +1,16 @@
-// The demo page: one ChatRelayClient per pane, nothing else.
+// The demo page: one ChatRelayClient per pane, each pane rendering its
+// chat store (client.chat(chatId)): history, live messages and the outbox
+// in one list, ticks, typing, presence, and reads while the page is visible.
+// ?as=alice shows one pane; ?timeout=ms sets requestTimeoutMs (tests).
 import { ChatRelayClient, IndexedDbStorage } from "/client/index.js";
 
 const config = await (await fetch("/demo/config")).json();
-const only = new URLSearchParams(location.search).get("as");
+const params = new URLSearchParams(location.search);
+const only = params.get("as");
 const users = config.users.filter((u) => !only || u.name === only);
 const names = Object.fromEntries(config.users.map((u) => [u.id, u.name]));
 const chatId = config.chat_id;
 const TICKS = { pending: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
-const RANK = { pending: 0, sent: 1, delivered: 2, read: 3, failed: 0 };
 
 for (const user of users) pane(user);
 
@@ -26,144 +29,109 @@ function pane(user) {
     url: config.ws_url,
     getToken: async () => (await (await fetch(`/demo/token?user=${user.id}`)).json()).token,
     storage: new IndexedDbStorage(`chat-relay-demo-${chatId}-${user.id}`),
+    requestTimeoutMs: Number(params.get("timeout")) || undefined,
   });
   window.clients = Object.assign(window.clients || {}, { [user.name]: client });
+  const chat = client.chat(chatId, { pageSize: 20 });
 
-  const rows = new Map(); // key (id or cgid) -> element
-  let oldest = null;
-  let hasMore = true;
-  let loading = false;
+  const rows = new Map(); // item key -> element
+  let settled = false; // the first page came (or failed)
+  let shown = null;
 
-  function render(m, { key, status, prepend = false }) {
-    let div = rows.get(key);
-    if (!div) {
-      div = document.createElement("div");
-      div.className = "msg";
-      rows.set(key, div);
-      if (prepend) more.after(div);
-      else list.append(div);
-    }
-    const mine = m.sender_id === user.id;
-    div.classList.toggle("mine", mine);
-    div.classList.toggle("pending", status === "pending");
-    div.dataset.seq = m.seq ?? "";
-    div.dataset.status = status ?? "";
-    div.textContent = m.content;
+  function line(item) {
+    const div = document.createElement("div");
+    div.className = "msg";
+    div.append(document.createTextNode(""));
     const meta = document.createElement("span");
     meta.className = "meta";
-    meta.textContent = m.seq ? `#${m.seq} ` : "";
-    if (mine) {
-      const tick = document.createElement("span");
-      tick.className = `tick ${status}`;
-      tick.textContent = TICKS[status] ?? "";
-      meta.append(tick);
-    }
+    const tick = document.createElement("span");
+    meta.append(document.createTextNode(""), tick);
     div.append(meta);
+    if (item.mine) div.addEventListener("click", () => div.dataset.status === "failed" && chat.retry(item.key));
     return div;
   }
 
-  function setStatus(key, status) {
-    const div = rows.get(key);
-    if (!div || (RANK[status] ?? 0) < (RANK[div.dataset.status] ?? 0)) return;
-    const tick = div.querySelector(".tick");
-    div.dataset.status = status;
-    div.classList.toggle("pending", status === "pending");
-    if (tick) {
-      tick.className = `tick ${status}`;
-      tick.textContent = TICKS[status];
-    }
+  function update(div, item) {
+    div.firstChild.textContent = item.content;
+    div.classList.toggle("mine", item.mine);
+    div.classList.toggle("pending", item.status === "pending");
+    div.dataset.seq = item.seq ?? "";
+    div.dataset.status = item.status;
+    const [seq, tick] = div.querySelector(".meta").childNodes;
+    seq.textContent = item.seq ? `#${item.seq} ` : "";
+    tick.className = `tick ${item.status}`;
+    tick.textContent = item.mine ? TICKS[item.status] ?? "" : "";
+    div.title = item.status === "failed" ? `failed (${item.error}): click to send again` : "";
   }
 
-  const atBottom = () => list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  const toBottom = () => (list.scrollTop = list.scrollHeight);
+  function render(s) {
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    const height = list.scrollHeight;
+    const firstBefore = shown?.items[0]?.key;
+    const lastBefore = shown?.items.at(-1)?.key;
+    const keys = new Set();
+    let prev = more;
+    for (const item of s.items) {
+      keys.add(item.key);
+      let div = rows.get(item.key);
+      if (!div) rows.set(item.key, (div = line(item)));
+      if (div.item !== item) update(div, (div.item = item));
+      if (prev.nextSibling !== div) prev.after(div);
+      prev = div;
+    }
+    for (const [key, div] of rows) if (!keys.has(key)) (div.remove(), rows.delete(key));
+    if (s.live && !s.loading) settled = true;
+    el.dataset.live = String(s.live && settled);
+    more.toggleAttribute("data-error", !!s.error && !s.loading);
+    more.textContent = s.loading
+      ? "loading…"
+      : s.error
+        ? "could not load older messages: scroll up to try again"
+        : s.hasMore
+          ? "scroll up for older messages"
+          : "beginning of the chat";
+    $(".typing").textContent = s.typing.length ? `${s.typing.map((id) => names[id] ?? "someone").join(", ")} is typing…` : "";
+    const last = s.items.at(-1);
+    if (shown === null || s.items[0]?.key !== firstBefore && rows.has(firstBefore ?? "") && last?.key === lastBefore) {
+      // Older messages went in above: keep what was on screen in place.
+      if (shown !== null) list.scrollTop += list.scrollHeight - height;
+      else list.scrollTop = list.scrollHeight;
+    } else if (last?.key !== lastBefore && (atBottom || last?.mine)) {
+      list.scrollTop = list.scrollHeight;
+    }
+    shown = s;
+    showPresence();
+  }
 
-  client.on("message", (m, { replaces }) => {
-    const stick = atBottom();
-    if (replaces && rows.has(replaces)) {
-      const div = rows.get(replaces);
-      rows.delete(replaces);
-      rows.set(m.id, div);
-    }
-    render(m, { key: m.id, status: m.status ?? "sent" });
-    if (m.sender_id !== user.id) {
-      hideTyping();
-      if (document.visibilityState === "visible") client.markRead(chatId, m.seq);
-    }
-    if (stick || m.sender_id === user.id) toBottom();
-  });
-  client.on("update", (m) => {
-    if (rows.has(m.id) && m.status) setStatus(m.id, m.status);
-  });
-  client.on("status", (s) => {
-    if (s.status === "failed") setStatus(s.clientGeneratedId, "failed");
-  });
-  client.on("delete", ({ id }) => rows.get(id)?.remove());
+  function showPresence() {
+    // Offline, this side cannot know: grey.
+    const on = peer && client.connectionState === "open" && chat.getSnapshot().online.includes(peer.id);
+    $(".dot").classList.toggle("on", !!on);
+    el.dataset.peerOnline = on ? "true" : "false";
+  }
+
+  chat.subscribe(() => render(chat.getSnapshot()));
+  render(chat.getSnapshot());
   client.on("state", (s) => {
     $(".state").textContent = s;
     $(".state").dataset.state = s;
     showPresence();
   });
-  client.on("subscribed", () => {
-    el.dataset.live = "true";
-    showPresence();
-  });
-  client.on("presence", showPresence);
-  let typingTimer = null;
-  client.on("typing", ({ userId }) => {
-    $(".typing").textContent = `${names[userId] ?? "someone"} is typing…`;
-    clearTimeout(typingTimer);
-    typingTimer = setTimeout(hideTyping, 3000);
-  });
-  function hideTyping() {
-    $(".typing").textContent = "";
-  }
-  function showPresence() {
-    // Offline, this side cannot know: grey.
-    const on = peer && client.connectionState === "open" && client.online(chatId).includes(peer.id);
-    $(".dot").classList.toggle("on", !!on);
-    el.dataset.peerOnline = on ? "true" : "false";
-  }
 
-  async function loadOlder() {
-    if (loading || !hasMore) return;
-    loading = true;
-    more.textContent = "loading…";
-    const before = list.scrollHeight;
-    const page = await client.history(chatId, { beforeSeq: oldest ?? undefined, limit: 20 });
-    for (const m of [...page.messages].reverse()) {
-      if (!rows.has(m.id)) render(m, { key: m.id, status: m.status ?? "sent", prepend: true });
-    }
-    if (page.messages.length) oldest = page.messages[0].seq;
-    hasMore = page.hasMore;
-    more.textContent = hasMore ? "scroll up for older messages" : "beginning of the chat";
-    list.scrollTop += list.scrollHeight - before;
-    loading = false;
-    return page;
-  }
+  const visible = () => chat.setVisible(document.visibilityState === "visible");
+  document.addEventListener("visibilitychange", visible);
+  visible();
   list.addEventListener("scroll", () => {
-    if (list.scrollTop < 30) loadOlder();
+    if (list.scrollTop < 30) chat.loadOlder();
   });
-
   $(".online").addEventListener("change", (e) => client.setOnline(e.target.checked));
   const input = $(".text");
-  input.addEventListener("input", () => client.typing(chatId));
+  input.addEventListener("input", () => chat.typing());
   $("form").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = input.value.trim();
     if (!text) return;
     input.value = "";
-    const out = client.send(chatId, text);
-    render(out, { key: out.client_generated_id, status: "pending" });
-    toBottom();
+    chat.send(text);
   });
-
-  (async () => {
-    // The newest page first, then live from its last seq.
-    const page = await loadOlder();
-    toBottom();
-    const last = page.messages.length ? page.messages[page.messages.length - 1].seq : 0;
-    for (const p of client.pendingMessages(chatId)) render(p, { key: p.client_generated_id, status: "pending" });
-    await client.subscribe(chatId, { afterSeq: last });
-    toBottom();
-  })();
 }

@@ -17,28 +17,21 @@
  * - tokens from `getToken`, one request at a time, refreshed before expiry
  *   with `auth` (no resubscribe);
  * - debounced `ack`s, `markRead`, and status / receipt events.
+ *
+ * The parts, one module each: {@link Connection} (the socket and its state
+ * machine), {@link Tokens}, {@link Outbox}, {@link Subscriptions}; this class
+ * wires them together and says what each server frame means.
  */
 import { type BackoffOptions } from "./backoff.js";
+import { type WebSocketConstructor } from "./connection.js";
 import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
+import { ChatStore, type ChatStoreOptions } from "./chat-store.js";
+import { InboxStore } from "./inbox-store.js";
+import { type Locks, type SendResult } from "./outbox.js";
 import { type OutboxStorage } from "./storage.js";
-import type { ChatMessage, ConnectionState, HistoryPage, PendingMessage, Receipt, StatusChange, Subscription } from "./types.js";
-/** The parts of the WebSocket API the client uses (browsers' `WebSocket`, `ws` under Node). */
-export interface WebSocketLike {
-    readonly readyState: number;
-    onopen: ((ev: unknown) => void) | null;
-    onmessage: ((ev: {
-        data: unknown;
-    }) => void) | null;
-    onclose: ((ev: {
-        code: number;
-        reason?: string;
-    }) => void) | null;
-    onerror: ((ev: unknown) => void) | null;
-    send(data: string): void;
-    close(code?: number, reason?: string): void;
-}
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+import type { ChatMessage, ChatSummary, ConnectionSnapshot, ConnectionState, Environment, HistoryPage, InboxPage, Logger, PendingMessage, Receipt, StateChange, StatusChange, Subscription } from "./types.js";
+export type { WebSocketConstructor, WebSocketLike } from "./connection.js";
 export interface ClientOptions {
     /** `ws(s)://host/v1/ws` */
     url: string;
@@ -64,15 +57,23 @@ export interface ClientOptions {
     watchEnvironment?: boolean;
     /** Give up on a request (history, subscribe) after this long without an answer (default 30 s). */
     requestTimeoutMs?: number;
+    /** Give up on a socket that has not opened this long after dialing, and dial again (default 15 s). */
+    connectTimeoutMs?: number;
+    /** Send a message again (same id) when its `send` had no answer this long (default 15 s). */
+    sendTimeoutMs?: number;
+    /** The relay's frame limit, `CHAT_RELAY_MAX_FRAME_BYTES` (default 65536): larger messages fail at once, as `too_large`. */
+    maxFrameBytes?: number;
+    /** Network and foreground hints where there is no `window` (React Native); replaces `watchEnvironment`. */
+    environment?: Environment;
+    /** Where the client says what it does and what went wrong (default: console, errors only). */
+    logger?: Logger;
+    /** Web Locks (default `navigator.locks`): with a storage tabs share, one tab at a time sends what was stored. */
+    locks?: Locks;
 }
 /** A `send` in progress. */
 export interface OutgoingMessage extends PendingMessage {
     /** Resolves with the stored row's id and seq (once `sent` arrives); rejects with a non-retryable {@link ChatRelayError}. */
-    done: Promise<{
-        id: string;
-        seq: number;
-        duplicate: boolean;
-    }>;
+    done: Promise<SendResult>;
 }
 export interface MessageMeta {
     /** The `client_generated_id` of the optimistic message this row replaces, if this client sent it. */
@@ -108,45 +109,39 @@ export interface ClientEvents {
         userId: string;
         online: boolean;
     }];
-    state: [state: ConnectionState];
+    /** The connection's state moved; `why` carries the close code and reason, or the client's own. */
+    state: [state: ConnectionState, why: StateChange];
     error: [error: ChatRelayError];
+    /** A chat's summary changed (protocol 1.2; while an inbox is on: `client.inbox()`). */
+    chat: [summary: ChatSummary];
+    /** The user left a chat (protocol 1.2 `chat_removed`). */
+    chatRemoved: [event: {
+        chatId: string;
+    }];
 }
 export declare class ChatRelayClient extends Emitter<ClientEvents> {
-    private readonly opts;
-    private readonly WS;
-    private readonly storage;
-    private readonly chats;
-    private readonly outbox;
-    private readonly inFlight;
-    private readonly pending;
-    private readonly barriers;
-    private readonly subscribeRefs;
-    private ws;
-    private state;
-    private attempt;
-    private refs;
-    private order;
-    private reconnectTimer;
-    private pingTimer;
-    private deadTimer;
-    private refreshTimer;
-    private outboxTimer;
-    private lastFrameAt;
-    private token;
-    private tokenExp;
-    private tokenIssued;
-    private tokenFlight;
-    private forceToken;
-    private manualOffline;
-    private closed;
-    private me;
-    private readonly loaded;
-    private readonly unwatch;
+    #private;
     constructor(options: ClientOptions);
     /** The current connection state. */
     get connectionState(): ConnectionState;
     /** The signed-in user (the token's `sub`), once a token was fetched. */
     get userId(): string | null;
+    /**
+     * One conversation as a store (`getSnapshot`/`subscribe`, for
+     * useSyncExternalStore): the same store for a chat id every time. It
+     * subscribes to the chat while it has listeners.
+     */
+    chat(chatId: string, opts?: ChatStoreOptions): ChatStore;
+    /** The conversation list as a store (protocol 1.2); the inbox is on while it has listeners. */
+    inbox(): InboxStore;
+    /** The connection's state, why it is in it, and who: one frozen object per change (for useSyncExternalStore with the `state` event). */
+    get connection(): ConnectionSnapshot;
+    /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
+    inboxPage(opts?: {
+        before?: string;
+    }, limit?: number): Promise<InboxPage>;
+    /** Turns the connection's inbox off (no more `chat` events). */
+    inboxOff(): void;
     /** Opens the connection (subscribe and send do too). */
     connect(): void;
     /**
@@ -168,8 +163,14 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
      * row arrives later as a `message` event whose `meta.replaces` names it.
      */
     send(chatId: string, content: string): OutgoingMessage;
-    /** Messages sent but not stored yet, oldest first (to render after a reload). */
+    /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
     pendingMessages(chatId?: string): PendingMessage[];
+    /** Sends a failed message again; its new `done`, or null if no such failed message. */
+    retry(clientGeneratedId: string): Promise<SendResult> | null;
+    /** Sends a failed message again (same id), with new `content` if given; its new `done`, or null. */
+    edit(clientGeneratedId: string, content?: string): Promise<SendResult> | null;
+    /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
+    discard(clientGeneratedId: string): Promise<boolean>;
     /** Resolves when every message in the outbox has been stored (or failed). */
     flushed(): Promise<void>;
     /** The user has read a chat up to `seq`. */
@@ -188,59 +189,4 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     setOnline(online: boolean): void;
     /** Closes for good: no reconnects; pending requests fail with `closed`. */
     close(): void;
-    private open;
-    private onOpen;
-    private onClosed;
-    private scheduleReconnect;
-    /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
-    private reconnectNow;
-    private clearReconnect;
-    private dropSocket;
-    private startPings;
-    private stopPings;
-    /** Pings; a socket that sends no frame at all within the timeout is dead. */
-    private ping;
-    private watchEnvironment;
-    private setState;
-    /** One `getToken` call at a time; cached until it nears expiry. */
-    private getToken;
-    private margin;
-    private expiring;
-    private scheduleRefresh;
-    /** Fetches a new token and hands it to the open connection with `auth`. */
-    private refresh;
-    private onFrame;
-    private onMessage;
-    private onSubscribed;
-    private onPong;
-    private onError;
-    private chat;
-    private sendSubscribe;
-    private retrySubscribe;
-    private subscription;
-    private settleWaiters;
-    private rejectWaiters;
-    private scheduleAck;
-    private sendRead;
-    private outgoing;
-    private pendingOf;
-    /** Sends the oldest unsent message of each chat that has none in flight. */
-    private flushOutbox;
-    private onSent;
-    /** An outbox entry is stored: forget it, tell the app. */
-    private settle;
-    /** An `error` answering a `send`: retry later, or fail the message for good. */
-    private onSendError;
-    private request;
-    private answer;
-    private fail;
-    private write;
-    private ref;
 }
-/** The JWT's claims, without verifying it (the relay does that). */
-export declare function decodeClaims(token: string): {
-    exp?: unknown;
-    sub?: unknown;
-} | null;
-/** A v4 UUID (crypto.randomUUID where there is one). */
-export declare function uuid(): string;

@@ -17,92 +17,150 @@
  * - tokens from `getToken`, one request at a time, refreshed before expiry
  *   with `auth` (no resubscribe);
  * - debounced `ack`s, `markRead`, and status / receipt events.
+ *
+ * The parts, one module each: {@link Connection} (the socket and its state
+ * machine), {@link Tokens}, {@link Outbox}, {@link Subscriptions}; this class
+ * wires them together and says what each server frame means.
  */
 import { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
+import { Connection } from "./connection.js";
 import { Emitter } from "./emitter.js";
 import { ChatRelayError } from "./errors.js";
+import { ChatStore } from "./chat-store.js";
+import { InboxStore } from "./inbox-store.js";
+import { Outbox } from "./outbox.js";
 import { MemoryStorage } from "./storage.js";
-/** Seen ids remembered per chat (beyond the cursor, for rows re-inserted under an old id). */
-const SEEN_LIMIT = 2000;
-const OPEN = 1;
+import { Subscriptions } from "./subscriptions.js";
+import { Tokens } from "./token.js";
+import { uuid } from "./util.js";
 export class ChatRelayClient extends Emitter {
-    opts;
-    WS;
-    storage;
-    chats = new Map();
-    outbox = [];
-    inFlight = new Map(); // chat -> ref
-    pending = new Map(); // ref -> request
-    barriers = new Map(); // ping ref -> chats
-    subscribeRefs = new Map(); // ref -> chat
-    ws = null;
-    state = "idle";
-    attempt = 0;
-    refs = 0;
-    order = 0;
-    reconnectTimer = null;
-    pingTimer = null;
-    deadTimer = null;
-    refreshTimer = null;
-    outboxTimer = null;
-    lastFrameAt = 0;
-    token = null;
-    tokenExp = null;
-    tokenIssued = 0;
-    tokenFlight = null;
-    forceToken = false;
-    manualOffline = false;
-    closed = false;
-    me = null;
-    loaded;
-    unwatch = [];
+    #opts;
+    #conn;
+    #tokens;
+    #outbox;
+    #subs;
+    #pending = new Map(); // ref -> request
+    #storage;
+    #stores = new Map();
+    #inboxStore = null;
+    #change;
+    #refreshTimer = null;
+    #refreshTries = 0;
+    #unwatch = null;
     constructor(options) {
         super();
         const WS = options.WebSocket ?? globalThis.WebSocket;
         if (!WS)
             throw new TypeError("no WebSocket here: pass one as options.WebSocket (e.g. `ws` under Node)");
-        this.WS = WS;
-        this.storage = options.storage ?? new MemoryStorage();
         const inBrowser = typeof globalThis.document !== "undefined";
-        this.opts = {
-            url: options.url,
-            getToken: options.getToken,
-            backoff: options.backoff ?? DEFAULT_BACKOFF,
-            pingIntervalMs: options.pingIntervalMs ?? 20_000,
-            pingTimeoutMs: options.pingTimeoutMs ?? 10_000,
-            ackDelayMs: options.ackDelayMs ?? 250,
-            autoAck: options.autoAck ?? true,
-            refreshBeforeMs: options.refreshBeforeMs ?? 60_000,
-            watchEnvironment: options.watchEnvironment ?? inBrowser,
-            requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
-        };
-        this.loaded = this.storage.load().then((entries) => {
-            for (const entry of entries) {
-                if (!this.outbox.some((o) => o.entry.client_generated_id === entry.client_generated_id)) {
-                    this.outbox.push(this.outgoing(entry));
+        const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+        const o = (this.#opts = {
+            backoff: DEFAULT_BACKOFF,
+            pingIntervalMs: 20_000,
+            pingTimeoutMs: 10_000,
+            ackDelayMs: 250,
+            autoAck: true,
+            refreshBeforeMs: 60_000,
+            watchEnvironment: inBrowser,
+            requestTimeoutMs: 30_000,
+            connectTimeoutMs: 15_000,
+            sendTimeoutMs: 15_000,
+            maxFrameBytes: 65_536,
+            ...given,
+        });
+        if (options.logger)
+            this.logger = options.logger;
+        this.#change = Object.freeze({ state: "idle", code: 0, reason: "", userId: null });
+        const write = (f) => this.#conn.write(f);
+        const isOpen = () => this.#conn.isOpen;
+        const ref = () => this.#conn.ref();
+        const error = (e) => this.emit("error", e);
+        this.#tokens = new Tokens(o.getToken, o.refreshBeforeMs);
+        this.#storage = options.storage ?? new MemoryStorage();
+        this.#outbox = new Outbox(this.#storage, { ...o, locks: options.locks }, {
+            write,
+            isOpen,
+            ref,
+            me: () => this.#tokens.sub,
+            status: (s) => this.emit("status", s),
+            error,
+            stalled: () => this.#conn.reconnectNow(),
+        });
+        this.#subs = new Subscriptions(o, { write, isOpen, ref, error, subscribed: (s) => this.emit("subscribed", s) });
+        this.#conn = new Connection({ ...o, WebSocket: WS }, {
+            token: async () => {
+                await this.#outbox.loaded;
+                const token = await this.#tokens.get(this.#tokens.force);
+                this.#tokens.force = false;
+                return token;
+            },
+            open: () => this.#onOpen(),
+            frame: (f) => this.#onFrame(f),
+            closed: (code, opened, attempt) => this.#onClosed(code, opened, attempt),
+            state: (s, why) => {
+                this.logger.debug?.(`chat-relay: ${s}`, why);
+                if (s === "unauthorized") {
+                    const err = new ChatRelayError("unauthorized", why.reason);
+                    this.#subs.failWaiters(err);
+                    for (const ref of [...this.#pending.keys()])
+                        this.#fail(ref, err);
                 }
-                this.order = Math.max(this.order, entry.order);
-            }
-            this.outbox.sort((a, b) => a.entry.order - b.entry.order);
-        }, (e) => this.emit("error", new ChatRelayError("internal", `outbox storage failed to load: ${String(e)}`)));
-        if (this.opts.watchEnvironment)
-            this.watchEnvironment();
+                this.#change = Object.freeze({ state: s, ...why, userId: this.#tokens.sub });
+                this.emit("state", s, why);
+            },
+            error,
+        });
+        if (options.environment)
+            this.#unwatch = this.#conn.watch(options.environment);
+        else if (o.watchEnvironment)
+            this.#unwatch = this.#conn.watchBrowser();
     }
     // ------------------------------------------------------------------ API
     /** The current connection state. */
     get connectionState() {
-        return this.state;
+        return this.#conn.state;
     }
     /** The signed-in user (the token's `sub`), once a token was fetched. */
     get userId() {
-        return this.me;
+        return this.#tokens.sub;
+    }
+    /**
+     * One conversation as a store (`getSnapshot`/`subscribe`, for
+     * useSyncExternalStore): the same store for a chat id every time. It
+     * subscribes to the chat while it has listeners.
+     */
+    chat(chatId, opts) {
+        let store = this.#stores.get(chatId);
+        if (!store)
+            this.#stores.set(chatId, (store = new ChatStore(this, chatId, this.#storage, opts)));
+        return store;
+    }
+    /** The conversation list as a store (protocol 1.2); the inbox is on while it has listeners. */
+    inbox() {
+        return (this.#inboxStore ??= new InboxStore(this));
+    }
+    /** The connection's state, why it is in it, and who: one frozen object per change (for useSyncExternalStore with the `state` event). */
+    get connection() {
+        return this.#change;
+    }
+    /** One page of the inbox (protocol 1.2): the first, or the one after `before` (an earlier page's `next`). Turns the inbox on. */
+    async inboxPage(opts = {}, limit) {
+        // (undefined fields are left out of the JSON)
+        const a = await this.#request({ type: "inbox", before: opts.before, limit }, false);
+        return {
+            chats: Array.isArray(a.chats) ? a.chats : [],
+            next: typeof a.next === "string" ? a.next : null,
+            unreadChats: Number(a.unread_chats ?? 0),
+        };
+    }
+    /** Turns the connection's inbox off (no more `chat` events). */
+    inboxOff() {
+        if (this.#conn.state === "open")
+            this.#request({ type: "inbox_off" }, false).catch(() => { });
     }
     /** Opens the connection (subscribe and send do too). */
     connect() {
-        if (this.closed || this.manualOffline)
-            return;
-        if (this.state === "idle")
-            void this.open();
+        this.#conn.connect();
     }
     /**
      * Subscribes to a chat; resolves once the backfill after `afterSeq` (or
@@ -110,406 +168,172 @@ export class ChatRelayClient extends Emitter {
      * Without either, starts after the chat's latest message.
      */
     subscribe(chatId, opts = {}) {
-        const chat = this.chat(chatId);
-        if (opts.afterSeq !== undefined && (chat.cursor === null || opts.afterSeq > chat.cursor)) {
-            chat.cursor = opts.afterSeq;
-        }
-        const promise = new Promise((resolve, reject) => chat.waiters.push({ resolve, reject }));
-        promise.catch(() => { });
-        if (chat.wanted && chat.ready) {
-            this.settleWaiters(chatId, chat);
-            return promise;
-        }
-        const already = chat.wanted;
-        chat.wanted = true;
-        if (this.state === "open" && !already)
-            this.sendSubscribe(chatId);
+        const promise = this.#subs.subscribe(chatId, opts.afterSeq);
         this.connect();
         return promise;
     }
     /** Stops a chat's events (its cursor is kept for a later subscribe). */
     unsubscribe(chatId) {
-        const chat = this.chats.get(chatId);
-        if (!chat || !chat.wanted)
-            return;
-        chat.wanted = false;
-        chat.ready = false;
-        chat.online.clear();
-        this.rejectWaiters(chat, new ChatRelayError("closed", "unsubscribed", { chatId }));
-        this.write({ type: "unsubscribe", chat_id: chatId });
+        if (this.#subs.unsubscribe(chatId, new ChatRelayError("closed", "unsubscribed", { chatId }))) {
+            // With a ref: its answer is told apart from a removal (which has none).
+            this.#conn.write({ type: "unsubscribe", chat_id: chatId, ref: this.#conn.ref() });
+        }
     }
     /** The highest seq delivered for a chat, or null. */
     cursor(chatId) {
-        return this.chats.get(chatId)?.cursor ?? null;
+        return this.#subs.chats.get(chatId)?.cursor ?? null;
     }
     /** Users online in a chat (from `subscribed` and `presence`). */
     online(chatId) {
-        return [...(this.chats.get(chatId)?.online ?? [])];
+        return [...(this.#subs.chats.get(chatId)?.online ?? [])];
     }
     /**
      * Sends a message. Returns at once with the optimistic message; the relay's
      * row arrives later as a `message` event whose `meta.replaces` names it.
      */
     send(chatId, content) {
-        const entry = {
-            chat_id: chatId,
-            client_generated_id: uuid(),
-            content,
-            sender_id: this.me,
-            created_at: Date.now(),
-            order: ++this.order,
-        };
-        const out = this.outgoing(entry);
-        this.outbox.push(out);
-        this.storage.put(entry).catch((e) => this.emit("error", new ChatRelayError("internal", `outbox storage failed to save: ${String(e)}`, { chatId })));
-        this.emit("status", { chatId, clientGeneratedId: entry.client_generated_id, id: null, seq: null, status: "pending" });
+        const { entry, done } = this.#outbox.add(chatId, content, uuid());
         this.connect();
-        this.flushOutbox();
-        return { ...this.pendingOf(entry), done: out.done };
+        return { ...this.#outbox.view(entry), done };
     }
-    /** Messages sent but not stored yet, oldest first (to render after a reload). */
+    /** The signed-in user's messages not stored yet, oldest first, failed ones included (to render after a reload). */
     pendingMessages(chatId) {
-        return this.outbox.filter((o) => chatId === undefined || o.entry.chat_id === chatId).map((o) => this.pendingOf(o.entry));
+        return this.#outbox.pending(chatId);
+    }
+    /** Sends a failed message again; its new `done`, or null if no such failed message. */
+    retry(clientGeneratedId) {
+        return this.edit(clientGeneratedId);
+    }
+    /** Sends a failed message again (same id), with new `content` if given; its new `done`, or null. */
+    edit(clientGeneratedId, content) {
+        const done = this.#outbox.retry(clientGeneratedId, content);
+        if (done)
+            this.connect();
+        return done;
+    }
+    /** Forgets a failed (or not yet sent) message, in storage too; false when there is none such or it is in flight. */
+    discard(clientGeneratedId) {
+        return this.#outbox.discard(clientGeneratedId);
     }
     /** Resolves when every message in the outbox has been stored (or failed). */
-    async flushed() {
-        await this.loaded;
-        await Promise.allSettled(this.outbox.map((o) => o.done));
-        if (this.outbox.length > 0)
-            await this.flushed();
+    flushed() {
+        return this.#outbox.flushed();
     }
     /** The user has read a chat up to `seq`. */
     markRead(chatId, seq) {
-        const chat = this.chat(chatId);
-        if (seq <= chat.readSeq)
-            return;
-        chat.readSeq = seq;
-        this.sendRead(chatId, chat);
+        this.#subs.markRead(chatId, seq);
     }
     /** A page of older messages: the `limit` newest before `beforeSeq` (or the newest). */
     async history(chatId, opts = {}) {
-        const frame = { type: "history", chat_id: chatId };
-        if (opts.beforeSeq !== undefined)
-            frame.before_seq = opts.beforeSeq;
-        if (opts.limit !== undefined)
-            frame.limit = opts.limit;
-        const answer = await this.request(frame, true);
+        const frame = { type: "history", chat_id: chatId, before_seq: opts.beforeSeq, limit: opts.limit };
+        const answer = await this.#request(frame, true);
         return { messages: answer.messages ?? [], hasMore: answer.has_more === true };
     }
     /** The user is typing in a chat: sent at most every 2 s, only while subscribed. */
     typing(chatId) {
-        const chat = this.chats.get(chatId);
+        const chat = this.#subs.chats.get(chatId);
         const now = Date.now();
         if (!chat || !chat.ready || now - chat.lastTypingAt < 2000)
             return;
         chat.lastTypingAt = now;
-        this.write({ type: "typing", chat_id: chatId });
+        this.#conn.write({ type: "typing", chat_id: chatId });
     }
     /**
      * Goes offline on purpose (false): the socket closes and nothing reconnects;
      * sends queue in the outbox. Back online (true): reconnects at once.
      */
     setOnline(online) {
-        if (this.closed)
-            return;
-        if (!online) {
-            this.manualOffline = true;
-            this.clearReconnect();
-            this.dropSocket(1000, "offline");
-            this.setState("offline");
-        }
-        else if (this.manualOffline) {
-            this.manualOffline = false;
-            this.setState("idle");
-            this.attempt = 0;
-            void this.open();
-        }
+        this.#conn.setOnline(online);
     }
     /** Closes for good: no reconnects; pending requests fail with `closed`. */
     close() {
-        if (this.closed)
+        if (this.#conn.closed)
             return;
-        this.closed = true;
-        this.clearReconnect();
-        if (this.refreshTimer)
-            clearTimeout(this.refreshTimer);
-        if (this.outboxTimer)
-            clearTimeout(this.outboxTimer);
-        for (const chat of this.chats.values()) {
-            if (chat.ackTimer)
-                clearTimeout(chat.ackTimer);
-            if (chat.retryTimer)
-                clearTimeout(chat.retryTimer);
-            this.rejectWaiters(chat, new ChatRelayError("closed", "client closed"));
-        }
-        for (const [ref, p] of this.pending) {
+        this.#conn.closed = true;
+        if (this.#refreshTimer)
+            clearTimeout(this.#refreshTimer);
+        this.#outbox.close();
+        this.#subs.close(new ChatRelayError("closed", "client closed"));
+        for (const [ref, p] of this.#pending) {
             clearTimeout(p.timer);
             p.reject(new ChatRelayError("closed", "client closed"));
-            this.pending.delete(ref);
+            this.#pending.delete(ref);
         }
-        this.dropSocket(1000, "client closed");
-        for (const off of this.unwatch)
-            off();
-        this.setState("closed");
+        this.#conn.close();
+        this.#unwatch?.();
     }
     // ------------------------------------------------------------ connection
-    async open() {
-        if (this.closed || this.manualOffline || this.ws)
-            return;
-        this.setState("connecting");
-        let token;
-        try {
-            await this.loaded;
-            token = await this.getToken(this.forceToken);
-            this.forceToken = false;
-        }
-        catch (e) {
-            this.emit("error", e instanceof ChatRelayError ? e : new ChatRelayError("token", `getToken failed: ${String(e)}`));
-            this.scheduleReconnect();
-            return;
-        }
-        if (this.closed || this.manualOffline || this.ws)
-            return;
-        const sep = this.opts.url.includes("?") ? "&" : "?";
-        let ws;
-        try {
-            ws = new this.WS(`${this.opts.url}${sep}access_token=${encodeURIComponent(token)}`);
-        }
-        catch (e) {
-            this.emit("error", new ChatRelayError("unavailable", `cannot open the socket: ${String(e)}`));
-            this.scheduleReconnect();
-            return;
-        }
-        this.ws = ws;
-        let opened = false;
-        ws.onopen = () => {
-            if (this.ws !== ws)
-                return;
-            opened = true;
-            this.onOpen();
-        };
-        ws.onmessage = (ev) => {
-            if (this.ws !== ws)
-                return;
-            this.lastFrameAt = Date.now();
-            if (typeof ev.data !== "string")
-                return;
-            let frame;
-            try {
-                frame = JSON.parse(ev.data);
-            }
-            catch {
-                return;
-            }
-            this.onFrame(frame);
-        };
-        ws.onclose = (ev) => {
-            if (this.ws !== ws)
-                return;
-            this.onClosed(ev.code, opened);
-        };
-        ws.onerror = () => {
-            // A close event follows.
-        };
-    }
-    onOpen() {
-        this.attempt = 0;
-        this.lastFrameAt = Date.now();
-        this.setState("open");
-        for (const [chatId, chat] of this.chats) {
-            if (chat.wanted)
-                this.sendSubscribe(chatId);
-            if (chat.readSeq > chat.readSent)
-                this.sendRead(chatId, chat);
-            if (chat.ackSeq > chat.ackedSeq)
-                this.scheduleAck(chatId, chat);
-        }
-        for (const [ref, p] of this.pending) {
+    #onOpen() {
+        this.#subs.opened();
+        for (const [ref, p] of this.#pending) {
             if (p.resend)
-                this.write({ ...p.frame, ref });
+                this.#conn.write({ ...p.frame, ref });
         }
-        this.flushOutbox();
-        this.startPings();
-        this.scheduleRefresh();
+        this.#outbox.flush();
+        this.#scheduleRefresh();
     }
-    onClosed(code, opened) {
-        this.ws = null;
-        this.stopPings();
-        this.inFlight.clear();
-        this.barriers.clear();
-        this.subscribeRefs.clear();
-        for (const chat of this.chats.values())
-            chat.ready = false;
-        for (const [ref, p] of this.pending) {
+    #onClosed(code, opened, attempt) {
+        this.#outbox.disconnected(code);
+        this.#subs.disconnected();
+        for (const [ref, p] of this.#pending) {
             if (!p.resend) {
                 clearTimeout(p.timer);
-                p.reject(new ChatRelayError("disconnected", "the connection closed before the answer"));
-                this.pending.delete(ref);
+                p.reject(new ChatRelayError("disconnected", "disconnected"));
+                this.#pending.delete(ref);
             }
         }
-        if (this.closed)
+        if (this.#conn.closed || this.#conn.manualOffline)
             return;
-        if (this.manualOffline) {
-            this.setState("offline");
-            return;
-        }
-        // 4001: the token expired or was refused; fetch a new one.
-        // Not even opened: maybe a refused token (HTTP 401), or the server is down.
-        if (code === 4001 || (!opened && this.attempt >= 2))
-            this.forceToken = true;
-        this.setState("connecting");
-        this.scheduleReconnect(code === 4008 || code === 1001 ? Math.min(this.attempt, 1) : undefined);
-    }
-    scheduleReconnect(attempt) {
-        if (this.closed || this.manualOffline)
-            return;
-        this.clearReconnect();
-        const delay = backoffDelay(attempt ?? this.attempt, this.opts.backoff);
-        this.attempt += 1;
-        this.setState("connecting");
-        this.reconnectTimer = setTimeout(() => {
-            this.reconnectTimer = null;
-            void this.open();
-        }, delay);
-    }
-    /** Reconnect now (network back, page visible) instead of waiting for the backoff. */
-    reconnectNow() {
-        if (this.closed || this.manualOffline)
-            return;
-        if (this.ws) {
-            // Maybe a dead socket: a ping tells within pingTimeoutMs.
-            this.ping();
-            return;
-        }
-        this.clearReconnect();
-        this.attempt = 0;
-        void this.open();
-    }
-    clearReconnect() {
-        if (this.reconnectTimer)
-            clearTimeout(this.reconnectTimer);
-        this.reconnectTimer = null;
-    }
-    dropSocket(code, reason) {
-        const ws = this.ws;
-        if (!ws)
-            return;
-        this.onClosed(code, true);
-        try {
-            ws.close(code, reason);
-        }
-        catch {
-            // already closing
-        }
-    }
-    startPings() {
-        this.stopPings();
-        this.pingTimer = setInterval(() => this.ping(), this.opts.pingIntervalMs);
-    }
-    stopPings() {
-        if (this.pingTimer)
-            clearInterval(this.pingTimer);
-        if (this.deadTimer)
-            clearTimeout(this.deadTimer);
-        this.pingTimer = null;
-        this.deadTimer = null;
-    }
-    /** Pings; a socket that sends no frame at all within the timeout is dead. */
-    ping() {
-        if (!this.ws || this.ws.readyState !== OPEN || this.deadTimer)
-            return;
-        const sentAt = Date.now();
-        this.write({ type: "ping", ref: this.ref() });
-        this.deadTimer = setTimeout(() => {
-            this.deadTimer = null;
-            if (this.lastFrameAt < sentAt)
-                this.dropSocket(4000, "no answer to ping");
-        }, this.opts.pingTimeoutMs);
-    }
-    watchEnvironment() {
-        const g = globalThis;
-        const online = () => this.reconnectNow();
-        if (g.addEventListener && g.removeEventListener) {
-            g.addEventListener("online", online);
-            this.unwatch.push(() => g.removeEventListener?.("online", online));
-        }
-        const doc = g.document;
-        if (doc?.addEventListener) {
-            const visible = () => {
-                if (doc.visibilityState === "visible")
-                    this.reconnectNow();
-            };
-            doc.addEventListener("visibilitychange", visible);
-            this.unwatch.push(() => doc.removeEventListener?.("visibilitychange", visible));
-        }
-    }
-    setState(state) {
-        if (this.state === state)
-            return;
-        this.state = state;
-        this.emit("state", state);
+        // 4001: the token expired or was refused; fetch a new one. Not even
+        // opened: maybe a refused token (HTTP 401), more likely the server is
+        // down; a browser cannot tell, so once per run of failures. (A token
+        // near expiry is fetched anyway.)
+        if (code === 4001 || (!opened && attempt === 2))
+            this.#tokens.force = true;
     }
     // ----------------------------------------------------------------- token
-    /** One `getToken` call at a time; cached until it nears expiry. */
-    getToken(force) {
-        if (this.tokenFlight)
-            return this.tokenFlight;
-        if (!force && this.token && !this.expiring())
-            return Promise.resolve(this.token);
-        this.tokenFlight = (async () => {
-            try {
-                const token = await this.opts.getToken();
-                if (typeof token !== "string" || token.length === 0)
-                    throw new Error("getToken returned no token");
-                this.token = token;
-                this.tokenIssued = Date.now();
-                const claims = decodeClaims(token);
-                this.tokenExp = typeof claims?.exp === "number" ? claims.exp * 1000 : null;
-                if (typeof claims?.sub === "string")
-                    this.me = claims.sub;
-                return token;
-            }
-            catch (e) {
-                throw new ChatRelayError("token", `getToken failed: ${e instanceof Error ? e.message : String(e)}`);
-            }
-            finally {
-                this.tokenFlight = null;
-            }
-        })();
-        return this.tokenFlight;
-    }
-    margin() {
-        const lifetime = this.tokenExp === null ? Infinity : this.tokenExp - this.tokenIssued;
-        return Math.min(this.opts.refreshBeforeMs, lifetime / 4);
-    }
-    expiring() {
-        return this.tokenExp !== null && Date.now() >= this.tokenExp - this.margin();
-    }
-    scheduleRefresh() {
-        if (this.refreshTimer)
-            clearTimeout(this.refreshTimer);
-        this.refreshTimer = null;
-        if (this.tokenExp === null || this.closed)
+    #scheduleRefresh() {
+        if (this.#refreshTimer)
+            clearTimeout(this.#refreshTimer);
+        this.#refreshTimer = null;
+        const delay = this.#tokens.refreshIn();
+        if (delay === null || this.#conn.closed)
             return;
-        const delay = Math.max(0, this.tokenExp - this.margin() - Date.now());
-        this.refreshTimer = setTimeout(() => void this.refresh(), delay);
+        this.#refreshTimer = setTimeout(() => void this.#refresh(), delay);
     }
-    /** Fetches a new token and hands it to the open connection with `auth`. */
-    async refresh() {
-        this.refreshTimer = null;
+    /**
+     * Fetches a new token and hands it to the open connection with `auth`.
+     * The same token back (the app's cache): nothing is sent; asked again
+     * later. Another user's token: the connection starts over as that user.
+     */
+    async #refresh() {
+        this.#refreshTimer = null;
+        const [before, who] = [this.#tokens.token, this.#tokens.sub];
         let token;
         try {
-            token = await this.getToken(true);
+            token = await this.#tokens.get(true);
         }
         catch (e) {
-            this.emit("error", e);
+            const err = e;
+            this.emit("error", err);
+            if (err.code === "unauthorized")
+                return this.#conn.unauthorized(err.message);
             // Try again soon, while the old token may still be valid.
-            this.refreshTimer = setTimeout(() => void this.refresh(), backoffDelay(1, this.opts.backoff));
+            this.#refreshTimer = setTimeout(() => void this.#refresh(), backoffDelay(++this.#refreshTries, this.#opts.backoff));
             return;
         }
-        if (this.ws && this.state === "open") {
+        if (this.#conn.closed)
+            return;
+        if (token === before) {
+            this.#refreshTimer = setTimeout(() => void this.#refresh(), this.#tokens.patience(backoffDelay(++this.#refreshTries, this.#opts.backoff)));
+            return;
+        }
+        this.#refreshTries = 0;
+        if (this.#tokens.sub !== who)
+            return this.#conn.drop(4002, "user changed");
+        if (this.#conn.isOpen && this.#conn.state === "open") {
             try {
-                await this.request({ type: "auth", access_token: token }, false);
+                await this.#request({ type: "auth", access_token: token }, false);
             }
             catch (e) {
                 // Refused: the relay closes with 4001 and the reconnect fetches anew.
@@ -517,15 +341,15 @@ export class ChatRelayClient extends Emitter {
                     this.emit("error", e);
             }
         }
-        this.scheduleRefresh();
+        this.#scheduleRefresh();
     }
     // ---------------------------------------------------------------- frames
-    onFrame(f) {
+    #onFrame(f) {
         const chatId = typeof f.chat_id === "string" ? f.chat_id : "";
         const ref = f.ref === undefined || f.ref === null ? null : String(f.ref);
         switch (f.type) {
             case "message":
-                return this.onMessage(chatId, f.message);
+                return this.#onMessage(chatId, f.message);
             case "update": {
                 const m = f.message;
                 this.emit("update", m);
@@ -552,421 +376,106 @@ export class ChatRelayClient extends Emitter {
                 });
                 return;
             case "subscribed":
-                return this.onSubscribed(chatId, f, ref);
+                return this.#subs.onSubscribed(chatId, f, ref);
             case "unsubscribed":
+                // With a ref: the answer to our unsubscribe. Without: a removal.
                 if (ref === null) {
-                    const chat = this.chats.get(chatId);
-                    if (chat) {
-                        chat.wanted = false;
-                        chat.ready = false;
-                        chat.online.clear();
-                        this.rejectWaiters(chat, new ChatRelayError("forbidden", "removed from the chat", { chatId }));
-                    }
+                    this.#subs.removed(chatId);
                     this.emit("unsubscribed", { chatId, reason: typeof f.reason === "string" ? f.reason : null });
                 }
                 return;
             case "sent":
-                return this.onSent(f, ref);
+                return this.#outbox.onSent(f, ref);
             case "pong":
-                return this.onPong(ref);
+                return this.#subs.onPong(ref);
             case "typing":
-                this.emit("typing", { chatId, userId: String(f.user_id) });
+                // The relay echoes typing to the user's other connections (tabs): not news.
+                if (f.user_id !== this.#tokens.sub)
+                    this.emit("typing", { chatId, userId: String(f.user_id) });
                 return;
             case "presence": {
-                const chat = this.chats.get(chatId);
                 const userId = String(f.user_id);
                 const online = f.online === true;
-                if (chat) {
-                    if (online)
-                        chat.online.add(userId);
-                    else
-                        chat.online.delete(userId);
-                }
+                this.#subs.presence(chatId, userId, online);
                 this.emit("presence", { chatId, userId, online });
                 return;
             }
+            case "chat": {
+                // The summary's fields, on the frame itself (or, tolerated, under `chat`).
+                const { type: _type, ...summary } = (typeof f.chat === "object" && f.chat ? f.chat : f);
+                return this.emit("chat", summary);
+            }
+            case "chat_removed":
+                return this.emit("chatRemoved", { chatId });
             case "error":
-                return this.onError(f, ref);
+                return this.#onError(f, ref);
             default:
                 if (ref !== null)
-                    this.answer(ref, f);
+                    this.#answer(ref, f);
         }
     }
-    onMessage(chatId, m) {
-        const chat = this.chats.get(chatId);
-        // Not subscribed (any more): a later subscribe reads it from the cursor.
-        if (!chat || !chat.wanted || !m || typeof m.seq !== "number")
-            return;
-        if (chat.cursor !== null && m.seq <= chat.cursor)
-            return;
-        if (chat.seenIds.has(m.id))
+    #onMessage(chatId, m) {
+        if (!this.#subs.accept(chatId, m))
             return;
         const cgid = m.client_generated_id ?? null;
-        if (cgid !== null && chat.seenCgids.has(cgid))
-            return;
-        chat.cursor = m.seq;
-        remember(chat, m.id, cgid);
         let replaces = null;
         if (cgid !== null) {
-            const i = this.outbox.findIndex((o) => o.entry.client_generated_id === cgid);
-            if (i >= 0) {
+            if (this.#outbox.settle(cgid, { id: m.id, seq: m.seq, duplicate: false })) {
                 replaces = cgid;
-                this.settle(i, { id: m.id, seq: m.seq, duplicate: false });
             }
-            else if (m.sender_id !== null && m.sender_id === this.me) {
+            else if (m.sender_id !== null && m.sender_id === this.#tokens.sub) {
                 replaces = cgid; // sent earlier by this user (another tab, before a reload)
             }
         }
         this.emit("message", m, { replaces });
-        if (this.opts.autoAck && m.sender_id !== this.me) {
-            chat.ackSeq = Math.max(chat.ackSeq, m.seq);
-            this.scheduleAck(chatId, chat);
-        }
+        if (this.#opts.autoAck && m.sender_id !== this.#tokens.sub)
+            this.#subs.ack(chatId, m.seq);
     }
-    onSubscribed(chatId, f, ref) {
-        if (ref === null || this.subscribeRefs.get(ref) !== chatId)
-            return;
-        this.subscribeRefs.delete(ref);
-        const chat = this.chats.get(chatId);
-        if (!chat || !chat.wanted)
-            return;
-        chat.latestSeq = Number(f.latest_seq ?? 0);
-        if (chat.cursor === null)
-            chat.cursor = chat.latestSeq;
-        chat.online = new Set(Array.isArray(f.online) ? f.online.map(String) : []);
-        chat.onlineTruncated = f.online_truncated === true;
-    }
-    onPong(ref) {
-        if (ref === null)
-            return;
-        const chats = this.barriers.get(ref);
-        if (!chats)
-            return;
-        this.barriers.delete(ref);
-        for (const chatId of chats) {
-            const chat = this.chats.get(chatId);
-            if (!chat || !chat.wanted || chat.ready)
-                continue;
-            chat.ready = true;
-            const sub = this.subscription(chatId, chat);
-            this.emit("subscribed", sub);
-            this.settleWaiters(chatId, chat);
-        }
-    }
-    onError(f, ref) {
+    #onError(f, ref) {
         const err = ChatRelayError.fromFrame(f);
-        if (ref !== null && this.subscribeRefs.has(ref)) {
-            const chatId = this.subscribeRefs.get(ref);
-            this.subscribeRefs.delete(ref);
-            const chat = this.chats.get(chatId);
-            if (!chat)
-                return;
-            if (err.retryable) {
-                this.retrySubscribe(chatId, chat, err.retryAfterMs);
-            }
-            else {
-                chat.wanted = false;
-                this.rejectWaiters(chat, err);
-                this.emit("error", err);
-            }
+        if (ref !== null && this.#subs.onError(ref, err))
             return;
-        }
-        if (ref !== null && this.onSendError(ref, err))
+        if (ref !== null && this.#outbox.onError(ref, err))
             return;
-        if (ref !== null && this.pending.has(ref)) {
-            this.fail(ref, err);
+        if (ref !== null && this.#pending.has(ref)) {
+            this.#fail(ref, err);
             return;
         }
         // Unasked: a subscription the relay could not keep ("subscribe again").
-        if (err.chatId && err.code === "unavailable") {
-            const chat = this.chats.get(err.chatId);
-            if (chat?.wanted) {
-                chat.ready = false;
-                this.retrySubscribe(err.chatId, chat);
-            }
-        }
+        if (err.chatId && err.code === "unavailable")
+            this.#subs.lost(err.chatId);
         this.emit("error", err);
     }
-    // ---------------------------------------------------------- subscriptions
-    chat(chatId) {
-        let chat = this.chats.get(chatId);
-        if (!chat) {
-            chat = {
-                wanted: false,
-                cursor: null,
-                ready: false,
-                latestSeq: 0,
-                online: new Set(),
-                onlineTruncated: false,
-                seenIds: new Set(),
-                seenCgids: new Set(),
-                seenOrder: [],
-                waiters: [],
-                ackSeq: 0,
-                ackedSeq: 0,
-                ackTimer: null,
-                readSeq: 0,
-                readSent: 0,
-                lastTypingAt: 0,
-                retryTimer: null,
-            };
-            this.chats.set(chatId, chat);
-        }
-        return chat;
-    }
-    sendSubscribe(chatId) {
-        const chat = this.chats.get(chatId);
-        if (!chat || !this.ws || this.ws.readyState !== OPEN)
-            return;
-        const ref = this.ref();
-        this.subscribeRefs.set(ref, chatId);
-        const frame = { type: "subscribe", chat_id: chatId, ref };
-        if (chat.cursor !== null)
-            frame.after_seq = chat.cursor;
-        this.write(frame);
-        // The pong comes after everything the subscribe owes: the backfill.
-        const barrier = this.ref();
-        this.barriers.set(barrier, [chatId]);
-        this.write({ type: "ping", ref: barrier });
-    }
-    retrySubscribe(chatId, chat, afterMs) {
-        if (chat.retryTimer)
-            return;
-        chat.retryTimer = setTimeout(() => {
-            chat.retryTimer = null;
-            if (chat.wanted && !chat.ready)
-                this.sendSubscribe(chatId);
-        }, afterMs ?? backoffDelay(1, this.opts.backoff));
-    }
-    subscription(chatId, chat) {
-        return { chatId, latestSeq: chat.latestSeq, online: [...chat.online], onlineTruncated: chat.onlineTruncated };
-    }
-    settleWaiters(chatId, chat) {
-        const sub = this.subscription(chatId, chat);
-        for (const w of chat.waiters.splice(0))
-            w.resolve(sub);
-    }
-    rejectWaiters(chat, err) {
-        for (const w of chat.waiters.splice(0))
-            w.reject(err);
-    }
-    // ------------------------------------------------------------ acks, reads
-    scheduleAck(chatId, chat) {
-        if (chat.ackTimer)
-            return;
-        chat.ackTimer = setTimeout(() => {
-            chat.ackTimer = null;
-            if (chat.ackSeq > chat.ackedSeq && this.write({ type: "ack", chat_id: chatId, seq: chat.ackSeq })) {
-                chat.ackedSeq = chat.ackSeq;
-            }
-        }, this.opts.ackDelayMs);
-    }
-    sendRead(chatId, chat) {
-        if (this.write({ type: "read", chat_id: chatId, seq: chat.readSeq }))
-            chat.readSent = chat.readSeq;
-    }
-    // ---------------------------------------------------------------- outbox
-    outgoing(entry) {
-        let resolve;
-        let reject;
-        const done = new Promise((res, rej) => {
-            resolve = res;
-            reject = rej;
-        });
-        done.catch(() => { });
-        return { entry, resolve, reject, done, notBefore: 0, attempts: 0 };
-    }
-    pendingOf(entry) {
-        return {
-            chat_id: entry.chat_id,
-            client_generated_id: entry.client_generated_id,
-            content: entry.content,
-            sender_id: entry.sender_id ?? this.me,
-            created_at: entry.created_at,
-            status: "pending",
-        };
-    }
-    /** Sends the oldest unsent message of each chat that has none in flight. */
-    flushOutbox() {
-        if (this.outboxTimer)
-            clearTimeout(this.outboxTimer);
-        this.outboxTimer = null;
-        if (!this.ws || this.ws.readyState !== OPEN)
-            return;
-        const now = Date.now();
-        const heads = new Set();
-        let wake = Infinity;
-        for (const o of this.outbox) {
-            const chatId = o.entry.chat_id;
-            if (heads.has(chatId))
-                continue;
-            heads.add(chatId);
-            if (this.inFlight.has(chatId))
-                continue;
-            if (o.notBefore > now) {
-                wake = Math.min(wake, o.notBefore);
-                continue;
-            }
-            const ref = this.ref();
-            this.inFlight.set(chatId, ref);
-            o.attempts += 1;
-            this.write({
-                type: "send",
-                chat_id: chatId,
-                client_generated_id: o.entry.client_generated_id,
-                content: o.entry.content,
-                ref,
-            });
-        }
-        if (wake !== Infinity)
-            this.outboxTimer = setTimeout(() => this.flushOutbox(), wake - now);
-    }
-    onSent(f, ref) {
-        const cgid = String(f.client_generated_id);
-        const chatId = String(f.chat_id);
-        if (ref !== null && this.inFlight.get(chatId) === ref)
-            this.inFlight.delete(chatId);
-        const i = this.outbox.findIndex((o) => o.entry.client_generated_id === cgid);
-        if (i >= 0)
-            this.settle(i, { id: String(f.id), seq: Number(f.seq), duplicate: f.duplicate === true });
-        this.flushOutbox();
-    }
-    /** An outbox entry is stored: forget it, tell the app. */
-    settle(i, result) {
-        const [o] = this.outbox.splice(i, 1);
-        if (!o)
-            return;
-        this.storage.remove(o.entry.client_generated_id).catch(() => { });
-        this.emit("status", {
-            chatId: o.entry.chat_id,
-            clientGeneratedId: o.entry.client_generated_id,
-            id: result.id,
-            seq: result.seq,
-            status: "sent",
-        });
-        o.resolve(result);
-    }
-    /** An `error` answering a `send`: retry later, or fail the message for good. */
-    onSendError(ref, err) {
-        let chatId = null;
-        for (const [c, r] of this.inFlight)
-            if (r === ref)
-                chatId = c;
-        if (chatId === null)
-            return false;
-        this.inFlight.delete(chatId);
-        const i = this.outbox.findIndex((o) => o.entry.chat_id === chatId);
-        const o = this.outbox[i];
-        if (!o)
-            return true;
-        if (err.retryable) {
-            o.notBefore = Date.now() + (err.retryAfterMs ?? backoffDelay(Math.min(o.attempts, 6), this.opts.backoff));
-        }
-        else {
-            this.outbox.splice(i, 1);
-            this.storage.remove(o.entry.client_generated_id).catch(() => { });
-            this.emit("status", {
-                chatId,
-                clientGeneratedId: o.entry.client_generated_id,
-                id: null,
-                seq: null,
-                status: "failed",
-            });
-            o.reject(err);
-            this.emit("error", err);
-        }
-        this.flushOutbox();
-        return true;
-    }
     // -------------------------------------------------------------- requests
-    request(frame, resend) {
-        if (this.closed)
+    #request(frame, resend) {
+        if (this.#conn.closed)
             return Promise.reject(new ChatRelayError("closed", "client closed"));
-        const ref = this.ref();
+        const ref = this.#conn.ref();
         return new Promise((resolve, reject) => {
-            const timer = setTimeout(() => this.fail(ref, new ChatRelayError("timeout", `no answer to ${String(frame.type)} in time`)), this.opts.requestTimeoutMs);
-            this.pending.set(ref, { frame, resolve, reject, timer, resend });
-            if (this.state === "open")
-                this.write({ ...frame, ref });
+            const timer = setTimeout(() => this.#fail(ref, new ChatRelayError("timeout", `no answer to ${String(frame.type)} in time`)), this.#opts.requestTimeoutMs);
+            this.#pending.set(ref, { frame, resolve, reject, timer, resend });
+            if (this.#conn.state === "open")
+                this.#conn.write({ ...frame, ref });
             else if (!resend)
-                this.fail(ref, new ChatRelayError("disconnected", "not connected"));
+                this.#fail(ref, new ChatRelayError("disconnected", "not connected"));
             else
                 this.connect();
         });
     }
-    answer(ref, f) {
-        const p = this.pending.get(ref);
+    #answer(ref, f) {
+        const p = this.#pending.get(ref);
         if (!p)
             return;
         clearTimeout(p.timer);
-        this.pending.delete(ref);
+        this.#pending.delete(ref);
         p.resolve(f);
     }
-    fail(ref, err) {
-        const p = this.pending.get(ref);
+    #fail(ref, err) {
+        const p = this.#pending.get(ref);
         if (!p)
             return;
         clearTimeout(p.timer);
-        this.pending.delete(ref);
+        this.#pending.delete(ref);
         p.reject(err);
     }
-    write(frame) {
-        if (!this.ws || this.ws.readyState !== OPEN)
-            return false;
-        try {
-            this.ws.send(JSON.stringify(frame));
-            return true;
-        }
-        catch {
-            return false;
-        }
-    }
-    ref() {
-        this.refs += 1;
-        return `c${this.refs}`;
-    }
-}
-function remember(chat, id, cgid) {
-    chat.seenIds.add(id);
-    if (cgid !== null)
-        chat.seenCgids.add(cgid);
-    chat.seenOrder.push([id, cgid]);
-    while (chat.seenOrder.length > SEEN_LIMIT) {
-        const old = chat.seenOrder.shift();
-        if (!old)
-            break;
-        chat.seenIds.delete(old[0]);
-        if (old[1] !== null)
-            chat.seenCgids.delete(old[1]);
-    }
-}
-/** The JWT's claims, without verifying it (the relay does that). */
-export function decodeClaims(token) {
-    const part = token.split(".")[1];
-    if (!part)
-        return null;
-    try {
-        const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
-        const json = decodeURIComponent(Array.from(atob(b64), (c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""));
-        return JSON.parse(json);
-    }
-    catch {
-        return null;
-    }
-}
-/** A v4 UUID (crypto.randomUUID where there is one). */
-export function uuid() {
-    const c = globalThis.crypto;
-    if (c?.randomUUID)
-        return c.randomUUID();
-    const b = new Uint8Array(16);
-    if (c?.getRandomValues)
-        c.getRandomValues(b);
-    else
-        for (let i = 0; i < 16; i++)
-            b[i] = Math.floor(Math.random() * 256);
-    b[6] = ((b[6] ?? 0) & 0x0f) | 0x40;
-    b[8] = ((b[8] ?? 0) & 0x3f) | 0x80;
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }

@@ -8,7 +8,9 @@ export type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_foun
 /** The relay took longer than the request's timeout. */
  | "timeout"
 /** `getToken` threw or returned nothing usable. */
- | "token";
+ | "token"
+/** A message too large for the relay's frame limit (never sent, or the relay closed with 1009). */
+ | "too_large";
 export declare class ChatRelayError extends Error {
     readonly name = "ChatRelayError";
     /** The protocol's error code, or the client's own. */
@@ -30,4 +32,11 @@ export declare class ChatRelayError extends Error {
         chat_id?: unknown;
         retry_after_ms?: unknown;
     }): ChatRelayError;
+}
+/**
+ * Throw this from `getToken` when there is no signed-in user: the client
+ * stops retrying and goes to state `unauthorized` until `connect()`.
+ */
+export declare class UnauthorizedError extends ChatRelayError {
+    constructor(message?: string);
 }

@@ -37,3 +37,12 @@ export class ChatRelayError extends Error {
         return new ChatRelayError(code, message, opts);
     }
 }
+/**
+ * Throw this from `getToken` when there is no signed-in user: the client
+ * stops retrying and goes to state `unauthorized` until `connect()`.
+ */
+export class UnauthorizedError extends ChatRelayError {
+    constructor(message = "not signed in") {
+        super("unauthorized", message);
+    }
+}

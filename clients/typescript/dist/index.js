@@ -9,7 +9,10 @@
  * client.send(chatId, "hello");
  * ```
  */
-export { ChatRelayClient, decodeClaims, uuid } from "./client.js";
-export { ChatRelayError } from "./errors.js";
+export { ChatRelayClient } from "./client.js";
+export { ChatStore } from "./chat-store.js";
+export { InboxStore } from "./inbox-store.js";
+export { decodeClaims, uuid } from "./util.js";
+export { ChatRelayError, UnauthorizedError } from "./errors.js";
 export { IndexedDbStorage, MemoryStorage } from "./storage.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";

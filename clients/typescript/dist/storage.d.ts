@@ -3,32 +3,42 @@
  * relay answers `sent`, so they survive a dropped socket (memory) or a page
  * reload (IndexedDB).
  */
+import type { SavedChat } from "./chat-store.js";
 import type { OutboxEntry } from "./types.js";
 export interface OutboxStorage {
     /** Every stored entry, in `order`. */
     load(): Promise<OutboxEntry[]>;
     put(entry: OutboxEntry): Promise<void>;
     remove(clientGeneratedId: string): Promise<void>;
+    /** Set where tabs share this storage (IndexedDB): the Web Lock that says which tab sends what was stored. */
+    readonly shared?: string;
+    /** A chat store's saved window (optional: without it, a cold start fetches history). */
+    loadChat?(chatId: string): Promise<SavedChat | null>;
+    saveChat?(chatId: string, chat: SavedChat): Promise<void>;
 }
 /** The default: survives reconnects, not a reload. */
 export declare class MemoryStorage implements OutboxStorage {
-    private readonly entries;
+    #private;
+    loadChat(chatId: string): Promise<SavedChat | null>;
+    saveChat(chatId: string, chat: SavedChat): Promise<void>;
     load(): Promise<OutboxEntry[]>;
     put(entry: OutboxEntry): Promise<void>;
     remove(clientGeneratedId: string): Promise<void>;
 }
 /**
- * Browsers: survives reloads and restarts. One object store keyed by
- * `client_generated_id`. Use one database name per signed-in user.
+ * Browsers: survives reloads and restarts. Object stores `outbox` (keyed by
+ * `client_generated_id`) and `chats` (saved windows, keyed by chat id). The
+ * outbox is per user by itself; saved windows are not: use one database
+ * name per signed-in user.
  */
 export declare class IndexedDbStorage implements OutboxStorage {
+    #private;
     private readonly name;
     private readonly factory;
-    private db;
     constructor(name?: string, factory?: IDBFactory | undefined);
-    private open;
-    private run;
     load(): Promise<OutboxEntry[]>;
     put(entry: OutboxEntry): Promise<void>;
     remove(clientGeneratedId: string): Promise<void>;
+    loadChat(chatId: string): Promise<SavedChat | null>;
+    saveChat(chatId: string, chat: SavedChat): Promise<void>;
 }

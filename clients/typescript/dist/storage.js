@@ -1,62 +1,82 @@
 /** The default: survives reconnects, not a reload. */
 export class MemoryStorage {
-    entries = new Map();
+    #entries = new Map();
+    #chats = new Map();
+    async loadChat(chatId) {
+        const saved = this.#chats.get(chatId);
+        return saved === undefined ? null : JSON.parse(saved);
+    }
+    async saveChat(chatId, chat) {
+        this.#chats.set(chatId, JSON.stringify(chat));
+    }
     async load() {
-        return [...this.entries.values()].sort((a, b) => a.order - b.order);
+        return [...this.#entries.values()].sort((a, b) => a.order - b.order);
     }
     async put(entry) {
-        this.entries.set(entry.client_generated_id, { ...entry });
+        this.#entries.set(entry.client_generated_id, { ...entry });
     }
     async remove(clientGeneratedId) {
-        this.entries.delete(clientGeneratedId);
+        this.#entries.delete(clientGeneratedId);
     }
 }
 /**
- * Browsers: survives reloads and restarts. One object store keyed by
- * `client_generated_id`. Use one database name per signed-in user.
+ * Browsers: survives reloads and restarts. Object stores `outbox` (keyed by
+ * `client_generated_id`) and `chats` (saved windows, keyed by chat id). The
+ * outbox is per user by itself; saved windows are not: use one database
+ * name per signed-in user.
  */
 export class IndexedDbStorage {
     name;
     factory;
-    db = null;
+    #db = null;
     constructor(name = "chat-relay-outbox", factory = globalThis.indexedDB) {
         this.name = name;
         this.factory = factory;
     }
-    open() {
-        if (!this.db) {
+    #open() {
+        if (!this.#db) {
             const factory = this.factory;
             if (!factory)
                 return Promise.reject(new Error("IndexedDB is not available here; use MemoryStorage"));
-            this.db = new Promise((resolve, reject) => {
-                const req = factory.open(this.name, 1);
+            this.#db = new Promise((resolve, reject) => {
+                const req = factory.open(this.name, 2);
                 req.onupgradeneeded = () => {
-                    req.result.createObjectStore("outbox", { keyPath: "client_generated_id" });
+                    const db = req.result;
+                    if (!db.objectStoreNames.contains("outbox"))
+                        db.createObjectStore("outbox", { keyPath: "client_generated_id" });
+                    if (!db.objectStoreNames.contains("chats"))
+                        db.createObjectStore("chats");
                 };
                 req.onsuccess = () => resolve(req.result);
                 req.onerror = () => reject(req.error);
             });
         }
-        return this.db;
+        return this.#db;
     }
-    async run(mode, op) {
-        const db = await this.open();
+    async #run(mode, op, name = "outbox") {
+        const db = await this.#open();
         return new Promise((resolve, reject) => {
-            const tx = db.transaction("outbox", mode);
-            const req = op(tx.objectStore("outbox"));
+            const tx = db.transaction(name, mode);
+            const req = op(tx.objectStore(name));
             tx.oncomplete = () => resolve(req.result);
             tx.onerror = () => reject(tx.error);
             tx.onabort = () => reject(tx.error);
         });
     }
     async load() {
-        const all = await this.run("readonly", (s) => s.getAll());
+        const all = await this.#run("readonly", (s) => s.getAll());
         return all.sort((a, b) => a.order - b.order);
     }
     async put(entry) {
-        await this.run("readwrite", (s) => s.put(entry));
+        await this.#run("readwrite", (s) => s.put(entry));
     }
     async remove(clientGeneratedId) {
-        await this.run("readwrite", (s) => s.delete(clientGeneratedId));
+        await this.#run("readwrite", (s) => s.delete(clientGeneratedId));
+    }
+    async loadChat(chatId) {
+        return (await this.#run("readonly", (s) => s.get(chatId), "chats")) ?? null;
+    }
+    async saveChat(chatId, chat) {
+        await this.#run("readwrite", (s) => s.put(chat, chatId), "chats");
     }
 }

@@ -1,2 +1,2 @@
-/** Wire types of the chat-relay protocol (1.1) and the client's own. */
+/** Wire types of the chat-relay protocol (1.2) and the client's own. */
 export {};

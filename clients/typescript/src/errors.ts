@@ -16,7 +16,9 @@ export type ErrorCode =
   /** The relay took longer than the request's timeout. */
   | "timeout"
   /** `getToken` threw or returned nothing usable. */
-  | "token";
+  | "token"
+  /** A message too large for the relay's frame limit (never sent, or the relay closed with 1009). */
+  | "too_large";
 
 const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "rate_limited",
@@ -56,5 +58,15 @@ export class ChatRelayError extends Error {
     if (typeof frame.chat_id === "string") opts.chatId = frame.chat_id;
     if (typeof frame.retry_after_ms === "number") opts.retryAfterMs = frame.retry_after_ms;
     return new ChatRelayError(code, message, opts);
+  }
+}
+
+/**
+ * Throw this from `getToken` when there is no signed-in user: the client
+ * stops retrying and goes to state `unauthorized` until `connect()`.
+ */
+export class UnauthorizedError extends ChatRelayError {
+  constructor(message = "not signed in") {
+    super("unauthorized", message);
   }
 }

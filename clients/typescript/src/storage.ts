@@ -3,6 +3,7 @@
  * relay answers `sent`, so they survive a dropped socket (memory) or a page
  * reload (IndexedDB).
  */
+import type { SavedChat } from "./chat-store.js";
 import type { OutboxEntry } from "./types.js";
 
 export interface OutboxStorage {
@@ -10,58 +11,77 @@ export interface OutboxStorage {
   load(): Promise<OutboxEntry[]>;
   put(entry: OutboxEntry): Promise<void>;
   remove(clientGeneratedId: string): Promise<void>;
+  /** Set where tabs share this storage (IndexedDB): the Web Lock that says which tab sends what was stored. */
+  readonly shared?: string;
+  /** A chat store's saved window (optional: without it, a cold start fetches history). */
+  loadChat?(chatId: string): Promise<SavedChat | null>;
+  saveChat?(chatId: string, chat: SavedChat): Promise<void>;
 }
 
 /** The default: survives reconnects, not a reload. */
 export class MemoryStorage implements OutboxStorage {
-  private readonly entries = new Map<string, OutboxEntry>();
+  readonly #entries = new Map<string, OutboxEntry>();
+  readonly #chats = new Map<string, string>();
+
+  async loadChat(chatId: string): Promise<SavedChat | null> {
+    const saved = this.#chats.get(chatId);
+    return saved === undefined ? null : (JSON.parse(saved) as SavedChat);
+  }
+
+  async saveChat(chatId: string, chat: SavedChat): Promise<void> {
+    this.#chats.set(chatId, JSON.stringify(chat));
+  }
 
   async load(): Promise<OutboxEntry[]> {
-    return [...this.entries.values()].sort((a, b) => a.order - b.order);
+    return [...this.#entries.values()].sort((a, b) => a.order - b.order);
   }
 
   async put(entry: OutboxEntry): Promise<void> {
-    this.entries.set(entry.client_generated_id, { ...entry });
+    this.#entries.set(entry.client_generated_id, { ...entry });
   }
 
   async remove(clientGeneratedId: string): Promise<void> {
-    this.entries.delete(clientGeneratedId);
+    this.#entries.delete(clientGeneratedId);
   }
 }
 
 /**
- * Browsers: survives reloads and restarts. One object store keyed by
- * `client_generated_id`. Use one database name per signed-in user.
+ * Browsers: survives reloads and restarts. Object stores `outbox` (keyed by
+ * `client_generated_id`) and `chats` (saved windows, keyed by chat id). The
+ * outbox is per user by itself; saved windows are not: use one database
+ * name per signed-in user.
  */
 export class IndexedDbStorage implements OutboxStorage {
-  private db: Promise<IDBDatabase> | null = null;
+  #db: Promise<IDBDatabase> | null = null;
 
   constructor(
     private readonly name = "chat-relay-outbox",
     private readonly factory: IDBFactory | undefined = globalThis.indexedDB,
   ) {}
 
-  private open(): Promise<IDBDatabase> {
-    if (!this.db) {
+  #open(): Promise<IDBDatabase> {
+    if (!this.#db) {
       const factory = this.factory;
       if (!factory) return Promise.reject(new Error("IndexedDB is not available here; use MemoryStorage"));
-      this.db = new Promise((resolve, reject) => {
-        const req = factory.open(this.name, 1);
+      this.#db = new Promise((resolve, reject) => {
+        const req = factory.open(this.name, 2);
         req.onupgradeneeded = () => {
-          req.result.createObjectStore("outbox", { keyPath: "client_generated_id" });
+          const db = req.result;
+          if (!db.objectStoreNames.contains("outbox")) db.createObjectStore("outbox", { keyPath: "client_generated_id" });
+          if (!db.objectStoreNames.contains("chats")) db.createObjectStore("chats");
         };
         req.onsuccess = () => resolve(req.result);
         req.onerror = () => reject(req.error);
       });
     }
-    return this.db;
+    return this.#db;
   }
 
-  private async run<T>(mode: IDBTransactionMode, op: (store: IDBObjectStore) => IDBRequest<T>): Promise<T> {
-    const db = await this.open();
+  async #run<T>(mode: IDBTransactionMode, op: (store: IDBObjectStore) => IDBRequest<T>, name = "outbox"): Promise<T> {
+    const db = await this.#open();
     return new Promise<T>((resolve, reject) => {
-      const tx = db.transaction("outbox", mode);
-      const req = op(tx.objectStore("outbox"));
+      const tx = db.transaction(name, mode);
+      const req = op(tx.objectStore(name));
       tx.oncomplete = () => resolve(req.result);
       tx.onerror = () => reject(tx.error);
       tx.onabort = () => reject(tx.error);
@@ -69,15 +89,23 @@ export class IndexedDbStorage implements OutboxStorage {
   }
 
   async load(): Promise<OutboxEntry[]> {
-    const all = await this.run<OutboxEntry[]>("readonly", (s) => s.getAll() as IDBRequest<OutboxEntry[]>);
+    const all = await this.#run<OutboxEntry[]>("readonly", (s) => s.getAll() as IDBRequest<OutboxEntry[]>);
     return all.sort((a, b) => a.order - b.order);
   }
 
   async put(entry: OutboxEntry): Promise<void> {
-    await this.run("readwrite", (s) => s.put(entry));
+    await this.#run("readwrite", (s) => s.put(entry));
   }
 
   async remove(clientGeneratedId: string): Promise<void> {
-    await this.run("readwrite", (s) => s.delete(clientGeneratedId));
+    await this.#run("readwrite", (s) => s.delete(clientGeneratedId));
+  }
+
+  async loadChat(chatId: string): Promise<SavedChat | null> {
+    return ((await this.#run("readonly", (s) => s.get(chatId), "chats")) as SavedChat | undefined) ?? null;
+  }
+
+  async saveChat(chatId: string, chat: SavedChat): Promise<void> {
+    await this.#run("readwrite", (s) => s.put(chat, chatId), "chats");
   }
 }

@@ -35,8 +35,9 @@ after(async () => {
 const pane = (name) => `section.pane[data-user="${name}"]`;
 const texts = (page, name) => page.locator(`${pane(name)} .msg`).evaluateAll((els) => els.map((e) => e.firstChild?.textContent ?? ""));
 
-test("two people chat: ticks, presence, typing, history, an offline switch, a reload", async () => {
+test("two people chat: ticks, presence, typing, history, an offline switch, a reload", async (t) => {
   const ctx = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+  t.after(() => ctx.close());
   const page = await ctx.newPage();
   const problems = [];
   page.on("pageerror", (e) => problems.push(String(e)));
@@ -104,14 +105,114 @@ test("two people chat: ticks, presence, typing, history, an offline switch, a re
   await page.press(`${pane("alice")} input.text`, "Enter");
   await page.reload();
   await page.waitForSelector(`${pane("bob")}[data-live="true"]`);
-  await page.waitForFunction(
-    (sel) => [...document.querySelectorAll(sel)].some((e) => e.firstChild?.textContent === "survives a reload"),
-    `${pane("bob")} .msg`,
-  );
+  await page
+    .waitForFunction(
+      (sel) => [...document.querySelectorAll(sel)].some((e) => e.firstChild?.textContent === "survives a reload"),
+      `${pane("bob")} .msg`,
+    )
+    .catch(async (e) => {
+      throw new Error(`${e.message}\n${await explain(page)}`);
+    });
   await page.waitForSelector(`${pane("alice")}[data-live="true"]`);
   await page.waitForFunction((sel) => document.querySelectorAll(sel).length === 0, `${pane("alice")} .msg.pending`);
   const once = (await texts(page, "bob")).filter((t) => t === "survives a reload");
   assert.equal(once.length, 1);
   assert.deepEqual(problems, []);
+  await ctx.close();
+});
+
+/** What the page's clients hold, for a failure's message. */
+function explain(page) {
+  return page.evaluate(async () => {
+    const out = {};
+    for (const [name, c] of Object.entries(window.clients ?? {})) {
+      out[name] = {
+        state: c.connectionState,
+        user: c.userId,
+        pending: c.pendingMessages().map((p) => [p.content, p.status]),
+        last: [...document.querySelectorAll(`section.pane[data-user="${name}"] .msg`)].slice(-3).map((e) => `${e.firstChild?.textContent}|${e.dataset.status}`),
+      };
+    }
+    return JSON.stringify(out);
+  });
+}
+
+/** Routes the page's relay sockets through the test: `drop(frame, sub)` true swallows a client frame; `seen` has them all. */
+async function tapSockets(page, drop = () => false) {
+  const seen = [];
+  await page.routeWebSocket(/\/v1\/ws/, (ws) => {
+    const token = new URL(ws.url()).searchParams.get("access_token") ?? "";
+    const sub = JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString() || "{}").sub;
+    const server = ws.connectToServer();
+    ws.onMessage((m) => {
+      const f = JSON.parse(String(m));
+      seen.push({ sub, ...f });
+      if (!drop(f, sub)) server.send(m);
+    });
+    server.onMessage((m) => ws.send(m));
+  });
+  return seen;
+}
+
+/** Makes the page hidden or visible, as a switched-away tab or a locked phone would be. */
+function setVisible(page, visible) {
+  return page.evaluate((v) => {
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (v ? "visible" : "hidden") });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, visible);
+}
+
+test("a lost history answer: the pane still goes live, says so, and loads on the next scroll", async (t) => {
+  const ctx = await browser.newContext({ viewport: { width: 800, height: 640 } });
+  t.after(() => ctx.close());
+  const page = await ctx.newPage();
+  let dropped = false;
+  await tapSockets(page, (f) => f.type === "history" && !dropped && (dropped = true));
+  await page.goto(`${demo.web_url}?as=alice&timeout=1500`);
+  await page.waitForSelector(`${pane("alice")}[data-live="true"]`, { timeout: 10_000 });
+  await page.waitForSelector(`${pane("alice")} .more[data-error]`, { timeout: 10_000 });
+  assert.equal(await page.locator(`${pane("alice")} .msg`).count(), 0);
+  await page.locator(`${pane("alice")} .list`).evaluate((el) => el.dispatchEvent(new Event("scroll")));
+  await page.waitForFunction((sel) => document.querySelectorAll(sel).length === 20, `${pane("alice")} .msg`, { timeout: 10_000 });
+  await ctx.close();
+});
+
+test("reads: one for a backfill, not one per message; and sent when the page becomes visible", async (t) => {
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+  t.after(() => ctx.close());
+  const page = await ctx.newPage();
+  const seen = await tapSockets(page);
+  const readsBy = (user) => seen.filter((f) => f.type === "read" && f.sub === user);
+  await page.goto(demo.web_url);
+  await page.waitForSelector(`${pane("alice")}[data-live="true"]`);
+  await page.waitForSelector(`${pane("bob")}[data-live="true"]`);
+  const say = async (text) => {
+    await page.fill(`${pane("alice")} input.text`, text);
+    await page.press(`${pane("alice")} input.text`, "Enter");
+  };
+  const bobHas = (text) =>
+    page.waitForFunction(([sel, t]) => [...document.querySelectorAll(sel)].some((e) => e.firstChild?.textContent === t), [`${pane("bob")} .msg`, text]);
+
+  // Bob is away; Alice writes five messages; Bob comes back: they arrive as one backfill.
+  await page.uncheck(`${pane("bob")} input.online`);
+  await page.waitForSelector(`${pane("bob")} .state[data-state="offline"]`);
+  for (let i = 1; i <= 5; i++) await say(`backfill ${i}`);
+  await page.waitForFunction((sel) => document.querySelectorAll(sel).length === 0, `${pane("alice")} .msg.pending`);
+  const before = readsBy(demo.bob).length;
+  await page.check(`${pane("bob")} input.online`);
+  await bobHas("backfill 5");
+  await page.waitForSelector(`${pane("alice")} .msg.mine[data-status="read"] >> text=backfill 5`);
+  const backfillReads = readsBy(demo.bob).slice(before);
+  assert.ok(backfillReads.length <= 2, `${backfillReads.length} reads for a backfill of 5: ${JSON.stringify(backfillReads.map((f) => f.seq))}`);
+
+  // Hidden: what arrives is not read. Visible again: it is, without another message.
+  await setVisible(page, false);
+  await say("while hidden");
+  await bobHas("while hidden");
+  await page.waitForSelector(`${pane("alice")} .msg.mine[data-status="delivered"] >> text=while hidden`);
+  const hidden = readsBy(demo.bob).length;
+  await setVisible(page, true);
+  await page.waitForSelector(`${pane("alice")} .msg.mine[data-status="read"] >> text=while hidden`, { timeout: 10_000 });
+  assert.equal(readsBy(demo.bob).length, hidden + 1);
   await ctx.close();
 });

@@ -202,3 +202,65 @@ test("history pages back to the first message", async () => {
   c.close();
   await relay.stop();
 });
+
+test("unsubscribe, then subscribe again: the relay's answer to the unsubscribe is not taken for a removal", async () => {
+  const relay = await new RelayProcess(demo).start();
+  const [alice, bob] = [randomUUID(), randomUUID()];
+  const chat = await createChat(db, [alice, bob]);
+  const a = client(relay.url, alice);
+  const b = client(relay.url, bob);
+  const got = collect(a, chat);
+  const removed = [];
+  a.on("unsubscribed", (e) => removed.push(e));
+  await a.subscribe(chat);
+  a.unsubscribe(chat);
+  await a.subscribe(chat);
+  await b.send(chat, "still here").done;
+  await until(a, "message", () => got.length === 1);
+  assert.deepEqual(removed, []);
+  a.close();
+  b.close();
+  await relay.stop();
+});
+
+test("a message over the relay's frame limit: failed once (1009), never sent again, and the chat goes on", async () => {
+  const relay = await new RelayProcess(demo, { env: { CHAT_RELAY_MAX_FRAME_BYTES: "4096" } }).start();
+  const [alice, bob] = [randomUUID(), randomUUID()];
+  const chat = await createChat(db, [alice, bob]);
+  // The client thinks the limit is the default 64 KiB: only the relay's close tells it.
+  const a = client(relay.url, alice);
+  const closes = [];
+  a.on("state", (_s, why) => why.code === 1009 && closes.push(why));
+  await a.subscribe(chat);
+  const big = a.send(chat, "x".repeat(10_000));
+  await assert.rejects(big.done, (e) => e.code === "too_large");
+  assert.deepEqual(a.pendingMessages(chat).map((p) => p.status), ["failed"]);
+  await a.send(chat, "after").done;
+  assert.deepEqual((await db.query("SELECT content FROM chat_messages WHERE chat_id = $1", [chat])).rows, [{ content: "after" }]);
+  assert.equal(closes.length, 1, "one close, no loop");
+  await a.discard(big.client_generated_id);
+  assert.deepEqual(a.pendingMessages(chat), []);
+  a.close();
+  await relay.stop();
+});
+
+test("the inbox store against this relay: a page, or (no protocol 1.2 inbox yet) an error, and the connection stays usable", async () => {
+  const relay = await new RelayProcess(demo).start();
+  const [alice, bob] = [randomUUID(), randomUUID()];
+  const chat = await createChat(db, [alice, bob]);
+  const a = client(relay.url, alice);
+  const inbox = a.inbox();
+  const snap = await new Promise((resolve) => {
+    const off = inbox.subscribe(() => {
+      const s = inbox.getSnapshot();
+      if (!s.loading && (s.error || s.chats.length)) queueMicrotask(() => (off(), resolve(s)));
+    });
+  });
+  if (snap.error) assert.equal(snap.error.code, "bad_request", "a relay without `inbox` refuses it as an unknown frame");
+  else assert.deepEqual(snap.chats.map((c) => c.chat_id), [chat]);
+  assert.equal(a.connectionState, "open");
+  await a.subscribe(chat);
+  await a.send(chat, "still fine").done;
+  a.close();
+  await relay.stop();
+});

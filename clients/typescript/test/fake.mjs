@@ -38,9 +38,9 @@ export class Harness {
       push(frame) {
         this.onmessage?.({ data: JSON.stringify(frame) });
       }
-      drop(code = 1006) {
+      drop(code = 1006, reason = "") {
         this.readyState = 3;
-        this.onclose?.({ code });
+        this.onclose?.({ code, reason });
       }
       /** The first frame sent from index `from` on that matches. */
       frame(pred, from = 0) {
@@ -103,4 +103,93 @@ export function once(client, event, pred = () => true) {
       }
     });
   });
+}
+
+/** `p`, or a rejection naming `what` after `ms` (a bound on a wait, never a stand-in for one). */
+export function within(p, ms, what) {
+  let timer;
+  const limit = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`nothing within ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([p, limit]).finally(() => clearTimeout(timer));
+}
+
+/** Lets queued promise callbacks and microtasks run (under mocked timers too). */
+export function settle() {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** A chat summary, as protocol 1.2's `inbox` and `chat` carry it. */
+export function summary(chatId, { seq = 0, at = "2026-01-01T00:00:00Z", unread = 0, last = null } = {}) {
+  return {
+    chat_id: chatId,
+    last_seq: seq,
+    last_message: last,
+    last_activity: at,
+    unread,
+    read_seq: Math.max(0, seq - unread),
+    delivered_seq: seq,
+  };
+}
+
+/**
+ * The relay's side of protocol 1.2's inbox on one fake socket: answers
+ * `inbox` (pages in list order, `next` an opaque cursor) and `inbox_off`,
+ * and pushes `chat` / `chat_removed` while the inbox is on.
+ */
+export class FakeInbox {
+  constructor(ws, chats = []) {
+    this.ws = ws;
+    this.chats = [...chats];
+    this.on = false;
+    this.asked = [];
+    this.hold = false;
+    ws.watchers.push(() => this.answer());
+    this.seen = 0;
+    this.answer();
+  }
+
+  static order(a, b) {
+    return Date.parse(b.last_activity) - Date.parse(a.last_activity) || (a.chat_id < b.chat_id ? -1 : a.chat_id > b.chat_id ? 1 : 0);
+  }
+
+  get unreadChats() {
+    return this.chats.filter((c) => c.unread > 0).length;
+  }
+
+  answer() {
+    for (; this.seen < this.ws.sent.length; this.seen++) {
+      const f = this.ws.sent[this.seen];
+      if (f.type === "inbox") {
+        this.asked.push(f);
+        if (this.hold) continue;
+        this.page(f);
+      } else if (f.type === "inbox_off") {
+        this.on = false;
+        queueMicrotask(() => this.ws.push({ type: "ok", ref: f.ref }));
+      }
+    }
+  }
+
+  /** Answers an `inbox` frame (the held ones: `release()`). */
+  page(f) {
+    this.on = true;
+    const list = [...this.chats].sort(FakeInbox.order);
+    const start = f.before === undefined ? 0 : Number(String(f.before).slice(2));
+    const limit = Math.min(f.limit ?? 50, 200);
+    const chats = list.slice(start, start + limit);
+    const next = start + limit < list.length ? `p:${start + limit}` : null;
+    queueMicrotask(() => this.ws.push({ type: "inbox", chats, next, unread_chats: this.unreadChats, ref: f.ref }));
+  }
+
+  /** A summary changed (or a chat was added): a `chat` frame when the inbox is on. */
+  change(s) {
+    this.chats = this.chats.filter((c) => c.chat_id !== s.chat_id).concat([s]);
+    if (this.on) this.ws.push({ type: "chat", ...s, unread_chats: this.unreadChats });
+  }
+
+  remove(chatId) {
+    this.chats = this.chats.filter((c) => c.chat_id !== chatId);
+    if (this.on) this.ws.push({ type: "chat_removed", chat_id: chatId });
+  }
 }

@@ -19,16 +19,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The client's compiled modules, by file name.
-const CLIENT: &[(&str, &str)] = &[
-    ("index.js", include_str!("../../../clients/typescript/dist/index.js")),
-    ("client.js", include_str!("../../../clients/typescript/dist/client.js")),
-    ("errors.js", include_str!("../../../clients/typescript/dist/errors.js")),
-    ("storage.js", include_str!("../../../clients/typescript/dist/storage.js")),
-    ("backoff.js", include_str!("../../../clients/typescript/dist/backoff.js")),
-    ("emitter.js", include_str!("../../../clients/typescript/dist/emitter.js")),
-    ("types.js", include_str!("../../../clients/typescript/dist/types.js")),
-];
+/// The client, by file name: one ES module bundled from its `dist/`
+/// (`npm run build` writes `demo/client.js`), so this list does not follow
+/// the client's own module layout.
+const CLIENT: &[(&str, &str)] = &[("index.js", include_str!("../../../clients/typescript/demo/client.js"))];
 const PAGE: &str = include_str!("../../../clients/typescript/demo/index.html");
 const APP: &str = include_str!("../../../clients/typescript/demo/app.js");
 
