@@ -50,21 +50,34 @@ pub struct Pipeline {
     seq: Sequencer,
     fanout: Arc<dyn Fanout>,
     checkpoint: Arc<dyn Checkpoint>,
+    /// When the fan-out queues (JetStream): how much it holds; the stage
+    /// waits, between changes, while that is over its limit.
+    backlog: Option<Arc<Backlog>>,
     handed: Option<Lsn>,
     events: Vec<ChatEvent>,
     out: Vec<Sequenced>,
 }
 
 impl Pipeline {
-    pub fn new(seq: Sequencer, fanout: Arc<dyn Fanout>, checkpoint: Arc<dyn Checkpoint>) -> Pipeline {
-        Pipeline { seq, fanout, checkpoint, handed: None, events: Vec::new(), out: Vec::new() }
+    pub fn new(
+        seq: Sequencer,
+        fanout: Arc<dyn Fanout>,
+        checkpoint: Arc<dyn Checkpoint>,
+        backlog: Option<Arc<Backlog>>,
+    ) -> Pipeline {
+        Pipeline { seq, fanout, checkpoint, backlog, handed: None, events: Vec::new(), out: Vec::new() }
     }
 
-    /// One committed transaction, change by change.
-    pub fn transaction(&mut self, txn: Transaction) -> Result<(), PipelineError> {
+    /// One committed transaction, change by change; while a queueing
+    /// fan-out holds too much, the next change waits (so a transaction of
+    /// any size is handed on in bounded memory).
+    pub async fn transaction(&mut self, txn: Transaction) -> Result<(), PipelineError> {
         let commit_lsn = txn.commit_lsn;
         self.seq.begin(commit_lsn, txn.end_lsn, txn.commit_time);
         for change in txn.into_changes() {
+            if let Some(backlog) = &self.backlog {
+                backlog.room().await;
+            }
             let change = change.map_err(|source| PipelineError::Unreadable { lsn: commit_lsn, source })?;
             if let Err(table) = push_events(change, &mut self.events) {
                 tracing::warn!(table, lsn = %commit_lsn, "skipping a change that lacks ids or seq");
@@ -151,25 +164,23 @@ impl Pipeline {
     }
 }
 
-/// Runs the stage until the stream ends. `backlog`, when the fan-out
-/// queues, holds the next transaction back while too much waits.
+/// Runs the stage until the stream ends.
 pub async fn run(
     mut rx: mpsc::Receiver<StreamEvent>,
     mut pipeline: Pipeline,
     store: Store,
-    backlog: Option<Arc<Backlog>>,
 ) -> Result<(), PipelineError> {
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if let Some(backlog) = &backlog {
+        if let Some(backlog) = &pipeline.backlog {
             backlog.room().await;
         }
         let deadline = pipeline.next_deadline();
         tokio::select! {
             ev = rx.recv() => match ev {
                 None => return Ok(()),
-                Some(StreamEvent::Transaction(txn)) => pipeline.transaction(txn)?,
+                Some(StreamEvent::Transaction(txn)) => pipeline.transaction(txn).await?,
                 Some(StreamEvent::Term(term)) => pipeline.term(term),
                 Some(StreamEvent::SlotReset { reason }) => pipeline.slot_reset(&reason),
             },

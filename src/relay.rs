@@ -110,8 +110,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             m::leader(true);
             let replicator = Replicator::new(replication_cfg, tx, progress.clone(), health.clone());
             let replication = tokio::spawn(replicator.run(replication_stop.clone()));
-            let stage = Pipeline::new(sequencer, local, Arc::new(progress.clone()));
-            let pipeline = tokio::spawn(pipeline::run(rx, stage, store.clone(), None));
+            let stage = Pipeline::new(sequencer, local, Arc::new(progress.clone()), None);
+            let pipeline = tokio::spawn(pipeline::run(rx, stage, store.clone()));
             (replication, pipeline, None)
         }
         Some(url) => {
@@ -137,8 +137,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 progress.clone(),
                 replication_stop.clone(),
             );
-            let stage = Pipeline::new(sequencer, Arc::new(fanout.clone()), Arc::new(fanout));
-            let pipeline = tokio::spawn(pipeline::run(rx, stage, store.clone(), Some(backlog)));
+            let stage = Pipeline::new(sequencer, Arc::new(fanout.clone()), Arc::new(fanout), Some(backlog));
+            let pipeline = tokio::spawn(pipeline::run(rx, stage, store.clone()));
             let state =
                 ClusterState { leading: Arc::default(), following: Arc::new(Health::default()), nats: client.clone() };
             tokio::spawn(cluster::presence::run(

@@ -214,7 +214,7 @@ proptest! {
 }
 
 /// Builds pgoutput messages by hand, for shapes the captured stream lacks.
-mod build {
+pub(crate) mod build {
     pub fn begin(xid: u32) -> Vec<u8> {
         let mut b = vec![b'B'];
         b.extend_from_slice(&0x100u64.to_be_bytes());
@@ -230,9 +230,14 @@ mod build {
         b
     }
     pub fn relation(oid: u32, columns: &[&str]) -> Vec<u8> {
+        relation_named(oid, "t", columns)
+    }
+    pub fn relation_named(oid: u32, name: &str, columns: &[&str]) -> Vec<u8> {
         let mut b = vec![b'R'];
         b.extend_from_slice(&oid.to_be_bytes());
-        b.extend_from_slice(b"public\0t\0f");
+        b.extend_from_slice(b"public\0");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b"\0f");
         b.extend_from_slice(&(columns.len() as u16).to_be_bytes());
         for c in columns {
             b.push(0);

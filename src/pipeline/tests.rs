@@ -61,7 +61,7 @@ impl Checkpoint for Recorder {
 }
 
 fn pipeline(fanout: &Arc<Recorder>, checkpoint: &Arc<Recorder>) -> Pipeline {
-    Pipeline::new(Sequencer::new(SequencerConfig::default()), fanout.clone(), checkpoint.clone())
+    Pipeline::new(Sequencer::new(SequencerConfig::default()), fanout.clone(), checkpoint.clone(), None)
 }
 
 /// The committed transactions of the captured pgoutput stream.
@@ -70,14 +70,14 @@ fn captured() -> Vec<Transaction> {
     crate::pgoutput::tests::captured().iter().filter_map(|(_, b)| d.feed(b).unwrap()).collect()
 }
 
-#[test]
-fn a_real_stream_reaches_the_fanout_in_order_and_a_replay_adds_no_message() {
+#[tokio::test]
+async fn a_real_stream_reaches_the_fanout_in_order_and_a_replay_adds_no_message() {
     let (fanout, checkpoint) = (Recorder::wanting(), Recorder::wanting());
     let mut p = pipeline(&fanout, &checkpoint);
     let txns = captured();
     let last_end = txns.last().map(|t| t.end_lsn).unwrap();
     for t in txns {
-        p.transaction(t).unwrap();
+        p.transaction(t).await.unwrap();
     }
     let log = fanout.take();
     let messages: Vec<&String> = log.iter().filter(|l| l.starts_with("Message")).collect();
@@ -89,17 +89,17 @@ fn a_real_stream_reaches_the_fanout_in_order_and_a_replay_adds_no_message() {
     // The same WAL again (a reconnect replays from the confirmed position):
     // no message twice.
     for t in captured() {
-        p.transaction(t).unwrap();
+        p.transaction(t).await.unwrap();
     }
     assert!(!fanout.take().iter().any(|l| l.starts_with("Message")));
 }
 
-#[test]
-fn a_new_term_forgets_what_was_seen_and_says_so_to_the_checkpoint() {
+#[tokio::test]
+async fn a_new_term_forgets_what_was_seen_and_says_so_to_the_checkpoint() {
     let (fanout, checkpoint) = (Recorder::wanting(), Recorder::wanting());
     let mut p = pipeline(&fanout, &checkpoint);
     for t in captured() {
-        p.transaction(t).unwrap();
+        p.transaction(t).await.unwrap();
     }
     fanout.take();
     checkpoint.take();
@@ -108,7 +108,7 @@ fn a_new_term_forgets_what_was_seen_and_says_so_to_the_checkpoint() {
     // The new term replays the slot: its messages go out again (the
     // publisher's ids and the sessions' seqs drop what was delivered).
     for t in captured() {
-        p.transaction(t).unwrap();
+        p.transaction(t).await.unwrap();
     }
     assert_eq!(fanout.take().iter().filter(|l| l.starts_with("Message")).count(), 2);
 }
@@ -152,4 +152,71 @@ fn frames_of_chats_nobody_wants_are_not_encoded_but_membership_still_moves() {
     dispatch(sequenced(ChatEvent::ParticipantChanged { now: p(2), previous: Some(p(1)) }), &*fanout);
     dispatch(sequenced(ChatEvent::ParticipantRemoved { chat_id: chat, user_id: user }), &*fanout);
     assert_eq!(fanout.take(), ["member true", "revoke"]);
+}
+
+/// Issue #17 item 6: a queueing fan-out (JetStream) that holds too much
+/// stops the stage between changes, not only between transactions, so one
+/// transaction of any size is handed on in bounded memory.
+#[tokio::test]
+async fn a_big_transaction_waits_for_a_full_backlog_between_changes() {
+    use crate::pgoutput::tests::build;
+
+    /// Queues like the JetStream fan-out: counts in a Backlog, drained by hand.
+    struct Queueing {
+        backlog: Arc<Backlog>,
+        queued: Mutex<Vec<i64>>,
+    }
+    impl Fanout for Queueing {
+        fn wants(&self, _: &Uuid) -> bool {
+            true
+        }
+        fn publish(&self, frame: Arc<EventFrame>) {
+            self.backlog.add();
+            self.queued.lock().unwrap().push(frame.seq);
+        }
+        fn revoke(&self, _: Uuid, _: Uuid) {}
+        fn member(&self, _: Uuid, _: Uuid, _: bool) {}
+        fn resync_all(&self) {}
+    }
+
+    const ROWS: i64 = 1_000;
+    const LIMIT: usize = 10;
+    let chat = Uuid::new_v4();
+    let mut d = Decoder::new();
+    let feed = |d: &mut Decoder, b: Vec<u8>| d.feed(&bytes::Bytes::from(b)).unwrap();
+    feed(&mut d, build::relation_named(7, "chat_messages", &["id", "chat_id", "seq"]));
+    feed(&mut d, build::begin(1));
+    for seq in 1..=ROWS {
+        feed(&mut d, build::insert(7, &[&Uuid::new_v4().to_string(), &chat.to_string(), &seq.to_string()]));
+    }
+    let txn = feed(&mut d, build::commit(0x1000)).expect("the transaction at commit");
+
+    let backlog = Arc::new(Backlog::new(LIMIT));
+    let fanout = Arc::new(Queueing { backlog: backlog.clone(), queued: Mutex::new(Vec::new()) });
+    let checkpoint = Recorder::wanting();
+    let mut p = Pipeline::new(
+        Sequencer::new(SequencerConfig::default()),
+        fanout.clone(),
+        checkpoint.clone(),
+        Some(backlog.clone()),
+    );
+    let stage = tokio::spawn(async move { p.transaction(txn).await.map(|_| p) });
+    let mut delivered = Vec::new();
+    let mut most = 0;
+    while delivered.len() < ROWS as usize {
+        // Let the stage run until it waits (or is done), then look.
+        while backlog.queued() <= LIMIT && !stage.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        most = most.max(backlog.queued());
+        assert!(backlog.queued() <= LIMIT + 1, "{} queued", backlog.queued());
+        let batch: Vec<i64> = std::mem::take(&mut *fanout.queued.lock().unwrap());
+        for _ in &batch {
+            backlog.done();
+        }
+        delivered.extend(batch);
+    }
+    stage.await.unwrap().unwrap();
+    assert_eq!(delivered, (1..=ROWS).collect::<Vec<_>>());
+    assert_eq!(most, LIMIT + 1, "the stage stopped at the limit");
 }
