@@ -83,6 +83,9 @@ impl Behind {
 struct Work {
     /// Messages after `last`, from the table.
     messages: bool,
+    /// The read must reach this seq: it was streamed, so it is committed,
+    /// but may not be visible yet (synchronous replication).
+    until: Option<i64>,
     /// Rows `from..=to` to send again as `update` (updates it missed).
     updates: Option<(i64, i64)>,
     /// Deletes it missed, of messages it had.
@@ -265,6 +268,19 @@ impl<R> Catchup<R> {
         }
     }
 
+    /// Message `seq` was streamed before this subscription could hear it,
+    /// and the table did not show it yet: the subscription reads until it
+    /// does.
+    pub fn expect(&mut self, chat: Uuid, seq: i64) {
+        if self.subs.get(&chat).is_none_or(|s| s.last >= seq) {
+            return;
+        }
+        self.owe(chat, |w, _| {
+            w.messages = true;
+            w.until = Some(w.until.map_or(seq, |u| u.max(seq)));
+        });
+    }
+
     /// The subscription fell behind in the hub and missed `behind`.
     pub fn fell_behind(&mut self, chat: Uuid, mut behind: Behind) {
         if let Some(sub) = self.subs.get(&chat) {
@@ -384,10 +400,18 @@ impl<R> Catchup<R> {
     }
 
     /// A page of [`Step::Messages`] is written; `more`: the table had more.
-    pub fn messages_read(&mut self, chat: Uuid, more: bool) {
-        if let Some(w) = self.work(chat) {
-            w.messages = more;
+    /// False when the table ended before a seq the read must reach
+    /// ([`Catchup::expect`]): read again later.
+    pub fn messages_read(&mut self, chat: Uuid, more: bool) -> bool {
+        let Some(sub) = self.subs.get_mut(&chat) else { return true };
+        let last = sub.last;
+        let Some(w) = sub.work.as_mut() else { return true };
+        let short = w.until.is_some_and(|u| last < u);
+        if !short {
+            w.until = None;
         }
+        w.messages = more || short;
+        !short
     }
 
     /// A page of [`Step::Updates`] is written; what remains of the range.

@@ -33,6 +33,9 @@ pub trait Fanout: Send + Sync {
     fn wants(&self, chat_id: &Uuid) -> bool;
     /// Offers a frame to every subscriber of its chat. Never waits.
     fn publish(&self, frame: Arc<EventFrame>);
+    /// A message with `seq` was committed in `chat_id`, whether or not
+    /// anyone wants its frame.
+    fn committed(&self, _chat_id: Uuid, _seq: i64) {}
     /// `user_id` left `chat_id`: cut their subscriptions to it.
     fn revoke(&self, chat_id: Uuid, user_id: Uuid);
     /// `user_id` is (now) a participant of `chat_id`, or no longer one.
@@ -62,6 +65,10 @@ impl Fanout for LocalFanout {
 
     fn publish(&self, frame: Arc<EventFrame>) {
         self.hub.publish(&frame);
+    }
+
+    fn committed(&self, chat_id: Uuid, seq: i64) {
+        self.hub.committed(chat_id, seq);
     }
 
     fn revoke(&self, chat_id: Uuid, user_id: Uuid) {

@@ -202,6 +202,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// [`crate::hub`]).
 pub fn dispatch(item: Sequenced, fanout: &dyn Fanout) {
     let (t, at) = (item.commit_time, item.position);
+    if let ChatEvent::Inserted(row) = &item.event {
+        fanout.committed(row.chat_id, row.seq);
+    }
     // Frames for chats nobody is subscribed to are never encoded.
     let wanted = item.event.chat_id().is_none_or(|c| fanout.wants(&c));
     match item.event {

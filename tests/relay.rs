@@ -554,3 +554,36 @@ async fn connected_clients_miss_nothing_when_the_slot_is_lost() {
     assert_eq!(ws.messages(chat, 1).await, [3]);
     assert!(ws.barrier().await.iter().all(|v| v["type"] != "message"), "nothing twice");
 }
+
+/// Issue #17, item 10: under synchronous replication a commit is decoded
+/// before it is visible. A subscribe in that moment reads `latest_seq` one
+/// short; the message must still reach it without waiting for the chat's
+/// next one. (A synchronous standby that never comes holds the commit.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_decoded_before_it_is_visible_still_reaches_a_new_subscriber() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let c = db.client().await;
+    assert_eq!(insert(&c, chat, alice, "one").await, 1);
+    let decoded = relay.metric("chat_relay_events_total{op=\"insert\"}").await;
+    c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'").await.unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let writer = db.client().await;
+    let pending = tokio::spawn(async move { insert(&writer, chat, alice, "two").await });
+    // The relay decodes it while the writer still waits for the standby.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while relay.metric("chat_relay_events_total{op=\"insert\"}").await <= decoded {
+        assert!(tokio::time::Instant::now() < deadline, "the commit was never decoded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!pending.is_finished(), "the commit returned before the standby confirmed it");
+    let mut ws = relay.ws(bob).await;
+    let sub = ws.subscribe(chat, None).await;
+    assert_eq!(sub["latest_seq"], 1, "not visible yet: {sub}");
+    c.batch_execute("ALTER SYSTEM RESET synchronous_standby_names").await.unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    assert_eq!(pending.await.unwrap(), 2);
+    assert_eq!(ws.messages(chat, 1).await, vec![2]);
+}

@@ -172,6 +172,25 @@ fn a_gap_found_in_a_frame_queued_before_a_ping_holds_its_pong() {
     assert_eq!(c.pong(), Some(1));
 }
 
+/// A message streamed but not yet visible in the table: the read is not
+/// done until it shows (and says so, so the session reads again later).
+#[test]
+fn a_read_owed_until_a_streamed_seq_is_visible() {
+    let chat = Uuid::new_v4();
+    let mut c = Catchup::<u32>::default();
+    c.start(chat, 4, None);
+    c.expect(chat, 5);
+    assert_eq!(c.next_step(|_| ()), Some((chat, Step::Messages { after: 4 })));
+    assert!(!c.messages_read(chat, false), "5 not read yet");
+    assert_eq!(c.next_step(|_| ()), Some((chat, Step::Messages { after: 4 })), "read again");
+    assert!(c.table_message(chat, 5));
+    assert!(c.messages_read(chat, false));
+    assert_eq!(c.next_step(|_| ()), None);
+    // Nothing owed for what the client has already.
+    c.expect(chat, 3);
+    assert!(!c.has_work());
+}
+
 #[test]
 fn ending_a_subscription_drops_its_work_and_frees_pongs() {
     let chat = Uuid::new_v4();

@@ -328,7 +328,12 @@ impl Session {
                         self.out.event(frame.text, None);
                     }
                 }
-                self.owed.messages_read(chat, more);
+                if !self.owed.messages_read(chat, more) {
+                    // Committed (it was streamed) but not visible yet: a
+                    // synchronous standby has not confirmed it. Read again.
+                    let why = "a streamed message is not visible in the table yet";
+                    return self.work_failed(chat, StoreError::Unavailable(why.into()));
+                }
             }
             Step::Updates { from, to } => {
                 let (rows, more) = match store.page(chat, user, from - 1, to, page, PAGE_BYTES).await {
@@ -530,6 +535,12 @@ impl Session {
             return;
         }
         self.owed.start(chat, latest, after_seq);
+        // Streamed already but newer than the table showed: committed, not
+        // yet visible (synchronous replication). Its frame may have passed
+        // before this subscription was registered, so read until it shows.
+        if let Some(newest) = self.gw.parts.hub.newest(&chat).filter(|n| *n > latest) {
+            self.owed.expect(chat, newest);
+        }
     }
 
     async fn send(&mut self, chat: Uuid, cgid: Uuid, content: String, reference: &Option<Value>) {

@@ -30,16 +30,18 @@ mod conn;
 mod presence;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+use lru::LruCache;
 use rustc_hash::FxBuildHasher;
 use uuid::Uuid;
 
 pub use conn::{Conn, ConnId};
 pub use presence::PresenceOut;
 
-use crate::protocol::EventFrame;
+use crate::protocol::{EventFrame, FrameKind};
 use presence::Shared;
 
 /// One subscription in the hub: the connection, and whether its membership
@@ -75,16 +77,47 @@ impl ChatSubs {
     }
 }
 
+/// Chats whose newest streamed seq is remembered, at most (least recently
+/// streamed first out).
+pub const NEWEST_CAPACITY: usize = 100_000;
+
 /// In-process subscriptions.
-#[derive(Default)]
 pub struct Hub {
     chats: DashMap<Uuid, ChatSubs, FxBuildHasher>,
     shared: Shared,
+    /// The newest message seq streamed per chat, subscribed or not: a
+    /// subscription that starts while that message is committed but not
+    /// visible yet (synchronous replication) knows to wait for it.
+    newest: Mutex<LruCache<Uuid, i64>>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        let cap = NonZeroUsize::new(NEWEST_CAPACITY).unwrap_or(NonZeroUsize::MIN);
+        Hub { chats: DashMap::default(), shared: Shared::default(), newest: Mutex::new(LruCache::new(cap)) }
+    }
 }
 
 impl Hub {
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// A message with `seq` was committed in `chat_id` (streamed from the WAL).
+    pub fn committed(&self, chat_id: Uuid, seq: i64) {
+        if let Ok(mut newest) = self.newest.lock() {
+            match newest.get_mut(&chat_id) {
+                Some(s) => *s = (*s).max(seq),
+                None => {
+                    newest.put(chat_id, seq);
+                }
+            }
+        }
+    }
+
+    /// The newest message seq streamed for the chat, when remembered.
+    pub fn newest(&self, chat_id: &Uuid) -> Option<i64> {
+        self.newest.lock().ok()?.peek(chat_id).copied()
     }
 
     /// Registers a connection for a chat's events (its membership is checked
@@ -121,6 +154,9 @@ impl Hub {
 
     /// Offers a frame to every subscriber of its chat. Never waits.
     pub fn publish(&self, frame: &Arc<EventFrame>) {
+        if frame.kind == FrameKind::Message {
+            self.committed(frame.chat_id, frame.seq);
+        }
         if let Some(subs) = self.chats.get(&frame.chat_id) {
             for s in subs.conns.values() {
                 s.conn.offer(frame);
