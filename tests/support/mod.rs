@@ -387,3 +387,14 @@ impl Ws {
 pub fn close_code(c: CloseCode) -> u16 {
     u16::from(c)
 }
+
+/// Records that a test could not run here (and so proved nothing): printed
+/// as skipped at the end of `scripts/test`, and on stderr now.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {test}: {why}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{test}: {why}");
+    }
+}
