@@ -358,6 +358,22 @@ async fn sigterm_closes_sockets_with_1001_confirms_and_exits_0() {
     let status = relay.terminate();
     assert!(status.success(), "{status:?}");
     assert_eq!(ws.close_code().await, End::Closed(Some(1001)));
+    // The server takes the final confirmation in its own time: once its WAL
+    // sender is gone (the slot inactive), it has taken it. Reading the slot
+    // before that failed under load, with the confirmation still in flight.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let active: bool = c
+            .query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 'chat_relay'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if !active {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the WAL sender never let go of the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The final confirmation covers the message it delivered.
     let confirmed: bool = c
         .query_one(
