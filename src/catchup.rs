@@ -86,6 +86,9 @@ struct Work {
     /// The read must reach this seq: it was streamed, so it is committed,
     /// but may not be visible yet (synchronous replication).
     until: Option<i64>,
+    /// Its transaction was seen visible: a read that still ends short of
+    /// it means the message was deleted since.
+    until_visible: bool,
     /// Rows `from..=to` to send again as `update` (updates it missed).
     updates: Option<(i64, i64)>,
     /// Deletes it missed, of messages it had.
@@ -401,17 +404,32 @@ impl<R> Catchup<R> {
 
     /// A page of [`Step::Messages`] is written; `more`: the table had more.
     /// False when the table ended before a seq the read must reach
-    /// ([`Catchup::expect`]): read again later.
+    /// ([`Catchup::expect`]): that message is not visible yet, or was
+    /// deleted; [`Catchup::visible_up_to`] tells which.
     pub fn messages_read(&mut self, chat: Uuid, more: bool) -> bool {
         let Some(sub) = self.subs.get_mut(&chat) else { return true };
         let last = sub.last;
         let Some(w) = sub.work.as_mut() else { return true };
-        let short = w.until.is_some_and(|u| last < u);
-        if !short {
+        let short = !more && !w.until_visible && w.until.is_some_and(|u| last < u);
+        if !more && !short {
             w.until = None;
+            w.until_visible = false;
         }
         w.messages = more || short;
         !short
+    }
+
+    /// After a short read: the chat's visible newest seq is `latest`. When
+    /// that reaches the awaited seq, its transaction is visible now: true,
+    /// and the next read settles it (the message, or, if that read still
+    /// ends short, the message was deleted). Else false: read again later.
+    pub fn visible_up_to(&mut self, chat: Uuid, latest: i64) -> bool {
+        let Some(w) = self.work(chat) else { return true };
+        if w.until.is_some_and(|u| latest < u) {
+            return false;
+        }
+        w.until_visible = true;
+        true
     }
 
     /// A page of [`Step::Updates`] is written; what remains of the range.

@@ -189,6 +189,27 @@ fn a_read_owed_until_a_streamed_seq_is_visible() {
     // Nothing owed for what the client has already.
     c.expect(chat, 3);
     assert!(!c.has_work());
+    // Streamed, then deleted before the read: once the chat's visible
+    // newest seq is past it, the read is done without it.
+    c.expect(chat, 7);
+    c.next_step(|_| ());
+    assert!(c.table_message(chat, 6));
+    assert!(!c.messages_read(chat, false));
+    assert!(!c.visible_up_to(chat, 6), "7 not visible yet");
+    assert!(c.visible_up_to(chat, 8), "7 visible now");
+    // Read again: that read settles it (here 7 was deleted; 8 is there).
+    assert_eq!(c.next_step(|_| ()), Some((chat, Step::Messages { after: 6 })));
+    assert!(c.table_message(chat, 8));
+    assert!(c.messages_read(chat, false));
+    assert_eq!(c.next_step(|_| ()), None);
+    // Visible and read short again: deleted, done.
+    c.expect(chat, 10);
+    c.next_step(|_| ());
+    assert!(!c.messages_read(chat, false));
+    assert!(c.visible_up_to(chat, 10));
+    c.next_step(|_| ());
+    assert!(c.messages_read(chat, false), "10 is gone");
+    assert_eq!(c.next_step(|_| ()), None);
 }
 
 #[test]

@@ -329,10 +329,17 @@ impl Session {
                     }
                 }
                 if !self.owed.messages_read(chat, more) {
-                    // Committed (it was streamed) but not visible yet: a
-                    // synchronous standby has not confirmed it. Read again.
-                    let why = "a streamed message is not visible in the table yet";
-                    return self.work_failed(chat, StoreError::Unavailable(why.into()));
+                    // A streamed message the table does not show: deleted
+                    // since, or committed but not visible yet (a synchronous
+                    // standby has not confirmed it): then read again.
+                    match store.latest_seq(chat).await {
+                        Ok(latest) if self.owed.visible_up_to(chat, latest) => {}
+                        Ok(_) => {
+                            let why = "a streamed message is not visible in the table yet";
+                            return self.work_failed(chat, StoreError::Unavailable(why.into()));
+                        }
+                        Err(e) => return self.work_failed(chat, e),
+                    }
                 }
             }
             Step::Updates { from, to } => {
