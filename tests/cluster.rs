@@ -455,3 +455,63 @@ async fn an_update_repeating_earlier_text_reaches_every_replica() {
         assert_eq!(edits, ["a", "b", "a", "b"], "client of replica {i}");
     }
 }
+
+/// Issue #17, item 5: publishes lost with a connection cut mid-stream are
+/// sent again without letting later ones overtake them. A chat's edits,
+/// one per transaction, while the leader's NATS connection is cut five
+/// times: a follower's client sees them in commit order and ends at the last.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_nats_connection_never_reorders_a_chats_events() {
+    const EDITS: usize = 2_000;
+    let db = Db::start().await;
+    let nats = ScratchNats::start().unwrap();
+    let proxy = support::CutProxy::start(([127, 0, 0, 1], nats.port).into()).await;
+    let via_proxy = format!("nats://127.0.0.1:{}", proxy.port);
+    let quiet = ("CHAT_RELAY_PING_INTERVAL_SECS", "3600");
+    let leader = Relay::start_with(&db, &[("CHAT_RELAY_NATS_URL", via_proxy.as_str()), quiet]).await;
+    assert_eq!(one_leader(&[&leader], PATIENCE).await, 0);
+    let direct = nats.url();
+    let follower = Relay::start_with(&db, &[("CHAT_RELAY_NATS_URL", direct.as_str()), quiet]).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[alice, bob]).await;
+    let mut ws = follower.ws(bob).await;
+    ws.subscribe(chat, None).await;
+    let c = db.client().await;
+    let seq = support::insert(&c, chat, alice, "0").await;
+    assert_eq!(ws.messages(chat, 1).await, vec![seq]);
+
+    let (progress, mut at) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        for i in 1..=EDITS {
+            c.execute(
+                "UPDATE chat_messages SET content = $1 WHERE chat_id = $2 AND seq = $3",
+                &[&i.to_string(), &chat, &seq],
+            )
+            .await
+            .unwrap();
+            if i % 350 == 0 {
+                let _ = progress.send(i);
+            }
+        }
+        support::insert(&c, chat, alice, "marker").await
+    });
+    while at.recv().await.is_some() {
+        proxy.cut();
+    }
+    let marker = writer.await.unwrap();
+    let mut edits = Vec::new();
+    loop {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("update") => {
+                edits.push(v["message"]["content"].as_str().unwrap_or_default().parse::<usize>().unwrap())
+            }
+            Some("message") if v["seq"] == marker => break,
+            Some("error" | "unsubscribed") => panic!("{v}"),
+            _ => {}
+        }
+    }
+    let back = edits.windows(2).find(|w| w[1] < w[0]);
+    assert!(back.is_none(), "an older edit after a newer one: {back:?} (of {} edits seen)", edits.len());
+    assert_eq!(edits.last(), Some(&EDITS));
+}

@@ -5,9 +5,12 @@
 //! never waits: it queues, in order, frames, control events and checkpoints
 //! (the pipeline's handed-on LSN). One task publishes them in that order and
 //! moves [`Progress`] to a checkpoint only once every message before it is
-//! acknowledged. A failed publish is retried, with everything after it, in
-//! order; message ids make the retries (and a new leader's replay of the
-//! same WAL) harmless.
+//! acknowledged. Publishes are pipelined, each stating which message must be
+//! the stream's last before it (JetStream's expected-last-message-id), so
+//! one lost on the way is never overtaken: those after it are refused too.
+//! A failed publish is retried, with everything after it, in order, each
+//! waiting for its acknowledgement; message ids make the retries (and a new
+//! leader's replay of the same WAL) harmless.
 //!
 //! Nothing is published for a leadership term that is not vouched for by
 //! its [`Lease`]: while the lease is in doubt the publisher waits, and once
@@ -128,9 +131,16 @@ enum Pending {
 /// Hands `m` to NATS if `term` leads; `None` once the term is over. The
 /// time stamped on it is taken before the last look at the lease, so no copy
 /// says it was sent after the lease ran out.
+///
+/// `after`: the id of the message published just before it, not yet known
+/// to be stored. JetStream then stores `m` only if that one is the stream's
+/// last, so a message lost on the way (a connection cut mid-stream) can
+/// never be overtaken by the ones after it: they are refused too, and
+/// [`resend`] publishes them all again, in order.
 async fn send(
     js: &async_nats::jetstream::Context,
     m: &Outgoing,
+    after: Option<&str>,
     lease: &Lease,
     term: u64,
     stop: &CancellationToken,
@@ -144,16 +154,20 @@ async fn send(
             break now;
         }
     };
-    Some(send_now(js, m, sent_at).await)
+    Some(send_now(js, m, after, sent_at).await)
 }
 
 async fn send_now(
     js: &async_nats::jetstream::Context,
     m: &Outgoing,
+    after: Option<&str>,
     sent_at: std::time::SystemTime,
 ) -> Result<AckFuture, String> {
     let headers = m.headers_sent_at(sent_at);
-    let publish = Publish::build().payload(m.payload.clone()).headers(headers).message_id(&m.id);
+    let mut publish = Publish::build().payload(m.payload.clone()).headers(headers).message_id(&m.id);
+    if let Some(previous) = after {
+        publish = publish.expected_last_message_id(previous);
+    }
     let ack: PublishAckFuture = js.send_publish(m.subject.clone(), publish).await.map_err(|e| e.to_string())?;
     Ok(Box::pin(async move { ack.into_future().await.map(|_| ()).map_err(|e| e.to_string()) }))
 }
@@ -174,6 +188,8 @@ async fn publisher(
     let mut in_flight = 0usize;
     // The term of what comes out of `rx` now, and whether it was found over.
     let (mut term, mut over) = (0u64, false);
+    // The id of the last message handed to NATS in this term.
+    let mut last_sent: Option<String> = None;
     loop {
         // Checkpoints whose messages are all acknowledged (a term that is
         // over moves nothing: it may have dropped messages before them).
@@ -207,13 +223,17 @@ async fn publisher(
                 let Some(out) = out else { return };
                 backlog.done();
                 match out {
-                    Out::Term(t) => (term, over) = (t, false),
+                    // A new term's first message follows whatever is stored.
+                    Out::Term(t) => (term, over, last_sent) = (t, false, None),
                     Out::Handed(lsn) => pending.push_back(Pending::Handed(lsn, term)),
                     Out::Reset => pending.push_back(Pending::Reset(term)),
                     Out::Event(_) if over => {}
                     Out::Event(event) => {
                         let msg = format::encode(&origin.names, &origin.replica, event);
-                        let ack = match send(&js, &msg, &lease, term, &stop).await {
+                        // Only while its predecessor is unacknowledged does
+                        // the order need the stream's word.
+                        let after = last_sent.as_deref().filter(|_| in_flight > 0);
+                        let ack = match send(&js, &msg, after, &lease, term, &stop).await {
                             Some(Ok(ack)) => ack,
                             Some(Err(e)) => Box::pin(async move { Err(e) }),
                             None if stop.is_cancelled() => return,
@@ -223,6 +243,7 @@ async fn publisher(
                                 continue;
                             }
                         };
+                        last_sent = Some(msg.id.clone());
                         pending.push_back(Pending::Sent(msg, ack, term));
                         in_flight += 1;
                     }
@@ -245,7 +266,9 @@ async fn resend(
     'again: loop {
         for p in pending.iter_mut() {
             if let Pending::Sent(msg, ack, term) = p {
-                let result = match send(js, msg, lease, *term, stop).await {
+                // Everything before it is acknowledged (stored): nothing to
+                // expect of the stream's last message.
+                let result = match send(js, msg, None, lease, *term, stop).await {
                     Some(Ok(fresh)) => fresh.await,
                     Some(Err(e)) => Err(e),
                     // Stopping: leave it unacknowledged (nothing after it may

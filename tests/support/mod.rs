@@ -398,3 +398,42 @@ pub fn skipped(test: &str, why: &str) {
         let _ = writeln!(f, "{test}: {why}");
     }
 }
+
+/// A TCP proxy on a free local port that can cut every connection through
+/// it at once, losing whatever it had not forwarded yet: a network that
+/// drops a connection mid-stream.
+pub struct CutProxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut cr, &mut sw) => {}
+                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                        _ = cuts.changed() => {}
+                    }
+                    // Dropping both halves of both sockets: a reset, data lost.
+                });
+            }
+        });
+        CutProxy { port, cut }
+    }
+
+    /// Cuts every connection open now.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
