@@ -344,12 +344,20 @@ async fn a_slow_reader_of_a_steady_stream_gets_every_message_to_the_last() {
     let chat = db.chat(&[user]).await;
     let mut ws = small_window_ws(&relay, user).await;
     ws.subscribe(chat, None).await;
-    // Many small transactions, faster than the reader reads.
+    // Many small transactions, faster than the reader reads: four rows each
+    // (a single-row insert a time ran slower than the reader on a loaded
+    // machine, and the reader never fell behind).
     let url = db.url.clone();
     let writer = tokio::spawn(async move {
         let c = support::connect(&url).await;
-        for i in 0..600 {
-            insert(&c, chat, user, &format!("{i:04}{}", "w".repeat(1000))).await;
+        for i in 0..150 {
+            c.execute(
+                "INSERT INTO chat_messages (chat_id, sender_id, content) \
+                 SELECT $1, $2, lpad((4 * $3::int + g)::text, 4, '0') || repeat('w', 1000) FROM generate_series(0, 3) g",
+                &[&chat, &user, &i],
+            )
+            .await
+            .unwrap();
         }
     });
     read_slowly(&mut ws, chat, 600, 256e3).await;
