@@ -267,8 +267,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server).
-    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas"])]
+    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server), hole.
+    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas", "hole"])]
     pub scenario: String,
 
     /// Repetitions for scenarios that compare two runs (medians are reported).
