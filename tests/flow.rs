@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::{insert, Db, End, Relay, Ws, PATIENCE};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -417,4 +417,51 @@ async fn a_catch_up_that_meets_a_restarting_database_waits_for_it_and_loses_noth
     let (mut slow, seqs) = reader.await.unwrap();
     assert_eq!(seqs, (1..=2000).collect::<Vec<i64>>());
     assert!(slow.barrier().await.iter().all(|v| v["type"] != "message"), "nothing repeated");
+}
+
+/// Issue #17, item 7: a ping's pong waits until what was owed before it is
+/// written, and pongs waiting so cost memory like anything else unsent.
+/// Past 64 of them the relay reads no more of the connection's frames until
+/// some are written: a request sent after 100 pings, while a catch-up is
+/// owed, is answered only after the 64th pong (before, it was read at once
+/// and answered ahead of every pong, and the pings piled up without bound).
+#[tokio::test(flavor = "multi_thread")]
+async fn pongs_waiting_for_a_catch_up_are_bounded() {
+    let db = Db::start().await;
+    let relay = Relay::start(&db).await;
+    let user = Uuid::new_v4();
+    let chat = db.chat(&[user]).await;
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, $2, repeat('p', 1000) || g FROM generate_series(1, 2000) g",
+        &[&chat, &user],
+    )
+    .await
+    .unwrap();
+    let mut ws = small_window_ws(&relay, user).await;
+    ws.subscribe(chat, Some(0)).await; // owes 2 MB from the table
+    for i in 0..100 {
+        ws.send(json!({"type": "ping", "ref": i})).await;
+    }
+    let elsewhere = Uuid::new_v4();
+    ws.send(json!({"type": "unsubscribe", "chat_id": elsewhere, "ref": "after the pings"})).await;
+    let (mut pongs, mut messages) = (Vec::new(), 0);
+    loop {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("pong") => pongs.push(v["ref"].as_i64().unwrap()),
+            Some("message") => messages += 1,
+            Some("unsubscribed") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(messages, 2000, "every pong waited for the catch-up");
+    assert_eq!(pongs, (0..64).collect::<Vec<_>>(), "read after 64 waiting pongs were written");
+    while pongs.len() < 100 {
+        let v = ws.next().await;
+        if v["type"] == "pong" {
+            pongs.push(v["ref"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(pongs, (0..100).collect::<Vec<_>>());
 }
