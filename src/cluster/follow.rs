@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::format::{self, StreamEvent};
 use super::Names;
 use crate::fanout::{Fanout, LocalFanout};
+use crate::protocol::FrameKind;
 use crate::replication::Health;
 
 /// Consumes until `stop`, restarting with backoff; `health` says whether
@@ -81,7 +82,12 @@ async fn consume(
 /// skipped (the sessions' seq checks and the table cover it).
 fn apply(msg: &async_nats::jetstream::Message, names: &Names, local: &LocalFanout) {
     match format::decode(names, msg.subject.as_str(), msg.headers.as_ref(), &msg.payload) {
-        Ok(StreamEvent::Frame(frame)) => local.publish(frame),
+        Ok(StreamEvent::Frame(frame)) => {
+            if frame.kind == FrameKind::Message {
+                local.committed(frame.chat_id, frame.seq);
+            }
+            local.publish(frame)
+        }
         Ok(StreamEvent::Revoke { chat_id, user_id }) => local.revoke(chat_id, user_id),
         Ok(StreamEvent::Member { chat_id, user_id, member }) => local.member(chat_id, user_id, member),
         Ok(StreamEvent::Resync) => local.resync_all(),

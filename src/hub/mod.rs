@@ -41,7 +41,7 @@ use uuid::Uuid;
 pub use conn::{Conn, ConnId};
 pub use presence::PresenceOut;
 
-use crate::protocol::{EventFrame, FrameKind};
+use crate::protocol::EventFrame;
 use presence::Shared;
 
 /// One subscription in the hub: the connection, and whether its membership
@@ -154,9 +154,6 @@ impl Hub {
 
     /// Offers a frame to every subscriber of its chat. Never waits.
     pub fn publish(&self, frame: &Arc<EventFrame>) {
-        if frame.kind == FrameKind::Message {
-            self.committed(frame.chat_id, frame.seq);
-        }
         if let Some(subs) = self.chats.get(&frame.chat_id) {
             for s in subs.conns.values() {
                 s.conn.offer(frame);
