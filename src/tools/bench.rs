@@ -576,13 +576,16 @@ async fn latency_run(args: &BenchArgs, nats: Option<&str>) -> anyhow::Result<(f6
     relay.wait_ready().await?;
     let readers = open_readers(relay.port, &plan, 0, 0.0).await?;
     let chat_ids: Vec<Uuid> = plan.iter().map(|(c, _)| *c).collect();
-    // Warm-up, then measure exactly what is committed from here on.
-    write_load(&url, chat_ids.clone(), rate, 2.0, 4).await?;
+    // Warm-up (every frame of it in), then measure exactly what is committed
+    // from here on: the frame count must not mistake warm-up for measured.
+    let warm_sent = write_load(&url, chat_ids.clone(), rate, 2.0, 4).await?;
+    wait_for_frames(&readers, warm_sent * per_chat as u64, Duration::from_secs(10)).await;
+    let warm = readers.frames.load(Ordering::Relaxed);
     let before = latest_seqs(&url, &chat_ids).await?;
     let sent = write_load(&url, chat_ids.clone(), rate, secs, 4).await?;
     let owed = owed(&before, &latest_seqs(&url, &chat_ids).await?);
     let expected = sent * per_chat as u64;
-    wait_for_frames(&readers, expected, Duration::from_secs(10)).await;
+    wait_for_frames(&readers, warm + expected, Duration::from_secs(10)).await;
     let d = readers.finish(&owed).await?;
     let h = &d.fast;
     let (p50, p99) = (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0);
@@ -729,8 +732,11 @@ async fn fanout(args: &BenchArgs) -> anyhow::Result<Row> {
     relay.wait_ready().await?;
     let readers = open_readers(relay.port, &plan, 0, 0.0).await?;
     let chat_ids = vec![plan[0].0];
-    write_load(&url, chat_ids.clone(), rate, 1.0, 1).await?;
-    wait_for_frames(&readers, rate * subs as u64, Duration::from_secs(10)).await;
+    // Warm-up: wait for every frame it sent (it may send one message more
+    // than its rate), or late warm-up frames count as measured ones and the
+    // readers stop before the last measured frames land (counted as gaps).
+    let warm_sent = write_load(&url, chat_ids.clone(), rate, 1.0, 1).await?;
+    wait_for_frames(&readers, warm_sent * subs as u64, Duration::from_secs(10)).await;
     let warm = readers.frames.load(Ordering::Relaxed);
     let before = latest_seqs(&url, &chat_ids).await?;
     let started = Instant::now();
