@@ -456,7 +456,10 @@ async fn pongs_waiting_for_a_catch_up_are_bounded() {
         }
     }
     assert_eq!(messages, 2000, "every pong waited for the catch-up");
-    assert_eq!(pongs, (0..64).collect::<Vec<_>>(), "read after 64 waiting pongs were written");
+    // Read only once the 64 waiting pongs were written (then the pings read
+    // on the way to it are answered at once, in order, before it).
+    assert!(pongs.len() >= 64, "answered after only {} pongs", pongs.len());
+    assert_eq!(pongs, (0..pongs.len() as i64).collect::<Vec<_>>());
     while pongs.len() < 100 {
         let v = ws.next().await;
         if v["type"] == "pong" {
