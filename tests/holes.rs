@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 use support::{insert, Db, Relay, PATIENCE};
 use uuid::Uuid;
 
-async fn seqs_in_db(c: &tokio_postgres::Client, chat: Uuid) -> Vec<i64> {
-    c.query("SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_conflict_burns_no_seq() {
     let db = Db::start().await;
@@ -82,7 +73,7 @@ async fn an_id_conflict_burns_no_seq() {
     assert_eq!(db_err.code().code(), "23505", "{db_err}");
     assert_eq!(db_err.constraint(), Some("chat_messages_pkey"));
     assert_eq!(insert(&c, chat, user, "last").await, 6);
-    assert_eq!(seqs_in_db(&c, chat).await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(support::seqs_in_db(&c, chat).await, [1, 2, 3, 4, 5, 6]);
     // The relay saw no hole: everything arrives, and no gap was counted.
     assert_eq!(ws.messages(chat, 6).await, [1, 2, 3, 4, 5, 6]);
     assert_eq!(relay.metric("chat_relay_seq_gaps_total").await, 0.0);
@@ -115,7 +106,7 @@ async fn moving_a_message_between_chats_is_refused_and_both_chats_stay_intact() 
                 )
                 .await;
             panic!("the move succeeded ({n} row); target chat now has seqs {:?}; its next insert: {next:?}", {
-                seqs_in_db(&c, to).await
+                support::seqs_in_db(&c, to).await
             });
         }
         Err(e) => e,
@@ -134,8 +125,8 @@ async fn moving_a_message_between_chats_is_refused_and_both_chats_stay_intact() 
     // Both chats are intact: the next inserts get the next seqs.
     assert_eq!(insert(&c, from, user, "from").await, 4);
     assert_eq!(insert(&c, to, user, "to").await, 3);
-    assert_eq!(seqs_in_db(&c, from).await, [1, 2, 3, 4]);
-    assert_eq!(seqs_in_db(&c, to).await, [1, 2, 3]);
+    assert_eq!(support::seqs_in_db(&c, from).await, [1, 2, 3, 4]);
+    assert_eq!(support::seqs_in_db(&c, to).await, [1, 2, 3]);
     // And subscribers of each see a gapless sequence.
     assert_eq!(ws_from.messages(from, 4).await, [1, 2, 3, 4]);
     assert_eq!(ws_to.messages(to, 3).await, [1, 2, 3]);

@@ -14,17 +14,6 @@ use support::{insert, token, token_with, Db, End, Relay, Ws, PATIENCE};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-async fn seqs_in_db(db: &Db, chat: Uuid) -> Vec<i64> {
-    db.client()
-        .await
-        .query("SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn endpoints_and_every_contract_metric_from_startup() {
     let db = Db::start().await;
@@ -221,7 +210,7 @@ async fn concurrent_writers_every_subscriber_gets_exactly_its_committed_rows_in_
     }
     let mut expected = HashMap::new();
     for chat in &chats {
-        expected.insert(*chat, seqs_in_db(&db, *chat).await);
+        expected.insert(*chat, support::seqs_in_db(&db.client().await, *chat).await);
     }
     for (ws, mine) in &mut clients {
         let total: usize = mine.iter().map(|c| expected[c].len()).sum();

@@ -95,6 +95,16 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The seqs stored in a chat, ascending.
+pub async fn seqs_in_db(c: &tokio_postgres::Client, chat: Uuid) -> Vec<i64> {
+    c.query("SELECT seq FROM chat_messages WHERE chat_id = $1 ORDER BY seq", &[&chat])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Inserts a message by plain SQL; returns its seq.
 pub async fn insert(c: &tokio_postgres::Client, chat: Uuid, sender: Uuid, content: &str) -> i64 {
     c.query_one(
