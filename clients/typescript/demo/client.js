@@ -1234,7 +1234,7 @@ var Subscriptions = class {
     const chatId = this.#refs.get(ref);
     if (chatId === void 0)
       return false;
-    this.#refs.delete(ref);
+    this.#forget(chatId);
     const chat = this.chats.get(chatId);
     if (!chat)
       return true;
@@ -1830,8 +1830,12 @@ var ChatRelayClient = class extends Emitter {
       return;
     if (ref !== null && this.#outbox.onError(ref, err))
       return;
-    if (ref !== null && this.#pending.has(ref)) {
-      this.#fail(ref, err);
+    const p = ref !== null && this.#pending.get(ref);
+    if (p) {
+      if (err.code === "rate_limited")
+        setTimeout(() => this.#pending.get(ref) === p && this.#conn.write({ ...p.frame, ref }), err.retryAfterMs);
+      else
+        this.#fail(ref, err);
       return;
     }
     if (err.chatId && err.code === "unavailable")

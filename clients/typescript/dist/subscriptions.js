@@ -185,7 +185,8 @@ export class Subscriptions {
         const chatId = this.#refs.get(ref);
         if (chatId === undefined)
             return false;
-        this.#refs.delete(ref);
+        // Its barrier's pong follows the refusal: it must not make the chat live.
+        this.#forget(chatId);
         const chat = this.chats.get(chatId);
         if (!chat)
             return true;

@@ -551,8 +551,11 @@ export class ChatRelayClient extends Emitter<ClientEvents> {
     const err = ChatRelayError.fromFrame(f);
     if (ref !== null && this.#subs.onError(ref, err)) return;
     if (ref !== null && this.#outbox.onError(ref, err)) return;
-    if (ref !== null && this.#pending.has(ref)) {
-      this.#fail(ref, err);
+    const p = ref !== null && this.#pending.get(ref);
+    if (p) {
+      // Too many requests (history, inbox): the same frame again once the relay says, within the request's timeout.
+      if (err.code === "rate_limited") setTimeout(() => this.#pending.get(ref!) === p && this.#conn.write({ ...p.frame, ref }), err.retryAfterMs);
+      else this.#fail(ref!, err);
       return;
     }
     // Unasked: a subscription the relay could not keep ("subscribe again").

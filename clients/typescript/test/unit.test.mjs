@@ -135,6 +135,45 @@ test("one send in flight per chat keeps order; rate_limited waits retry_after_ms
   c.close();
 });
 
+test("rate_limited on subscribe: asked again after retry_after_ms; the pong behind the refusal does not make it live", async () => {
+  const h = new Harness();
+  const c = client(h);
+  let live = false;
+  const done = c.subscribe(CHAT).then((s) => ((live = true), s));
+  const ws = await h.socket(0);
+  ws.open();
+  const s1 = await ws.frame((f) => f.type === "subscribe");
+  const ping = await ws.frame((f) => f.type === "ping", ws.sent.indexOf(s1));
+  const t = Date.now();
+  // What the relay does: the refusal, then the pong of the barrier ping.
+  ws.push({ type: "error", code: "rate_limited", message: "too many requests", chat_id: CHAT, retry_after_ms: 60, ref: s1.ref });
+  ws.push({ type: "pong", ref: ping.ref });
+  await settle();
+  assert.equal(live, false, "not live: the relay refused the subscribe");
+  const from = ws.sent.indexOf(s1) + 1;
+  await within(ws.acceptSubscribe(CHAT, { latest: 3, from }), 2000, "a second subscribe");
+  assert.ok(Date.now() - t >= 55, "waited for retry_after_ms");
+  assert.equal((await done).latestSeq, 3);
+  c.close();
+});
+
+test("rate_limited on history: asked again after retry_after_ms, and the page resolves", async () => {
+  const h = new Harness();
+  const c = client(h);
+  const page = c.history(CHAT, { beforeSeq: 50, limit: 2 });
+  const ws = await h.socket(0);
+  ws.open();
+  const q1 = await ws.frame((f) => f.type === "history");
+  const t = Date.now();
+  ws.push({ type: "error", code: "rate_limited", message: "too many requests", chat_id: CHAT, retry_after_ms: 60, ref: q1.ref });
+  const q2 = await within(ws.frame((f) => f.type === "history", ws.sent.indexOf(q1) + 1), 2000, "a second history");
+  assert.ok(Date.now() - t >= 55, "waited for retry_after_ms");
+  assert.equal(q2.before_seq, 50);
+  ws.push({ type: "history", chat_id: CHAT, messages: [row(CHAT, 48), row(CHAT, 49)], has_more: true, ref: q2.ref });
+  assert.deepEqual((await page).messages.map((m) => m.seq), [48, 49]);
+  c.close();
+});
+
 test("a refused send fails for good with a typed, non-retryable error", async () => {
   const h = new Harness();
   const c = client(h);
