@@ -511,7 +511,8 @@ var ChatStore = class extends BaseStore {
   async #resume() {
     if (!this.#restored) {
       this.#restored = true;
-      const saved = await this.storage.loadChat?.(this.chatId).catch(() => null);
+      const user = await this.client.user();
+      const saved = user && await this.storage.loadChat?.(`${user}/${this.chatId}`).catch(() => null);
       if (saved && !this.#rows.length) {
         this.#merge(saved.messages);
         this.set({ hasMore: saved.hasMore });
@@ -565,10 +566,11 @@ var ChatStore = class extends BaseStore {
       return;
     clearTimeout(this.#saveTimer);
     this.#saveTimer = null;
-    const n = this.#o.saveLast;
+    const [n, user] = [this.#o.saveLast, this.client.userId];
     const saved = { messages: this.#rows.slice(-n), hasMore: this.snap.hasMore || this.#rows.length > n };
-    this.storage.saveChat?.(this.chatId, saved).catch(() => {
-    });
+    if (user)
+      this.storage.saveChat?.(`${user}/${this.chatId}`, saved).catch(() => {
+      });
   }
   #render() {
     const me = this.client.userId;
@@ -979,12 +981,12 @@ function outgoing(entry, inherited = false) {
 var MemoryStorage = class {
   #entries = /* @__PURE__ */ new Map();
   #chats = /* @__PURE__ */ new Map();
-  async loadChat(chatId) {
-    const saved = this.#chats.get(chatId);
+  async loadChat(key) {
+    const saved = this.#chats.get(key);
     return saved === void 0 ? null : JSON.parse(saved);
   }
-  async saveChat(chatId, chat) {
-    this.#chats.set(chatId, JSON.stringify(chat));
+  async saveChat(key, chat) {
+    this.#chats.set(key, JSON.stringify(chat));
   }
   async load() {
     return [...this.#entries.values()].sort((a, b) => a.order - b.order);
@@ -1044,11 +1046,11 @@ var IndexedDbStorage = class {
   async remove(clientGeneratedId) {
     await this.#run("readwrite", (s) => s.delete(clientGeneratedId));
   }
-  async loadChat(chatId) {
-    return await this.#run("readonly", (s) => s.get(chatId), "chats") ?? null;
+  async loadChat(key) {
+    return await this.#run("readonly", (s) => s.get(key), "chats") ?? null;
   }
-  async saveChat(chatId, chat) {
-    await this.#run("readwrite", (s) => s.put(chat, chatId), "chats");
+  async saveChat(key, chat) {
+    await this.#run("readwrite", (s) => s.put(chat, key), "chats");
   }
 };
 
@@ -1360,16 +1362,8 @@ function uuid() {
   const c = globalThis.crypto;
   if (c?.randomUUID)
     return c.randomUUID();
-  const b = new Uint8Array(16);
-  if (c?.getRandomValues)
-    c.getRandomValues(b);
-  else
-    for (let i = 0; i < 16; i++)
-      b[i] = Math.floor(Math.random() * 256);
-  b[6] = (b[6] ?? 0) & 15 | 64;
-  b[8] = (b[8] ?? 0) & 63 | 128;
-  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  const byte = () => c?.getRandomValues ? c.getRandomValues(new Uint8Array(1))[0] : Math.random() * 256 | 0;
+  return "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (d) => (+d ^ byte() & 15 >> +d / 4).toString(16));
 }
 
 // dist/token.js
@@ -1529,6 +1523,10 @@ var ChatRelayClient = class extends Emitter {
   /** The signed-in user (the token's `sub`), once a token was fetched. */
   get userId() {
     return this.#tokens.sub;
+  }
+  /** The signed-in user: the token's `sub`, fetching a token if there is none yet; null when `getToken` fails. */
+  user() {
+    return this.#tokens.get(false).then(() => this.#tokens.sub, () => null);
   }
   /**
    * One conversation as a store (`getSnapshot`/`subscribe`, for

@@ -138,7 +138,9 @@ export class ChatStore extends BaseStore {
     async #resume() {
         if (!this.#restored) {
             this.#restored = true;
-            const saved = await this.storage.loadChat?.(this.chatId).catch(() => null);
+            // Saved windows are per user: only the signed-in user's (the token's `sub`).
+            const user = await this.client.user();
+            const saved = user && (await this.storage.loadChat?.(`${user}/${this.chatId}`).catch(() => null));
             if (saved && !this.#rows.length) {
                 this.#merge(saved.messages);
                 this.set({ hasMore: saved.hasMore });
@@ -192,9 +194,10 @@ export class ChatStore extends BaseStore {
             return;
         clearTimeout(this.#saveTimer);
         this.#saveTimer = null;
-        const n = this.#o.saveLast;
+        const [n, user] = [this.#o.saveLast, this.client.userId];
         const saved = { messages: this.#rows.slice(-n), hasMore: this.snap.hasMore || this.#rows.length > n };
-        this.storage.saveChat?.(this.chatId, saved).catch(() => { });
+        if (user)
+            this.storage.saveChat?.(`${user}/${this.chatId}`, saved).catch(() => { });
     }
     #render() {
         const me = this.client.userId;

@@ -126,6 +126,8 @@ export declare class ChatRelayClient extends Emitter<ClientEvents> {
     get connectionState(): ConnectionState;
     /** The signed-in user (the token's `sub`), once a token was fetched. */
     get userId(): string | null;
+    /** The signed-in user: the token's `sub`, fetching a token if there is none yet; null when `getToken` fails. */
+    user(): Promise<string | null>;
     /**
      * One conversation as a store (`getSnapshot`/`subscribe`, for
      * useSyncExternalStore): the same store for a chat id every time. It

@@ -124,6 +124,10 @@ export class ChatRelayClient extends Emitter {
     get userId() {
         return this.#tokens.sub;
     }
+    /** The signed-in user: the token's `sub`, fetching a token if there is none yet; null when `getToken` fails. */
+    user() {
+        return this.#tokens.get(false).then(() => this.#tokens.sub, () => null);
+    }
     /**
      * One conversation as a store (`getSnapshot`/`subscribe`, for
      * useSyncExternalStore): the same store for a chat id every time. It

@@ -12,24 +12,28 @@ export interface OutboxStorage {
     remove(clientGeneratedId: string): Promise<void>;
     /** Set where tabs share this storage (IndexedDB): the Web Lock that says which tab sends what was stored. */
     readonly shared?: string;
-    /** A chat store's saved window (optional: without it, a cold start fetches history). */
-    loadChat?(chatId: string): Promise<SavedChat | null>;
-    saveChat?(chatId: string, chat: SavedChat): Promise<void>;
+    /**
+     * A chat store's saved window (optional: without it, a cold start fetches
+     * history), by `key`: the user and the chat, `<sub>/<chatId>`, so one
+     * storage serves every user who signs in on the device.
+     */
+    loadChat?(key: string): Promise<SavedChat | null>;
+    saveChat?(key: string, chat: SavedChat): Promise<void>;
 }
 /** The default: survives reconnects, not a reload. */
 export declare class MemoryStorage implements OutboxStorage {
     #private;
-    loadChat(chatId: string): Promise<SavedChat | null>;
-    saveChat(chatId: string, chat: SavedChat): Promise<void>;
+    loadChat(key: string): Promise<SavedChat | null>;
+    saveChat(key: string, chat: SavedChat): Promise<void>;
     load(): Promise<OutboxEntry[]>;
     put(entry: OutboxEntry): Promise<void>;
     remove(clientGeneratedId: string): Promise<void>;
 }
 /**
  * Browsers: survives reloads and restarts. Object stores `outbox` (keyed by
- * `client_generated_id`) and `chats` (saved windows, keyed by chat id). The
- * outbox is per user by itself; saved windows are not: use one database
- * name per signed-in user.
+ * `client_generated_id`, each entry naming its user) and `chats` (saved
+ * windows, keyed by user and chat): one database serves every user who
+ * signs in on the device.
  */
 export declare class IndexedDbStorage implements OutboxStorage {
     #private;
@@ -39,6 +43,6 @@ export declare class IndexedDbStorage implements OutboxStorage {
     load(): Promise<OutboxEntry[]>;
     put(entry: OutboxEntry): Promise<void>;
     remove(clientGeneratedId: string): Promise<void>;
-    loadChat(chatId: string): Promise<SavedChat | null>;
-    saveChat(chatId: string, chat: SavedChat): Promise<void>;
+    loadChat(key: string): Promise<SavedChat | null>;
+    saveChat(key: string, chat: SavedChat): Promise<void>;
 }

@@ -2,12 +2,12 @@
 export class MemoryStorage {
     #entries = new Map();
     #chats = new Map();
-    async loadChat(chatId) {
-        const saved = this.#chats.get(chatId);
+    async loadChat(key) {
+        const saved = this.#chats.get(key);
         return saved === undefined ? null : JSON.parse(saved);
     }
-    async saveChat(chatId, chat) {
-        this.#chats.set(chatId, JSON.stringify(chat));
+    async saveChat(key, chat) {
+        this.#chats.set(key, JSON.stringify(chat));
     }
     async load() {
         return [...this.#entries.values()].sort((a, b) => a.order - b.order);
@@ -21,9 +21,9 @@ export class MemoryStorage {
 }
 /**
  * Browsers: survives reloads and restarts. Object stores `outbox` (keyed by
- * `client_generated_id`) and `chats` (saved windows, keyed by chat id). The
- * outbox is per user by itself; saved windows are not: use one database
- * name per signed-in user.
+ * `client_generated_id`, each entry naming its user) and `chats` (saved
+ * windows, keyed by user and chat): one database serves every user who
+ * signs in on the device.
  */
 export class IndexedDbStorage {
     name;
@@ -73,10 +73,10 @@ export class IndexedDbStorage {
     async remove(clientGeneratedId) {
         await this.#run("readwrite", (s) => s.delete(clientGeneratedId));
     }
-    async loadChat(chatId) {
-        return (await this.#run("readonly", (s) => s.get(chatId), "chats")) ?? null;
+    async loadChat(key) {
+        return (await this.#run("readonly", (s) => s.get(key), "chats")) ?? null;
     }
-    async saveChat(chatId, chat) {
-        await this.#run("readwrite", (s) => s.put(chat, chatId), "chats");
+    async saveChat(key, chat) {
+        await this.#run("readwrite", (s) => s.put(chat, key), "chats");
     }
 }

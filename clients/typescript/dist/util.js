@@ -13,19 +13,12 @@ export function decodeClaims(token) {
         return null;
     }
 }
-/** A v4 UUID (crypto.randomUUID where there is one). */
+/** A v4 UUID (crypto.randomUUID where there is one; else random bytes, or Math.random in React Native). */
 export function uuid() {
     const c = globalThis.crypto;
     if (c?.randomUUID)
         return c.randomUUID();
-    const b = new Uint8Array(16);
-    if (c?.getRandomValues)
-        c.getRandomValues(b);
-    else
-        for (let i = 0; i < 16; i++)
-            b[i] = Math.floor(Math.random() * 256);
-    b[6] = ((b[6] ?? 0) & 0x0f) | 0x40;
-    b[8] = ((b[8] ?? 0) & 0x3f) | 0x80;
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    const byte = () => (c?.getRandomValues ? c.getRandomValues(new Uint8Array(1))[0] : (Math.random() * 256) | 0);
+    // Each 0 or 1 a random hex digit; 8 one of 8, 9, a, b (the variant); the 4 stays (the version).
+    return "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (d) => (+d ^ (byte() & (15 >> (+d / 4)))).toString(16));
 }

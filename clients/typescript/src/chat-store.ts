@@ -202,7 +202,9 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
   async #resume(): Promise<void> {
     if (!this.#restored) {
       this.#restored = true;
-      const saved = await this.storage.loadChat?.(this.chatId).catch(() => null);
+      // Saved windows are per user: only the signed-in user's (the token's `sub`).
+      const user = await this.client.user();
+      const saved = user && (await this.storage.loadChat?.(`${user}/${this.chatId}`).catch(() => null));
       if (saved && !this.#rows.length) {
         this.#merge(saved.messages);
         this.set({ hasMore: saved.hasMore });
@@ -258,9 +260,9 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
     if (!this.#saveTimer) return;
     clearTimeout(this.#saveTimer);
     this.#saveTimer = null;
-    const n = this.#o.saveLast;
+    const [n, user] = [this.#o.saveLast, this.client.userId];
     const saved: SavedChat = { messages: this.#rows.slice(-n), hasMore: this.snap.hasMore || this.#rows.length > n };
-    this.storage.saveChat?.(this.chatId, saved).catch(() => {});
+    if (user) this.storage.saveChat?.(`${user}/${this.chatId}`, saved).catch(() => {});
   }
 
   #render(): void {

@@ -13,9 +13,13 @@ export interface OutboxStorage {
   remove(clientGeneratedId: string): Promise<void>;
   /** Set where tabs share this storage (IndexedDB): the Web Lock that says which tab sends what was stored. */
   readonly shared?: string;
-  /** A chat store's saved window (optional: without it, a cold start fetches history). */
-  loadChat?(chatId: string): Promise<SavedChat | null>;
-  saveChat?(chatId: string, chat: SavedChat): Promise<void>;
+  /**
+   * A chat store's saved window (optional: without it, a cold start fetches
+   * history), by `key`: the user and the chat, `<sub>/<chatId>`, so one
+   * storage serves every user who signs in on the device.
+   */
+  loadChat?(key: string): Promise<SavedChat | null>;
+  saveChat?(key: string, chat: SavedChat): Promise<void>;
 }
 
 /** The default: survives reconnects, not a reload. */
@@ -23,13 +27,13 @@ export class MemoryStorage implements OutboxStorage {
   readonly #entries = new Map<string, OutboxEntry>();
   readonly #chats = new Map<string, string>();
 
-  async loadChat(chatId: string): Promise<SavedChat | null> {
-    const saved = this.#chats.get(chatId);
+  async loadChat(key: string): Promise<SavedChat | null> {
+    const saved = this.#chats.get(key);
     return saved === undefined ? null : (JSON.parse(saved) as SavedChat);
   }
 
-  async saveChat(chatId: string, chat: SavedChat): Promise<void> {
-    this.#chats.set(chatId, JSON.stringify(chat));
+  async saveChat(key: string, chat: SavedChat): Promise<void> {
+    this.#chats.set(key, JSON.stringify(chat));
   }
 
   async load(): Promise<OutboxEntry[]> {
@@ -47,9 +51,9 @@ export class MemoryStorage implements OutboxStorage {
 
 /**
  * Browsers: survives reloads and restarts. Object stores `outbox` (keyed by
- * `client_generated_id`) and `chats` (saved windows, keyed by chat id). The
- * outbox is per user by itself; saved windows are not: use one database
- * name per signed-in user.
+ * `client_generated_id`, each entry naming its user) and `chats` (saved
+ * windows, keyed by user and chat): one database serves every user who
+ * signs in on the device.
  */
 export class IndexedDbStorage implements OutboxStorage {
   #db: Promise<IDBDatabase> | null = null;
@@ -101,11 +105,11 @@ export class IndexedDbStorage implements OutboxStorage {
     await this.#run("readwrite", (s) => s.delete(clientGeneratedId));
   }
 
-  async loadChat(chatId: string): Promise<SavedChat | null> {
-    return ((await this.#run("readonly", (s) => s.get(chatId), "chats")) as SavedChat | undefined) ?? null;
+  async loadChat(key: string): Promise<SavedChat | null> {
+    return ((await this.#run("readonly", (s) => s.get(key), "chats")) as SavedChat | undefined) ?? null;
   }
 
-  async saveChat(chatId: string, chat: SavedChat): Promise<void> {
-    await this.#run("readwrite", (s) => s.put(chat, chatId), "chats");
+  async saveChat(key: string, chat: SavedChat): Promise<void> {
+    await this.#run("readwrite", (s) => s.put(chat, key), "chats");
   }
 }

@@ -238,6 +238,44 @@ test("chat store: the window is saved; a cold start shows it at once and resumes
   assert.equal(ws.sent.filter((f) => f.type === "history").length, 0, "no history needed");
 });
 
+test("chat store: saved windows are per user (the token's sub): another user on the same storage sees none of them", async () => {
+  const storage = new MemoryStorage();
+  const as = (sub) => ({ storage, getToken: async () => jwt({ sub, exp: Math.floor(Date.now() / 1000) + 3600 }) });
+  const h1 = new Harness();
+  const c1 = client(h1, as(ME));
+  const first = c1.chat(CHAT);
+  const off = first.subscribe(() => {});
+  await open(h1, 0, { latest: 3, page: [row(CHAT, 1), row(CHAT, 2), row(CHAT, 3, { content: "for me only" })] });
+  await until(first, (s) => s.items.length === 3);
+  off();
+  await settle();
+  c1.close();
+  // Bob signs in on the same device (same storage): no window of mine, no resume from my cursor.
+  const h2 = new Harness();
+  const c2 = client(h2, as(BOB));
+  const store = c2.chat(CHAT);
+  const offBob = store.subscribe(() => {});
+  const ws = await h2.socket(0);
+  ws.open();
+  const sub = await ws.acceptSubscribe(CHAT, { latest: 3 });
+  assert.equal(sub.after_seq, undefined, "not resumed from another user's cursor");
+  assert.deepEqual(store.getSnapshot().items, [], "another user's saved window is not shown");
+  const q = await ws.frame((f) => f.type === "history");
+  ws.push({ type: "history", chat_id: CHAT, messages: [row(CHAT, 2), row(CHAT, 3, { content: "as bob sees it" })], has_more: true, ref: q.ref });
+  await until(store, (s) => s.items.length === 2 && !s.loading);
+  assert.ok(!store.getSnapshot().items.some((i) => i.content === "for me only"));
+  offBob(); // saves Bob's window
+  await settle();
+  c2.close();
+  // Back as me: my window is still mine, and shows before the relay answers.
+  const h3 = new Harness();
+  const c3 = client(h3, as(ME));
+  const mine = c3.chat(CHAT);
+  mine.subscribe(() => {});
+  const s = await until(mine, (s) => s.items.length === 3);
+  assert.equal(s.items.at(-1).content, "for me only");
+});
+
 test("inbox store: first page sorted, the badge, loadMore, live chat and chat_removed, first page again after a reconnect, off when unlistened", async () => {
   const h = new Harness();
   const c = client(h);

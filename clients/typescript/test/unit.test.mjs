@@ -844,3 +844,20 @@ test("B5: a refresh whose getToken keeps failing backs off", async () => {
   }
   assert.ok(calls - 1 <= 8, `getToken failed ${calls - 1} times in a minute: retries must back off`);
 });
+
+test("uuid: a v4 uuid with crypto.randomUUID, with only getRandomValues (plain http pages), and with neither (React Native)", () => {
+  const v4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const real = Object.getOwnPropertyDescriptor(globalThis, "crypto");
+  const web = globalThis.crypto;
+  try {
+    for (const crypto of [web, { getRandomValues: (a) => web.getRandomValues(a) }, undefined]) {
+      Object.defineProperty(globalThis, "crypto", { value: crypto, configurable: true });
+      const ids = Array.from({ length: 2000 }, () => lib.uuid());
+      assert.ok(ids.every((u) => v4.test(u)), ids.find((u) => !v4.test(u)));
+      assert.equal(new Set(ids).size, ids.length);
+      assert.equal(new Set(ids.map((u) => u[0])).size, 16, "every hex digit turns up");
+    }
+  } finally {
+    Object.defineProperty(globalThis, "crypto", real);
+  }
+});
