@@ -4,7 +4,8 @@
 //! for it. Two implementations stand behind the seam:
 //!
 //! - [`LocalFanout`], the receiving side of every relay: this process's
-//!   [`Hub`] (who is subscribed where) and its [`Membership`] cache. It is
+//!   [`Hub`] (who is subscribed where), its [`Membership`] cache and its
+//!   [`Inbox`] (every online user's conversation list). It is
 //!   the one place that knows what a revocation, a membership change or a
 //!   lost stream means for both: a single relay's pipeline calls it
 //!   directly, and with replicas the NATS follower calls it for what it
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::hub::Hub;
+use crate::inbox::Inbox;
 use crate::membership::Membership;
 use crate::protocol::EventFrame;
 
@@ -46,25 +48,36 @@ pub trait Fanout: Send + Sync {
     fn resync_all(&self);
 }
 
-/// This process's hub and membership cache, fed by one stream of events.
+/// This process's hub, membership cache and inbox, fed by one stream of
+/// events.
 pub struct LocalFanout {
     hub: Arc<Hub>,
     membership: Arc<Membership>,
+    inbox: Option<Arc<Inbox>>,
 }
 
 impl LocalFanout {
     pub fn new(hub: Arc<Hub>, membership: Arc<Membership>) -> LocalFanout {
-        LocalFanout { hub, membership }
+        LocalFanout { hub, membership, inbox: None }
+    }
+
+    /// The same, with the users' inboxes fed too.
+    pub fn with_inbox(mut self, inbox: Arc<Inbox>) -> LocalFanout {
+        self.inbox = Some(inbox);
+        self
     }
 }
 
 impl Fanout for LocalFanout {
     fn wants(&self, chat_id: &Uuid) -> bool {
-        self.hub.wants(chat_id)
+        self.hub.wants(chat_id) || self.inbox.as_ref().is_some_and(|i| i.wants(chat_id))
     }
 
     fn publish(&self, frame: Arc<EventFrame>) {
         self.hub.publish(&frame);
+        if let Some(inbox) = &self.inbox {
+            inbox.frame(&frame);
+        }
     }
 
     fn committed(&self, chat_id: Uuid, seq: i64) {
@@ -75,15 +88,24 @@ impl Fanout for LocalFanout {
         // Learned first: a request racing the revocation is refused.
         self.membership.learn(chat_id, user_id, false);
         self.hub.revoke(chat_id, user_id);
+        if let Some(inbox) = &self.inbox {
+            inbox.member(chat_id, user_id, false);
+        }
     }
 
     fn member(&self, chat_id: Uuid, user_id: Uuid, member: bool) {
         self.membership.learn(chat_id, user_id, member);
+        if let Some(inbox) = &self.inbox {
+            inbox.member(chat_id, user_id, member);
+        }
     }
 
     fn resync_all(&self) {
         self.membership.clear();
         self.hub.resync_all();
+        if let Some(inbox) = &self.inbox {
+            inbox.resync();
+        }
     }
 }
 

@@ -85,6 +85,7 @@ pub(crate) mod fanout;
 pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod hub;
+pub(crate) mod inbox;
 pub(crate) mod limits;
 pub mod lsn;
 pub(crate) mod membership;

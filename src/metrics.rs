@@ -22,6 +22,8 @@ pub const COMMIT_TO_SEND: &str = "chat_relay_commit_to_send_seconds";
 pub const CATCHUPS: &str = "chat_relay_catchups_total";
 pub const RATE_LIMITED: &str = "chat_relay_rate_limited_total";
 pub const LEADER: &str = "chat_relay_leader";
+pub const INBOX_CONNECTIONS: &str = "chat_relay_inbox_connections";
+pub const INBOX_FRAMES: &str = "chat_relay_inbox_frames_total";
 // Beyond the contract: operational detail.
 pub const SLOT_RECREATED: &str = "chat_relay_slot_recreated_total";
 pub const REPLICATION_ERRORS: &str = "chat_relay_replication_errors_total";
@@ -32,7 +34,7 @@ pub const READY: &str = "chat_relay_ready";
 pub const JETSTREAM_PENDING: &str = "chat_relay_jetstream_pending";
 
 /// The contract's metric names, for tests and the dashboard check.
-pub const CONTRACT: [&str; 12] = [
+pub const CONTRACT: [&str; 14] = [
     EVENTS,
     DUPLICATES,
     SEQ_GAPS,
@@ -45,6 +47,8 @@ pub const CONTRACT: [&str; 12] = [
     CATCHUPS,
     RATE_LIMITED,
     LEADER,
+    INBOX_CONNECTIONS,
+    INBOX_FRAMES,
 ];
 
 /// Installs the global Prometheus recorder and registers every series at zero.
@@ -80,6 +84,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     gauge!(READY).set(0.0);
     gauge!(LEADER).set(0.0);
     gauge!(JETSTREAM_PENDING).set(0.0);
+    gauge!(INBOX_CONNECTIONS).set(0.0);
+    counter!(INBOX_FRAMES).absolute(0);
     // Registering the histogram makes its (empty) buckets appear.
     let _ = histogram!(COMMIT_TO_SEND);
     // Resolve the per-frame and per-event series once, now that the recorder
@@ -95,6 +101,7 @@ struct Hot {
     cache_hit: Counter,
     cache_miss: Counter,
     messages_sent: Counter,
+    inbox_frames: Counter,
     commit_to_send: Histogram,
     ws_connections: Gauge,
 }
@@ -107,6 +114,7 @@ fn hot() -> &'static Hot {
         cache_hit: counter!(DEDUPE_CACHE, "result" => "hit"),
         cache_miss: counter!(DEDUPE_CACHE, "result" => "miss"),
         messages_sent: counter!(MESSAGES_SENT),
+        inbox_frames: counter!(INBOX_FRAMES),
         commit_to_send: histogram!(COMMIT_TO_SEND),
         ws_connections: gauge!(WS_CONNECTIONS),
     })
@@ -138,6 +146,8 @@ fn describe() {
         JETSTREAM_PENDING,
         "Replicas: events in the JetStream stream not yet delivered to this replica's consumer"
     );
+    describe_gauge!(INBOX_CONNECTIONS, "Connections whose inbox is on");
+    describe_counter!(INBOX_FRAMES, "Inbox frames (chat, chat_removed) written to clients");
     describe_gauge!(LEADER, "1 on the replica that holds the replication slot, else 0 (always 1 for a single relay)");
 }
 
@@ -192,6 +202,14 @@ pub fn ws_disconnected() {
 
 pub fn messages_sent(n: u64) {
     hot().messages_sent.increment(n);
+}
+
+pub fn inbox_connections(n: usize) {
+    gauge!(INBOX_CONNECTIONS).set(n as f64);
+}
+
+pub fn inbox_frames(n: u64) {
+    hot().inbox_frames.increment(n);
 }
 
 pub fn slow_consumer() {

@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_seq_trigger_v2.sql"),
     migration!(7, "0007_id_conflict_keeps_seq.sql"),
     migration!(8, "0008_refuse_chat_move.sql"),
+    migration!(9, "0009_inbox_activity.sql"),
 ];
 
 /// Test hook: `CHAT_RELAY_TEST_FAIL_MIGRATION=<file>:<n>` makes `migrate`

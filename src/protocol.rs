@@ -20,14 +20,44 @@ use crate::lsn::Position;
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Subscribe { chat_id: Uuid, after_seq: Option<i64> },
-    Unsubscribe { chat_id: Uuid },
-    Send { chat_id: Uuid, client_generated_id: Uuid, content: String },
-    Ack { chat_id: Uuid, seq: i64 },
-    Read { chat_id: Uuid, seq: i64 },
-    Auth { access_token: String },
-    History { chat_id: Uuid, before_seq: Option<i64>, limit: i64 },
-    Typing { chat_id: Uuid },
+    Subscribe {
+        chat_id: Uuid,
+        after_seq: Option<i64>,
+    },
+    Unsubscribe {
+        chat_id: Uuid,
+    },
+    Send {
+        chat_id: Uuid,
+        client_generated_id: Uuid,
+        content: String,
+    },
+    Ack {
+        chat_id: Uuid,
+        seq: i64,
+    },
+    Read {
+        chat_id: Uuid,
+        seq: i64,
+    },
+    Auth {
+        access_token: String,
+    },
+    History {
+        chat_id: Uuid,
+        before_seq: Option<i64>,
+        limit: i64,
+    },
+    Typing {
+        chat_id: Uuid,
+    },
+    /// Start (or restart) the inbox with its first page, or, with `before`,
+    /// the next older page.
+    Inbox {
+        limit: usize,
+        before: Option<String>,
+    },
+    InboxOff,
     Ping,
 }
 
@@ -44,6 +74,8 @@ impl Request {
             | Request::Send { .. }
             | Request::Auth { .. }
             | Request::Typing { .. }
+            | Request::Inbox { .. }
+            | Request::InboxOff
             | Request::Ping => None,
         }
     }
@@ -144,6 +176,30 @@ impl EventFrame {
     }
 }
 
+/// `inbox` page size when the client names none, and the most it may ask.
+pub const INBOX_DEFAULT: usize = 50;
+pub const INBOX_MAX: usize = 200;
+
+/// A chat summary (protocol 1.2, *Inbox*): what a conversation list shows
+/// for one chat, for one user.
+#[derive(Debug, Serialize)]
+pub struct ChatSummary<'a> {
+    pub chat_id: Uuid,
+    pub last_seq: i64,
+    pub last_message: Option<&'a serde_json::value::RawValue>,
+    pub last_activity: String,
+    pub unread: u32,
+    pub read_seq: i64,
+    pub delivered_seq: i64,
+}
+
+/// RFC 3339 for Unix microseconds, spelled as message timestamps are.
+pub fn rfc3339_micros(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// `history` page size when the client names none, and the most it may ask.
 pub const HISTORY_DEFAULT: i64 = 50;
 pub const HISTORY_MAX: i64 = 200;
@@ -193,6 +249,15 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), BadRequest> {
             },
         },
         "typing" => Request::Typing { chat_id: uuid(&obj, "chat_id").map_err(fail)? },
+        "inbox" => Request::Inbox {
+            limit: match optional(&obj, "limit", seq).map_err(fail)? {
+                None => INBOX_DEFAULT,
+                Some(0) => return Err(fail("field limit must be at least 1".into())),
+                Some(n) => (n as usize).min(INBOX_MAX),
+            },
+            before: optional(&obj, "before", string).map_err(fail)?,
+        },
+        "inbox_off" => Request::InboxOff,
         "ping" => Request::Ping,
         other => return Err(fail(format!("unknown type {other:?}"))),
     };
@@ -319,6 +384,19 @@ pub enum ServerFrame<'a> {
         chat_id: Uuid,
         messages: Vec<&'a RowBody>,
         has_more: bool,
+    },
+    Inbox {
+        chats: &'a [ChatSummary<'a>],
+        next: Option<&'a str>,
+        unread_chats: u32,
+    },
+    Chat {
+        #[serde(flatten)]
+        summary: &'a ChatSummary<'a>,
+        unread_chats: u32,
+    },
+    ChatRemoved {
+        chat_id: Uuid,
     },
     Ok,
     Pong,

@@ -28,6 +28,7 @@ use crate::delivery::Delivery;
 use crate::fanout::LocalFanout;
 use crate::gateway::{self, Auth, Gateway, GatewayConfig, GatewayParts};
 use crate::hub::Hub;
+use crate::inbox::Inbox;
 use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::metrics as m;
@@ -83,7 +84,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let membership = Arc::new(Membership::new(store.clone(), Duration::from_millis(args.membership_ttl_ms)));
     // The receiving side: this process's hub and membership, fed by the
     // local pipeline (one relay) or by the NATS follower (replicas).
-    let local = Arc::new(LocalFanout::new(hub.clone(), membership.clone()));
+    let inbox_stop = CancellationToken::new();
+    let (inbox, asker) = Inbox::new(store.clone(), inbox_stop.clone());
+    let asker = tokio::spawn(asker);
+    let local = Arc::new(LocalFanout::new(hub.clone(), membership.clone()).with_inbox(inbox.clone()));
     let health = Arc::new(Health::default());
     let progress = Progress::default();
     let side_stop = CancellationToken::new();
@@ -213,7 +217,15 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let delivery_stop = CancellationToken::new();
     let (delivery, delivery_task) = Delivery::start(store.clone(), args.delivered_debounce(), delivery_stop.clone());
     let gw = Arc::new(Gateway::new(
-        GatewayParts { hub, store: store.clone(), membership, auth: auth.clone(), delivery, limits: limits.clone() },
+        GatewayParts {
+            hub,
+            store: store.clone(),
+            membership,
+            auth: auth.clone(),
+            delivery,
+            limits: limits.clone(),
+            inbox,
+        },
         GatewayConfig {
             max_frame_bytes: args.max_frame_bytes as usize,
             max_content_bytes: args.max_content_bytes,
@@ -250,6 +262,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let _ = replication.await;
     let _ = pipeline.await;
     side_stop.cancel();
+    inbox_stop.cancel();
+    let _ = asker.await;
     http_result?;
     if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
         return Err(e);

@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::value::RawValue;
 use serde_json::Map;
 use tokio_postgres::SimpleQueryMessage;
 use uuid::Uuid;
 
 use crate::event::{MessageRow, Participant};
+use crate::inbox::state::{Answer, Ask, Listed, SATURATED};
 use crate::pgconn::quote_ident;
 use crate::pgconn::{self, ConnInfo};
 use crate::pgoutput::text_to_json;
@@ -302,6 +304,115 @@ impl Store {
             let cut = (out.len() as i64) < fetched;
             return Ok((out, cut));
         }
+    }
+
+    /// Every chat of `user_id` for the inbox, at most `cap` (one more tells
+    /// the caller there are more): last seq, activity, the user's
+    /// watermarks, and whether anything is unread (one probe of the
+    /// (chat_id, seq) index per chat whose last seq is past the read mark).
+    pub async fn inbox_list(&self, user_id: Uuid, cap: i64) -> Result<Vec<Listed>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT c.id, c.last_seq, \
+                        (extract(epoch FROM coalesce(c.last_activity, c.created_at)) * 1000000)::int8, \
+                        p.last_read_seq, p.last_delivered_seq, \
+                        c.last_seq > p.last_read_seq AND EXISTS (SELECT 1 FROM chat_messages m \
+                          WHERE m.chat_id = c.id AND m.seq > p.last_read_seq AND m.seq <= c.last_seq \
+                            AND m.sender_id <> p.user_id) \
+                   FROM chat_participants p JOIN chats c ON c.id = p.chat_id \
+                  WHERE p.user_id = $1 LIMIT $2",
+            )
+            .await?;
+        let rows = c.query(&st, &[&user_id, &cap]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(Listed {
+                chat: r.try_get(0)?,
+                last_seq: r.try_get(1)?,
+                at: r.try_get(2)?,
+                read: r.try_get(3)?,
+                delivered: r.try_get(4)?,
+                has_unread: r.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Answers the inbox's questions ([`Ask`]) in one statement: per ask, the
+    /// chat's last seq, its newest message up to the bound and the activity
+    /// that goes with it, and for a user their participant row and unread
+    /// count up to the bound (at most [`SATURATED`]).
+    pub async fn inbox_answers(&self, asks: Vec<Ask>) -> Result<Vec<Answer>, StoreError> {
+        if asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let cols = self.message_columns(&c).await?;
+        let list: Vec<String> = cols.iter().map(|(n, _)| format!("lm.{}", quote_ident(n))).collect();
+        let int = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "NULL".into());
+        let values: Vec<String> = asks
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let (user, read) = match &a.user {
+                    Some(u) => (u.user, u.read),
+                    None => (Uuid::nil(), None),
+                };
+                format!("({i}, '{}'::uuid, '{user}'::uuid, {}::int8, {}::int8)", a.chat, int(read), int(a.bound))
+            })
+            .collect();
+        // Simple (text) protocol, so rows render exactly as in the WAL; the
+        // inlined values are uuids and integers only.
+        let sql = format!(
+            "SELECT b.i, coalesce(c.last_seq, 0), p.ok IS NOT NULL, p.r, p.d, \
+                    (extract(epoch FROM coalesce(lm.created_at, c.created_at)) * 1000000)::int8, \
+                    (SELECT count(*) FROM (SELECT 1 FROM chat_messages m WHERE m.chat_id = b.chat \
+                       AND m.seq > coalesce(b.read, p.r) AND m.seq <= coalesce(b.bound, c.last_seq) \
+                       AND m.sender_id <> b.usr LIMIT {SATURATED}) x), \
+                    lm.id IS NOT NULL, {list} \
+               FROM (VALUES {values}) b(i, chat, usr, read, bound) \
+               LEFT JOIN chats c ON c.id = b.chat \
+               LEFT JOIN LATERAL (SELECT true AS ok, last_read_seq AS r, last_delivered_seq AS d \
+                                    FROM chat_participants WHERE chat_id = b.chat AND user_id = b.usr) p ON true \
+               LEFT JOIN LATERAL (SELECT m.* FROM chat_messages m WHERE m.chat_id = b.chat \
+                                    AND m.seq <= coalesce(b.bound, c.last_seq) ORDER BY m.seq DESC LIMIT 1) lm ON true",
+            list = list.join(", "),
+            values = values.join(", "),
+        );
+        let msgs = c.simple_query(&sql).await?;
+        let mut asks: Vec<Option<Ask>> = asks.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(asks.len());
+        let num = |v: Option<&str>| v.and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        for m in msgs {
+            let SimpleQueryMessage::Row(row) = m else { continue };
+            let i = num(row.get(0)) as usize;
+            let Some(ask) = asks.get_mut(i).and_then(Option::take) else { continue };
+            let last = if row.get(7) == Some("t") {
+                let mut json = Map::new();
+                for (k, (name, oid)) in cols.iter().enumerate() {
+                    let v = row.get(k + 8).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
+                    json.insert(name.clone(), v);
+                }
+                let seq = json.get("seq").and_then(serde_json::Value::as_i64).unwrap_or(0);
+                let text = serde_json::to_string(&json).map_err(|_| StoreError::Unexpected("row JSON"))?;
+                let raw = RawValue::from_string(text).map_err(|_| StoreError::Unexpected("row JSON"))?;
+                Some((seq, Arc::from(raw)))
+            } else {
+                None
+            };
+            out.push(Answer {
+                ask,
+                last_seq: num(row.get(1)),
+                last,
+                at: num(row.get(5)),
+                member: row.get(2) == Some("t"),
+                read: num(row.get(3)),
+                delivered: num(row.get(4)),
+                unread: num(row.get(6)).clamp(0, SATURATED as i64) as u32,
+            });
+        }
+        Ok(out)
     }
 
     /// For a subscribe by `user_id`: the chat's latest seq, if they are a

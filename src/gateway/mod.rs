@@ -26,6 +26,7 @@ pub use auth::{issue, Auth, AuthConfig};
 
 use crate::delivery::Delivery;
 use crate::hub::Hub;
+use crate::inbox::Inbox;
 use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::protocol::HttpError;
@@ -53,6 +54,7 @@ pub struct GatewayParts {
     pub auth: Arc<Auth>,
     pub delivery: Delivery,
     pub limits: Arc<Limits>,
+    pub inbox: Arc<Inbox>,
 }
 
 /// Shared state of all sessions.

@@ -29,6 +29,7 @@ use super::Gateway;
 use crate::catchup::{Catchup, Step, Verdict};
 use crate::event::MessageRow;
 use crate::hub::Conn;
+use crate::inbox::{InboxError, Pager};
 use crate::metrics as m;
 use crate::protocol::{self, ErrorCode, EventFrame, FrameKind, Request, ServerFrame, UnsubscribeReason};
 use crate::store::StoreError;
@@ -80,6 +81,8 @@ pub(super) struct Session {
     failing: Option<(Instant, Duration)>,
     /// No table work before this (a database that is coming back).
     retry_at: Option<tokio::time::Instant>,
+    /// The connection's inbox: on or off, and the pages still to come.
+    inbox: Pager,
 }
 
 enum Wake {
@@ -124,6 +127,7 @@ impl Session {
             last_heard: Instant::now(),
             failing: None,
             retry_at: None,
+            inbox: Pager::default(),
         };
         m::ws_connected();
         tracing::debug!(conn = id, user = %identity.user_id, "connected");
@@ -138,6 +142,7 @@ impl Session {
         for chat in session.owed.chats() {
             session.gw.parts.hub.unsubscribe(chat, id);
         }
+        session.inbox.stop(&session.gw.parts.inbox, &session.conn);
         if let End::Close { code, reason, flush } = end {
             session.out.close(code, reason, flush, Duration::from_secs(2)).await;
         }
@@ -189,7 +194,7 @@ impl Session {
                 Wake::Control => self.control(),
                 Wake::Wrote(r) => match r {
                     // Room again: presence changes that waited for it.
-                    Ok(()) if self.out.bytes() < HIGH_WATER && self.conn.presence_waiting() => self.control(),
+                    Ok(()) if self.out.bytes() < HIGH_WATER && self.conn.side_waiting() => self.control(),
                     r => r.map_err(End::from),
                 },
                 Wake::Stalled => {
@@ -288,6 +293,12 @@ impl Session {
             if self.owed.is_subscribed(&chat) {
                 let frame = ServerFrame::Presence { chat_id: chat, user_id: user, online };
                 self.out.event(frame.encode(None), None);
+            }
+        }
+        if !ctl.inbox.is_empty() && self.inbox.is_on() {
+            m::inbox_frames(ctl.inbox.len() as u64);
+            for text in ctl.inbox {
+                self.out.text(text);
             }
         }
         Ok(())
@@ -489,6 +500,11 @@ impl Session {
                     self.gw.parts.hub.typing(chat_id, user, self.conn.id);
                 }
             }
+            Request::Inbox { limit, before } => self.inbox_page(limit, before, &reference).await,
+            Request::InboxOff => {
+                self.inbox.stop(&self.gw.parts.inbox, &self.conn);
+                self.answer(ServerFrame::Ok, &reference);
+            }
             Request::Ack { chat_id, seq } | Request::Read { chat_id, seq } => {
                 let read = matches!(request, Request::Read { .. });
                 match self.gw.parts.membership.check(chat_id, self.identity.user_id).await {
@@ -584,6 +600,27 @@ impl Session {
                 self.answer(ServerFrame::History { chat_id: chat, messages, has_more }, reference);
             }
             Err(e) => self.store_error(e, Some(chat), reference),
+        }
+    }
+
+    /// `inbox`: the first page (starting the inbox) or the next one.
+    async fn inbox_page(&mut self, limit: usize, before: Option<String>, reference: &Option<Value>) {
+        let inbox = self.gw.parts.inbox.clone();
+        let page = match &before {
+            None => self.inbox.start(&inbox, &self.conn, limit, reference.as_ref()).await,
+            Some(cursor) => self.inbox.more(&inbox, &self.conn, cursor, limit, reference.as_ref()).await,
+        };
+        match page {
+            Ok(page) => self.out.text(page.text),
+            Err(InboxError::BadCursor) => {
+                self.error(ErrorCode::BadRequest, "field before is not a cursor of this relay", None, reference)
+            }
+            Err(InboxError::Store(e)) => self.store_error(e, None, reference),
+            Err(e) => {
+                tracing::warn!(conn = self.conn.id, error = %e, "inbox page failed");
+                let why = e.to_string();
+                self.error(ErrorCode::Unavailable, &why, None, reference)
+            }
         }
     }
 

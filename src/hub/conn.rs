@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ws::Utf8Bytes;
 use rustc_hash::FxBuildHasher;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -36,6 +37,8 @@ pub struct Control {
     pub overflow: bool,
     /// Presence changes, latest state per (chat, user).
     pub presence: Vec<(Uuid, Uuid, bool)>,
+    /// Inbox frames (`chat`, `chat_removed`), the latest per chat, oldest first.
+    pub inbox: Vec<Utf8Bytes>,
 }
 
 #[derive(Default)]
@@ -46,6 +49,9 @@ struct ControlState {
     deletes_left: usize,
     overflow: bool,
     presence: HashMap<(Uuid, Uuid), bool, FxBuildHasher>,
+    /// Inbox frames not taken yet: per chat the latest, with its turn.
+    inbox: HashMap<Uuid, (u64, Utf8Bytes), FxBuildHasher>,
+    inbox_turn: u64,
 }
 
 /// The hub's side of one connection: its queue, and what travels beside it.
@@ -120,9 +126,36 @@ impl Conn {
         self.wake.notify_one();
     }
 
-    /// Presence changes wait to be taken.
-    pub fn presence_waiting(&self) -> bool {
-        self.control.lock().is_ok_and(|ctl| !ctl.presence.is_empty())
+    /// Presence changes or inbox frames wait to be taken.
+    pub fn side_waiting(&self) -> bool {
+        self.control.lock().is_ok_and(|ctl| !ctl.presence.is_empty() || !ctl.inbox.is_empty())
+    }
+
+    /// An inbox frame for `chat`: replaces one of that chat not taken yet
+    /// (so a connection that is behind gets the latest summary per chat,
+    /// and at most one per chat waits).
+    pub fn inbox_frame(&self, chat: Uuid, text: Utf8Bytes) {
+        if let Ok(mut ctl) = self.control.lock() {
+            ctl.inbox_turn += 1;
+            let turn = ctl.inbox_turn;
+            ctl.inbox.insert(chat, (turn, text));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Drops inbox frames not taken yet for these chats (an answer the
+    /// session writes first supersedes them), or all with None.
+    pub fn inbox_forget(&self, chats: Option<&[Uuid]>) {
+        if let Ok(mut ctl) = self.control.lock() {
+            match chats {
+                None => ctl.inbox = HashMap::default(),
+                Some(chats) => {
+                    for c in chats {
+                        ctl.inbox.remove(c);
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets presence changes of a chat not taken yet (a fresh snapshot
@@ -178,15 +211,23 @@ impl Conn {
     /// they fell behind, so nothing older overtakes the catch-up; from the
     /// moment one is taken, its live frames are queued again.
     ///
-    /// Presence changes are taken only `with_presence`: the session asks for
-    /// them when its socket has room, and until then they stay here,
-    /// coalesced per chat and user (so a reader that is behind costs one
-    /// entry per user present in its chats, never a backlog of frames).
+    /// Presence changes and inbox frames are taken only `with_presence`: the
+    /// session asks for them when its socket has room, and until then they
+    /// stay here, coalesced per chat and user (presence) or per chat (inbox),
+    /// so a reader that is behind costs one entry each, never a backlog.
     pub fn take(&self, dequeued: u64, with_presence: bool) -> Control {
         let Ok(mut ctl) = self.control.lock() else { return Control::default() };
         // Taken, not drained: an idle connection keeps no table behind.
         let presence = match with_presence {
             true => std::mem::take(&mut ctl.presence).into_iter().map(|((c, u), online)| (c, u, online)).collect(),
+            false => Vec::new(),
+        };
+        let inbox = match with_presence && !ctl.inbox.is_empty() {
+            true => {
+                let mut frames: Vec<(u64, Utf8Bytes)> = std::mem::take(&mut ctl.inbox).into_values().collect();
+                frames.sort_unstable_by_key(|(turn, _)| *turn);
+                frames.into_iter().map(|(_, text)| text).collect()
+            }
             false => Vec::new(),
         };
         let ready: Vec<Uuid> = ctl.behind.iter().filter(|(_, b)| b.after <= dequeued).map(|(c, _)| *c).collect();
@@ -204,6 +245,7 @@ impl Conn {
             behind,
             overflow: ctl.overflow,
             presence,
+            inbox,
         }
     }
 }

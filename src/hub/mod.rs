@@ -331,11 +331,11 @@ mod tests {
             hub.present(chat, &b);
             hub.unsubscribe(chat, 100 + id);
         }
-        assert!(a.presence_waiting());
+        assert!(a.side_waiting());
         assert!(a.take(0, false).presence.is_empty(), "no room: nothing taken");
-        assert!(a.presence_waiting());
+        assert!(a.side_waiting());
         assert_eq!(a.take(0, true).presence, vec![(chat, bob, false)], "one entry, the latest");
-        assert!(!a.presence_waiting());
+        assert!(!a.side_waiting());
     }
 
     #[tokio::test]

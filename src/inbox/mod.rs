@@ -1,0 +1,492 @@
+//! inbox: each online user's conversation list, live (protocol 1.2).
+//!
+//! While a connection has its inbox on, the user's list is held here: read
+//! once from the table ([`Store::inbox_list`]: every chat of the user with
+//! its last seq, activity, watermarks and whether anything is unread), then
+//! kept exact by the same stream that feeds the hub ([`Inbox::frame`],
+//! [`Inbox::member`], called by the local fan-out, so replicas do it from
+//! the stream they already consume). Counts and rows the stream cannot
+//! tell are asked of the table by one task in batches ([`state`] says
+//! when); in steady state (new messages, reads to the end, deliveries)
+//! nothing is asked.
+//!
+//! Each change yields one `chat` frame per user, encoded once and offered
+//! to each of the user's inbox connections beside their frame queue
+//! ([`Conn::inbox_frame`]): the latest per chat waits there, so a client
+//! that is behind gets merged summaries and nothing stalls.
+//!
+//! Pages ([`Pager`]) are cut from the list as it stood when the inbox
+//! started, so every chat is listed once across `next` cursors however
+//! activity moves meanwhile; the summaries on a page are current.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::hub::{Conn, ConnId};
+use crate::metrics as m;
+use crate::protocol::{rfc3339_micros, ChatSummary, EventFrame, FrameKind, ServerFrame};
+use crate::store::{Store, StoreError};
+use state::{Ask, Change, Micros, Out, State, Summary};
+
+/// Chats of one user the inbox holds, at most.
+pub const MAX_CHATS: usize = 100_000;
+/// Questions per statement.
+const BATCH: usize = 500;
+/// How long a page waits for its answers before giving up.
+const PAGE_PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the user is in more than {MAX_CHATS} chats")]
+    TooMany,
+    #[error("the database did not answer in time")]
+    Timeout,
+    #[error("cursor not understood")]
+    BadCursor,
+}
+
+struct Inner {
+    state: State,
+    /// Connections whose inbox is on, per user.
+    conns: HashMap<Uuid, Vec<Arc<Conn>>>,
+}
+
+/// The inbox of this process.
+pub struct Inbox {
+    inner: Mutex<Inner>,
+    store: Store,
+    asks: mpsc::UnboundedSender<Vec<Ask>>,
+    /// Signalled after answers were applied.
+    answered: Notify,
+}
+
+impl Inbox {
+    /// The inbox and the task that asks the table (run it until `stop`).
+    pub fn new(store: Store, stop: CancellationToken) -> (Arc<Inbox>, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox {
+            inner: Mutex::new(Inner { state: State::default(), conns: HashMap::new() }),
+            store,
+            asks: tx,
+            answered: Notify::new(),
+        });
+        let task = asker(Arc::downgrade(&inbox), rx, stop);
+        (inbox, task)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding it leaves plain data; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the state, then sends what it produced.
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut inner = self.lock();
+        let t = f(&mut inner.state);
+        self.dispatch(&mut inner);
+        t
+    }
+
+    fn dispatch(&self, inner: &mut Inner) {
+        let (outs, asks) = inner.state.drain();
+        if !asks.is_empty() {
+            let _ = self.asks.send(asks);
+        }
+        // One encoding per user and chat, shared by the user's connections.
+        for out in outs {
+            let (user, chat, text) = match out {
+                Out::Chat { user, chat } => {
+                    let Some(s) = inner.state.summary(&user, &chat) else { continue };
+                    let badge = inner.state.unread_chats(&user);
+                    let summary = wire(&s);
+                    (user, chat, ServerFrame::Chat { summary: &summary, unread_chats: badge }.encode(None))
+                }
+                Out::Removed { user, chat } => (user, chat, ServerFrame::ChatRemoved { chat_id: chat }.encode(None)),
+            };
+            if let Some(conns) = inner.conns.get(&user) {
+                for c in conns {
+                    c.inbox_frame(chat, text.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether events of this chat matter to an inbox here.
+    pub fn wants(&self, chat: &Uuid) -> bool {
+        self.lock().state.wants(chat)
+    }
+
+    /// A frame the stream produced (message, update, delete, receipt).
+    pub fn frame(&self, frame: &EventFrame) {
+        if !self.wants(&frame.chat_id) {
+            return;
+        }
+        let Some(change) = change_of(frame) else { return };
+        self.with(|s| s.apply(change));
+    }
+
+    /// The user is (now) a participant of the chat, or no longer one.
+    pub fn member(&self, chat: Uuid, user: Uuid, member: bool) {
+        let mut inner = self.lock();
+        if !inner.state.is_loaded(&user) && !inner.state.wants(&chat) {
+            return;
+        }
+        inner.state.apply(Change::Member { chat, user, member });
+        self.dispatch(&mut inner);
+    }
+
+    /// The stream lost continuity: every held list is read again.
+    pub fn resync(self: &Arc<Self>) {
+        let users = self.with(|s| s.resync());
+        for user in users {
+            let inbox = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inbox.load(user, true).await {
+                    tracing::warn!(%user, error = %e, "inbox: reading a list again after a resync failed");
+                }
+            });
+        }
+    }
+
+    /// Holds the user's list, reading it when nobody here holds it yet.
+    async fn open(&self, user: Uuid) -> Result<(), InboxError> {
+        if self.with(|s| s.hold(user)) {
+            return Ok(());
+        }
+        self.load(user, false).await
+    }
+
+    async fn load(&self, user: Uuid, replace: bool) -> Result<(), InboxError> {
+        for _ in 0..5 {
+            let id = self.with(|s| s.begin_load());
+            let listed = match self.store.inbox_list(user, MAX_CHATS as i64 + 1).await {
+                Ok(l) if l.len() > MAX_CHATS => {
+                    self.with(|s| s.abort_load(id));
+                    return Err(InboxError::TooMany);
+                }
+                Ok(l) => l,
+                Err(e) => {
+                    self.with(|s| s.abort_load(id));
+                    return Err(e.into());
+                }
+            };
+            if self.with(|s| s.install(id, user, listed, replace)).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(InboxError::Timeout)
+    }
+
+    fn close(&self, user: Uuid) {
+        self.with(|s| s.release(user));
+    }
+
+    /// Connections with the inbox on, here.
+    pub fn connections(&self) -> usize {
+        self.lock().conns.values().map(Vec::len).sum()
+    }
+
+    /// Users and chats held (for memory figures).
+    pub fn held(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.state.users(), inner.state.chats())
+    }
+
+    /// Exact summaries of `chats` (those the user is still in), waiting for
+    /// the table where needed; with `forget`, inbox frames of those chats
+    /// not taken yet by that connection are dropped (the answer supersedes
+    /// them).
+    async fn summaries(
+        &self,
+        user: Uuid,
+        chats: &[Uuid],
+        forget: Option<&Conn>,
+    ) -> Result<(Vec<Summary>, u32), InboxError> {
+        let deadline = tokio::time::Instant::now() + PAGE_PATIENCE;
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let done = self.with(|s| {
+                let missing = s.missing(user, chats);
+                if !s.badge_certain(&user) {
+                    s.ask_uncertain(user);
+                    return None;
+                }
+                if !missing.is_empty() {
+                    return None;
+                }
+                let list: Vec<Summary> = chats.iter().filter_map(|c| s.summary(&user, c)).collect();
+                if let Some(conn) = forget {
+                    conn.inbox_forget(Some(chats));
+                }
+                Some((list, s.unread_chats(&user)))
+            });
+            if let Some(done) = done {
+                return Ok(done);
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return Err(InboxError::Timeout);
+            }
+        }
+    }
+}
+
+/// One connection's inbox: whether it is on, and the rest of the list as it
+/// stood when it started.
+#[derive(Debug, Default)]
+pub struct Pager {
+    on: bool,
+    /// Chats not listed yet, in list order, and the cursor that continues them.
+    rest: Vec<(Micros, Uuid)>,
+    cursor: Option<String>,
+}
+
+/// A page, encoded.
+pub struct Page {
+    pub text: Utf8Bytes,
+}
+
+impl Pager {
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// `inbox` without `before`: (re)starts this connection's inbox.
+    pub async fn start(
+        &mut self,
+        inbox: &Inbox,
+        conn: &Arc<Conn>,
+        limit: usize,
+        reference: Option<&serde_json::Value>,
+    ) -> Result<Page, InboxError> {
+        self.stop(inbox, conn);
+        inbox.open(conn.user_id).await?;
+        // The list is cut and the connection attached at one moment: every
+        // later change reaches it as a frame, after this answer.
+        let order = {
+            let mut inner = inbox.lock();
+            let order = inner.state.order(&conn.user_id);
+            conn.inbox_forget(None);
+            inner.conns.entry(conn.user_id).or_default().push(conn.clone());
+            order
+        };
+        self.on = true;
+        m::inbox_connections(inbox.connections());
+        self.rest = order;
+        self.cursor = None;
+        self.next_page(inbox, conn, limit, reference).await
+    }
+
+    /// `inbox` with `before`.
+    pub async fn more(
+        &mut self,
+        inbox: &Inbox,
+        conn: &Arc<Conn>,
+        before: &str,
+        limit: usize,
+        reference: Option<&serde_json::Value>,
+    ) -> Result<Page, InboxError> {
+        if self.on && self.cursor.as_deref() == Some(before) {
+            return self.next_page(inbox, conn, limit, reference).await;
+        }
+        // A cursor of another connection, or of an inbox since stopped:
+        // continue after it in today's order.
+        let after = parse_cursor(before).ok_or(InboxError::BadCursor)?;
+        let user = conn.user_id;
+        inbox.open(user).await?;
+        let order = inbox.lock().state.order(&user);
+        let rest: Vec<(Micros, Uuid)> =
+            order.into_iter().filter(|(at, c)| *at < after.0 || (*at == after.0 && *c > after.1)).collect();
+        let mut once = Pager { on: false, rest, cursor: None };
+        let page = once.next_page(inbox, conn, limit, reference).await;
+        inbox.close(user);
+        if self.on {
+            // The connection's own cursor stays as it was.
+            return page;
+        }
+        page
+    }
+
+    async fn next_page(
+        &mut self,
+        inbox: &Inbox,
+        conn: &Arc<Conn>,
+        limit: usize,
+        reference: Option<&serde_json::Value>,
+    ) -> Result<Page, InboxError> {
+        let user = conn.user_id;
+        // Chats the user left meanwhile are skipped.
+        let take: Vec<(Micros, Uuid)> = {
+            let inner = inbox.lock();
+            let mut take = Vec::with_capacity(limit);
+            let mut used = 0;
+            for item in &self.rest {
+                used += 1;
+                if inner.state.has_chat(&user, &item.1) {
+                    take.push(*item);
+                    if take.len() == limit {
+                        break;
+                    }
+                }
+            }
+            self.rest.drain(..used);
+            take
+        };
+        let chats: Vec<Uuid> = take.iter().map(|(_, c)| *c).collect();
+        let forget = self.on.then_some(&**conn);
+        let (list, badge) = inbox.summaries(user, &chats, forget).await?;
+        let next = match (self.rest.is_empty(), take.last()) {
+            (false, Some((at, chat))) => Some(format!("{at}_{chat}")),
+            _ => None,
+        };
+        if self.on {
+            self.cursor = next.clone();
+        }
+        let wire: Vec<ChatSummary> = list.iter().map(wire).collect();
+        let frame = ServerFrame::Inbox { chats: &wire, next: next.as_deref(), unread_chats: badge };
+        Ok(Page { text: frame.encode(reference) })
+    }
+
+    /// `inbox_off`, or the connection ends.
+    pub fn stop(&mut self, inbox: &Inbox, conn: &Conn) {
+        if !std::mem::take(&mut self.on) {
+            return;
+        }
+        self.rest = Vec::new();
+        self.cursor = None;
+        {
+            let mut inner = inbox.lock();
+            let id: ConnId = conn.id;
+            if let Some(list) = inner.conns.get_mut(&conn.user_id) {
+                list.retain(|c| c.id != id);
+                if list.is_empty() {
+                    inner.conns.remove(&conn.user_id);
+                }
+            }
+            inner.state.release(conn.user_id);
+            inbox.dispatch(&mut inner);
+        }
+        conn.inbox_forget(None);
+        m::inbox_connections(inbox.connections());
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Option<(Micros, Uuid)> {
+    let (at, chat) = cursor.split_once('_')?;
+    Some((at.parse().ok()?, Uuid::parse_str(chat).ok()?))
+}
+
+fn wire(s: &Summary) -> ChatSummary<'_> {
+    ChatSummary {
+        chat_id: s.chat,
+        last_seq: s.last_seq,
+        last_message: s.last.as_deref(),
+        last_activity: rfc3339_micros(s.at),
+        unread: s.unread,
+        read_seq: s.read,
+        delivered_seq: s.delivered,
+    }
+}
+
+/// The parts of an event frame a summary needs, read from its text (the
+/// same on every replica: followers have only the text).
+fn change_of(frame: &EventFrame) -> Option<Change> {
+    #[derive(Deserialize)]
+    struct Row<'a> {
+        #[serde(borrow)]
+        message: &'a RawValue,
+    }
+    #[derive(Deserialize)]
+    struct Created {
+        created_at: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Marks {
+        delivered_seq: i64,
+        read_seq: i64,
+    }
+    let chat = frame.chat_id;
+    let row = || -> Option<(Micros, Arc<RawValue>)> {
+        let r: Row = serde_json::from_str(frame.text.as_str()).ok()?;
+        let created: Created = serde_json::from_str(r.message.get()).ok()?;
+        let at = created
+            .created_at
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_micros())
+            .or_else(|| frame.commit_time.map(|t| t.timestamp_micros()))
+            .unwrap_or(0);
+        Some((at, Arc::from(r.message.to_owned())))
+    };
+    match frame.kind {
+        FrameKind::Message => {
+            let (at, row) = row()?;
+            Some(Change::Insert { chat, seq: frame.seq, sender: frame.subject, at, row })
+        }
+        FrameKind::Update => {
+            let (at, row) = row()?;
+            Some(Change::Update { chat, seq: frame.seq, at, row })
+        }
+        FrameKind::Delete => Some(Change::Delete { chat, seq: frame.seq }),
+        FrameKind::Receipt => {
+            let marks: Marks = serde_json::from_str(frame.text.as_str()).ok()?;
+            Some(Change::Marks { chat, user: frame.subject?, read: marks.read_seq, delivered: marks.delivered_seq })
+        }
+        FrameKind::Typing => None,
+    }
+}
+
+/// Asks the table, in batches, until `stop`; retries while it is away.
+async fn asker(inbox: std::sync::Weak<Inbox>, mut rx: mpsc::UnboundedReceiver<Vec<Ask>>, stop: CancellationToken) {
+    let mut pending: Vec<Ask> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(asks) => pending.extend(asks),
+                    None => return,
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+        while let Ok(more) = rx.try_recv() {
+            pending.extend(more);
+        }
+        let Some(inbox) = inbox.upgrade() else { return };
+        let batch: Vec<Ask> = pending.drain(..pending.len().min(BATCH)).collect();
+        match inbox.store.inbox_answers(batch.clone()).await {
+            Ok(answers) => {
+                inbox.with(|s| {
+                    for a in answers {
+                        s.answer(a);
+                    }
+                });
+                inbox.answered.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, asks = batch.len(), "inbox: reading summaries failed; retrying");
+                pending.splice(0..0, batch);
+                drop(inbox);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
