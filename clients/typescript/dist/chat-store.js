@@ -59,6 +59,7 @@ export class ChatStore extends BaseStore {
             const page = await this.client.history(this.chatId, { beforeSeq: first ?? this.#latestSeq + 1, limit: this.#o.pageSize });
             this.#merge(page.messages);
             this.set({ hasMore: page.hasMore, loading: false, error: null });
+            this.#markRead();
             this.#save();
         }
         catch (e) {

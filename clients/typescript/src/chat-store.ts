@@ -132,6 +132,7 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
       const page = await this.client.history(this.chatId, { beforeSeq: first ?? this.#latestSeq + 1, limit: this.#o.pageSize });
       this.#merge(page.messages);
       this.set({ hasMore: page.hasMore, loading: false, error: null });
+      this.#markRead();
       this.#save();
     } catch (e) {
       this.set({ loading: false, error: e as ChatRelayError });

@@ -190,6 +190,23 @@ test("chat store: reads only while visible, one read for a burst, on becoming vi
   assert.equal(ws.sent.filter((f) => f.type === "read").length, 2);
 });
 
+test("chat store: a chat opened while visible is read up to its newest page (no new message needed)", async () => {
+  const h = new Harness();
+  const c = client(h);
+  const store = c.chat(CHAT);
+  store.subscribe(() => {});
+  store.setVisible(true); // shown as it opens: what a conversation screen does
+  const ws = await h.socket(0);
+  ws.open();
+  await ws.acceptSubscribe(CHAT, { latest: 3 });
+  const q = await ws.frame((f) => f.type === "history");
+  await new Promise((r) => setTimeout(r, 150)); // a relay slower to answer than the read debounce
+  ws.push({ type: "history", chat_id: CHAT, messages: [row(CHAT, 1), row(CHAT, 2), row(CHAT, 3)], has_more: false, ref: q.ref });
+  await until(store, (s) => s.items.length === 3);
+  const read = await within(ws.frame((f) => f.type === "read"), 2000, "a read for the first page");
+  assert.deepEqual(read, { type: "read", chat_id: CHAT, seq: 3 });
+});
+
 test("chat store: a history page that times out leaves it not loading, with the error; loadOlder tries again", async () => {
   const h = new Harness();
   const c = client(h, { requestTimeoutMs: 50 });
