@@ -244,23 +244,78 @@ test("a message over the relay's frame limit: failed once (1009), never sent aga
   await relay.stop();
 });
 
-test("the inbox store against this relay: a page, or (no protocol 1.2 inbox yet) an error, and the connection stays usable", async () => {
+/** Resolves with the store's snapshot once `pred` holds for it; fails after `ms` with `what` and the last snapshot. */
+function storeUntil(store, what, pred, ms = 10_000) {
+  return new Promise((resolve, reject) => {
+    let off = () => {};
+    const timer = setTimeout(() => (off(), reject(new Error(`${what}: not within ${ms} ms; last: ${JSON.stringify(store.getSnapshot())}`))), ms);
+    const check = () => {
+      const s = store.getSnapshot();
+      if (!pred(s)) return;
+      clearTimeout(timer);
+      queueMicrotask(() => off());
+      resolve(s);
+    };
+    off = store.subscribe(check);
+    check();
+  });
+}
+
+test("the inbox store against the relay (protocol 1.2): the list in order, a message moves its chat to the top with a badge, a read on another device clears it", async () => {
   const relay = await new RelayProcess(demo).start();
   const [alice, bob] = [randomUUID(), randomUUID()];
-  const chat = await createChat(db, [alice, bob]);
+  const older = await createChat(db, [alice, bob]);
+  const newer = await createChat(db, [alice, bob]);
+  await db.query("UPDATE chats SET created_at = now() - interval '1 hour' WHERE id = $1", [older]);
+  const phone = client(relay.url, alice);
+  const laptop = client(relay.url, alice);
+  const b = client(relay.url, bob);
+  const inbox = phone.inbox();
+  const ids = (s) => s.chats.map((c) => c.chat_id);
+  const first = await storeUntil(inbox, "the first page", (s) => !s.loading && (s.error || s.chats.length === 2));
+  assert.equal(first.error, null);
+  assert.deepEqual(ids(first), [newer, older], "by last activity (the chats' creation: no messages yet)");
+  assert.equal(first.unreadChats, 0);
+
+  const sent = await b.send(older, "up you go").done;
+  const moved = await storeUntil(inbox, "the older chat on top, unread", (s) => s.chats[0]?.chat_id === older && s.chats[0].unread === 1);
+  assert.deepEqual(ids(moved), [older, newer]);
+  assert.equal(moved.unreadChats, 1);
+  assert.equal(moved.chats[0].last_message?.content, "up you go");
+
+  // Read on the laptop (another connection of alice's): the phone's badge clears.
+  laptop.connect();
+  await until(laptop, "state", () => laptop.connectionState === "open");
+  laptop.markRead(older, sent.seq);
+  const read = await storeUntil(inbox, "read elsewhere", (s) => s.chats[0]?.unread === 0 && s.unreadChats === 0);
+  assert.equal(read.chats[0].read_seq, sent.seq);
+  assert.equal(phone.connectionState, "open");
+  for (const c of [phone, laptop, b]) c.close();
+  await relay.stop();
+});
+
+test("beyond the relay's request rate: subscribes and history pages refused with rate_limited are asked again after retry_after_ms, and all succeed", async () => {
+  const relay = await new RelayProcess(demo, { env: { CHAT_RELAY_REQUEST_RATE: "5" } }).start();
+  const [alice, bob] = [randomUUID(), randomUUID()];
+  const chats = [];
+  for (let i = 0; i < 8; i++) chats.push(await createChat(db, [alice, bob]));
+  for (const chat of chats) await db.query("INSERT INTO chat_messages (chat_id, sender_id, content) VALUES ($1, $2, 'one')", [chat, bob]);
   const a = client(relay.url, alice);
-  const inbox = a.inbox();
-  const snap = await new Promise((resolve) => {
-    const off = inbox.subscribe(() => {
-      const s = inbox.getSnapshot();
-      if (!s.loading && (s.error || s.chats.length)) queueMicrotask(() => (off(), resolve(s)));
-    });
-  });
-  if (snap.error) assert.equal(snap.error.code, "bad_request", "a relay without `inbox` refuses it as an unknown frame");
-  else assert.deepEqual(snap.chats.map((c) => c.chat_id), [chat]);
-  assert.equal(a.connectionState, "open");
-  await a.subscribe(chat);
-  await a.send(chat, "still fine").done;
+  const errors = [];
+  a.on("error", (e) => errors.push(e));
+  a.connect();
+  await until(a, "state", () => a.connectionState === "open");
+  const started = Date.now();
+  const subs = await Promise.all(chats.map((chat) => a.subscribe(chat)));
+  const pages = await Promise.all(chats.map((chat) => a.history(chat, { limit: 10 })));
+  assert.equal(subs.length, 8);
+  assert.deepEqual(
+    pages.map((p) => p.messages.map((m) => m.content)),
+    chats.map(() => ["one"]),
+  );
+  // 16 requests at 5 a second, bursts of 5: at least two seconds of waiting were asked for.
+  assert.ok(Date.now() - started >= 1500, `took ${Date.now() - started} ms: the rate was not in force`);
+  assert.deepEqual(errors.map((e) => e.code), [], "refusals are handled, not surfaced as errors");
   a.close();
   await relay.stop();
 });
