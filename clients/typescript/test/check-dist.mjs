@@ -1,6 +1,7 @@
-// dist/ and the demo's bundle of it (demo/client.js) are committed; the relay
-// binary embeds the bundle for the demo page. Check that both are what
-// src/ builds to, so the page never runs stale code.
+// dist/ and the demo page's bundle (demo/app.js: demo/app.jsx with React,
+// the React bindings and dist/) are committed; the relay binary embeds the
+// bundle. Check that both are what their sources build to, so the page never
+// runs stale code.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -24,11 +25,11 @@ try {
   console.log(`dist/ matches src/ (${fresh.length} files)`);
   const bundle = path.join(tmp, "demo-app.js");
   execFileSync(process.execPath, [path.join(root, "scripts/bundle-demo.mjs"), bundle], { stdio: "inherit" });
-  if (readFileSync(bundle, "utf8") !== readFileSync(path.join(root, "demo/client.js"), "utf8")) {
-    console.error("demo/client.js is stale: run `npm run build` in clients/typescript and commit it");
+  if (readFileSync(bundle, "utf8") !== readFileSync(path.join(root, "demo/app.js"), "utf8")) {
+    console.error("demo/app.js is stale: run `npm run build` in clients/typescript and commit it");
     process.exit(1);
   }
-  console.log("demo/client.js matches dist/");
+  console.log("demo/app.js matches demo/app.jsx, ../react/src and dist/");
 } finally {
   rmSync(tmp, { recursive: true, force: true });
 }

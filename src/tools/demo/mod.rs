@@ -1,12 +1,14 @@
 //! demo: `chat-relay demo`, the relay working end to end on one screen.
 //!
 //! Starts a throwaway Postgres ([`crate::tools::scratch`]), migrates it, runs the
-//! relay on a free port, creates a chat for alice and bob (with some older
-//! messages to scroll back to), and serves a browser chat for the two of
-//! them ([`web`]). In the terminal, alice and bob then talk over WebSocket:
-//! alice sends; bob receives in order, acks and reads; alice sees each
-//! message go sent → delivered → read. Every few messages one is inserted by
-//! plain SQL, to show any writer works. Everything is removed on exit.
+//! relay on a free port, seeds three people (alice, bob, carol) in four chats
+//! (a pair each and a group of three, with earlier messages to scroll back
+//! to), and serves a browser chat app for them ([`web`]): a conversation list
+//! and a conversation per person, alice on two devices. In the terminal,
+//! alice and bob then talk over WebSocket: alice sends; bob receives in
+//! order, acks and reads; alice sees each message go sent → delivered → read.
+//! Every few messages one is inserted by plain SQL, to show any writer works.
+//! Everything is removed on exit.
 //!
 //! `--serve-only` skips the conversation and prints what a test needs to
 //! use the relay (one JSON line), then serves until SIGINT or SIGTERM.
@@ -55,21 +57,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say(&format!("  relay ready: {ws_url}  (metrics: http://127.0.0.1:{port}/metrics)"));
 
     let db = crate::pgconn::connect(&info).await?;
-    let (chat, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    db.execute("INSERT INTO chats (id) VALUES ($1)", &[&chat]).await?;
-    db.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2), ($1, $3)", &[&chat, &alice, &bob])
-        .await?;
-    // Earlier conversation, for the page to scroll back through.
-    db.execute(
-        "INSERT INTO chat_messages (chat_id, sender_id, content) \
-         SELECT $1, CASE WHEN g % 2 = 0 THEN $2::uuid ELSE $3::uuid END, 'earlier message #' || g FROM generate_series(1, 60) g",
-        &[&chat, &alice, &bob],
-    )
-    .await?;
-    let page = web::DemoChat {
+    let seed = seed(&db).await?;
+    let (chat, alice, bob) = (seed.alice_bob, seed.alice, seed.bob);
+    let page = web::DemoPage {
         ws_url: ws_url.clone(),
-        chat_id: chat,
-        users: vec![("alice".into(), alice), ("bob".into(), bob)],
+        users: vec![("alice".into(), alice), ("bob".into(), bob), ("carol".into(), seed.carol)],
+        chats: seed.chats(),
         secret: SECRET.into(),
         token_ttl_secs: args.token_ttl_secs,
     };
@@ -77,14 +70,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let web_url = format!("http://{web_addr}/");
 
     let result = if args.serve_only {
+        let chats: serde_json::Map<String, Value> =
+            seed.chats().into_iter().map(|c| (c.key.to_string(), json!(c.id))).collect();
         let line = json!({
             "database_url": url, "jwt_secret": SECRET, "ws_url": ws_url, "relay_port": port,
-            "web_url": web_url, "chat_id": chat, "alice": alice, "bob": bob,
+            "web_url": web_url, "chat_id": chat, "alice": alice, "bob": bob, "carol": seed.carol,
+            "chats": chats,
         });
         println!("{line}");
         until_stopped().await
     } else {
-        println!("  browser chat: {web_url}  (alice and bob, side by side)\n");
+        println!("  browser chat: {web_url}  (alice on a phone and a laptop, bob, carol: four chats)\n");
         println!("chat {} with alice and bob\n", short(&chat.to_string()));
         let talk = async {
             let mut a = connect(port, alice).await?;
@@ -111,6 +107,104 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _ = relay.await;
     drop(pg);
     result
+}
+
+/// Who is in the demo, and their chats.
+struct Seed {
+    alice: Uuid,
+    bob: Uuid,
+    carol: Uuid,
+    /// alice and bob: 60 earlier messages to scroll back through; the
+    /// terminal conversation happens here.
+    alice_bob: Uuid,
+    group: Uuid,
+    bob_carol: Uuid,
+    alice_carol: Uuid,
+}
+
+impl Seed {
+    fn chats(&self) -> Vec<web::DemoChat> {
+        let (a, b, c) = ("alice", "bob", "carol");
+        let chat = |key, id, title: Option<&str>, members: &[&str]| web::DemoChat {
+            key,
+            id,
+            title: title.map(String::from),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        vec![
+            chat("alice-bob", self.alice_bob, None, &[a, b]),
+            chat("group", self.group, Some("Climbing Saturday"), &[a, b, c]),
+            chat("bob-carol", self.bob_carol, None, &[b, c]),
+            chat("alice-carol", self.alice_carol, None, &[a, c]),
+        ]
+    }
+}
+
+/// The people, their chats and what was said before the demo started. The
+/// conversation lists start ordered alice-carol (one unread for alice), the
+/// group, bob-carol, alice-bob; everything else is read.
+async fn seed(db: &tokio_postgres::Client) -> anyhow::Result<Seed> {
+    let s = Seed {
+        alice: Uuid::new_v4(),
+        bob: Uuid::new_v4(),
+        carol: Uuid::new_v4(),
+        alice_bob: Uuid::new_v4(),
+        group: Uuid::new_v4(),
+        bob_carol: Uuid::new_v4(),
+        alice_carol: Uuid::new_v4(),
+    };
+    let members = [
+        (s.alice_bob, vec![s.alice, s.bob]),
+        (s.group, vec![s.alice, s.bob, s.carol]),
+        (s.bob_carol, vec![s.bob, s.carol]),
+        (s.alice_carol, vec![s.alice, s.carol]),
+    ];
+    for (chat, users) in &members {
+        db.execute("INSERT INTO chats (id, created_at) VALUES ($1, now() - interval '1 day')", &[chat]).await?;
+        for user in users {
+            db.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2)", &[chat, user]).await?;
+        }
+    }
+    // alice and bob: an earlier conversation, two to three hours ago.
+    db.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content, created_at) \
+         SELECT $1, CASE WHEN g % 2 = 0 THEN $2::uuid ELSE $3::uuid END, 'earlier message #' || g, \
+                now() - interval '3 hours' + g * interval '1 minute' \
+         FROM generate_series(1, 60) g",
+        &[&s.alice_bob, &s.alice, &s.bob],
+    )
+    .await?;
+    let (a, b, c) = (s.alice, s.bob, s.carol);
+    let lines: [(Uuid, Uuid, i32, &str); 12] = [
+        (s.bob_carol, b, 75, "did you get the tickets?"),
+        (s.bob_carol, c, 72, "yes, two for friday"),
+        (s.bob_carol, b, 70, "nice, thanks!"),
+        (s.group, c, 40, "Climbing on Saturday? The gym opens at 10"),
+        (s.group, b, 38, "I'm in. Need to rent shoes though"),
+        (s.group, a, 35, "Count me in! 10:30 at the entrance?"),
+        (s.group, c, 33, "Perfect, I'll bring the chalk"),
+        (s.group, b, 30, "see you there!"),
+        (s.alice_carol, a, 25, "thanks for the book!"),
+        (s.alice_carol, c, 20, "anytime. chapter 3 is the best"),
+        (s.alice_carol, a, 18, "agreed"),
+        (s.alice_carol, c, 15, "are you coming to the talk tonight?"),
+    ];
+    for (chat, sender, minutes_ago, content) in lines {
+        db.execute(
+            "INSERT INTO chat_messages (chat_id, sender_id, content, created_at) \
+             VALUES ($1, $2, $3, now() - make_interval(mins => $4))",
+            &[&chat, &sender, &content, &minutes_ago],
+        )
+        .await?;
+    }
+    // Everyone has read everything, except alice carol's question.
+    for (chat, users) in &members {
+        for user in users {
+            let upto = if *chat == s.alice_carol && *user == a { 3i64 } else { i64::MAX };
+            db.execute("SELECT mark_messages_as_read($1, $2, $3)", &[chat, user, &upto]).await?;
+        }
+    }
+    Ok(s)
 }
 
 /// Waits for SIGINT or SIGTERM.
