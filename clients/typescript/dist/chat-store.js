@@ -17,6 +17,8 @@ export class ChatStore extends BaseStore {
     #restored = false;
     #latestSeq = 0;
     #saveTimer = null;
+    /** Whose window this is: the user it was restored for (or first saved as); never saved as anyone else's. */
+    #user = null;
     #readTimer = null;
     #o;
     constructor(client, chatId, storage, opts = {}) {
@@ -140,7 +142,7 @@ export class ChatStore extends BaseStore {
         if (!this.#restored) {
             this.#restored = true;
             // Saved windows are per user: only the signed-in user's (the token's `sub`).
-            const user = await this.client.user();
+            const user = (this.#user = await this.client.user());
             const saved = user && (await this.storage.loadChat?.(`${user}/${this.chatId}`).catch(() => null));
             if (saved && !this.#rows.length) {
                 this.#merge(saved.messages);
@@ -197,7 +199,7 @@ export class ChatStore extends BaseStore {
         this.#saveTimer = null;
         const [n, user] = [this.#o.saveLast, this.client.userId];
         const saved = { messages: this.#rows.slice(-n), hasMore: this.snap.hasMore || this.#rows.length > n };
-        if (user)
+        if (user && user === (this.#user ??= user))
             this.storage.saveChat?.(`${user}/${this.chatId}`, saved).catch(() => { });
     }
     #render() {

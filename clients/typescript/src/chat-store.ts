@@ -81,6 +81,8 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
   #restored = false;
   #latestSeq = 0;
   #saveTimer: Timer | null = null;
+  /** Whose window this is: the user it was restored for (or first saved as); never saved as anyone else's. */
+  #user: string | null = null;
   #readTimer: Timer | null = null;
   readonly #o: Required<ChatStoreOptions>;
 
@@ -204,7 +206,7 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
     if (!this.#restored) {
       this.#restored = true;
       // Saved windows are per user: only the signed-in user's (the token's `sub`).
-      const user = await this.client.user();
+      const user = (this.#user = await this.client.user());
       const saved = user && (await this.storage.loadChat?.(`${user}/${this.chatId}`).catch(() => null));
       if (saved && !this.#rows.length) {
         this.#merge(saved.messages);
@@ -263,7 +265,7 @@ export class ChatStore extends BaseStore<ChatSnapshot> {
     this.#saveTimer = null;
     const [n, user] = [this.#o.saveLast, this.client.userId];
     const saved: SavedChat = { messages: this.#rows.slice(-n), hasMore: this.snap.hasMore || this.#rows.length > n };
-    if (user) this.storage.saveChat?.(`${user}/${this.chatId}`, saved).catch(() => {});
+    if (user && user === (this.#user ??= user)) this.storage.saveChat?.(`${user}/${this.chatId}`, saved).catch(() => {});
   }
 
   #render(): void {

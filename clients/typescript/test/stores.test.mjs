@@ -293,6 +293,35 @@ test("chat store: saved windows are per user (the token's sub): another user on 
   assert.equal(s.items.at(-1).content, "for me only");
 });
 
+test("chat store: a window in memory is never saved as the next user's (signed out, someone else signs in on the same client)", async () => {
+  const storage = new MemoryStorage();
+  let user = ME;
+  const token = async () => jwt({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 });
+  const h = new Harness();
+  const c = client(h, { storage, getToken: token });
+  const store = c.chat(CHAT);
+  const off = store.subscribe(() => {});
+  const ws0 = await open(h, 0, { latest: 3, page: [row(CHAT, 1), row(CHAT, 2), row(CHAT, 3, { content: "for me only" })] });
+  await until(store, (s) => s.items.length === 3);
+  const saved = async () => {
+    while (!(await storage.loadChat(`${ME}/${CHAT}`))) await new Promise((r) => setTimeout(r, 20));
+  };
+  await within(saved(), 2000, "my window saved"); // (debounced)
+  ws0.drop(4001);
+  user = BOB;
+  const ws1 = await h.socket(1);
+  ws1.open();
+  await ws1.frame((f) => f.type === "subscribe");
+  ws1.push({ type: "message", chat_id: CHAT, seq: 4, message: row(CHAT, 4) });
+  await until(store, (s) => s.items.length === 4);
+  off(); // the store saves what it holds
+  await settle();
+  c.close();
+  assert.equal(await storage.loadChat(`${BOB}/${CHAT}`), null, "nothing saved under bob's name");
+  const mine = await storage.loadChat(`${ME}/${CHAT}`);
+  assert.deepEqual(mine.messages.map((m) => m.seq), [1, 2, 3], "mine as I left it: nothing that came on bob's connection");
+});
+
 test("inbox store: first page sorted, the badge, loadMore, live chat and chat_removed, first page again after a reconnect, off when unlistened", async () => {
   const h = new Harness();
   const c = client(h);
