@@ -98,7 +98,8 @@ pub struct Answer {
     /// Newest row with seq <= the bound, and the activity that goes with it.
     pub last: Option<(i64, Arc<RawValue>)>,
     pub at: Micros,
-    /// The user is a participant (their row exists).
+    /// The user is a participant (their row exists). When not, the ask is
+    /// repeated until the stream says they left.
     pub member: bool,
     pub read: i64,
     pub delivered: i64,
@@ -200,6 +201,8 @@ pub struct State {
     log: Log,
     out: Vec<Out>,
     asks: Vec<Ask>,
+    /// Asks to repeat shortly (the table was behind the stream).
+    retry: Vec<Ask>,
 }
 
 /// A load could not be installed: read the list again.
@@ -215,6 +218,11 @@ impl State {
     /// Frames to send, and questions to ask, since the last call.
     pub fn drain(&mut self) -> (Vec<Out>, Vec<Ask>) {
         (std::mem::take(&mut self.out), std::mem::take(&mut self.asks))
+    }
+
+    /// Questions to ask again after a short pause.
+    pub fn drain_retries(&mut self) -> Vec<Ask> {
+        std::mem::take(&mut self.retry)
     }
 
     pub fn is_loaded(&self, user: &Uuid) -> bool {
@@ -680,6 +688,21 @@ impl State {
         let chat_id = a.ask.chat;
         let Some(c) = self.chats.get_mut(&chat_id) else { return };
         let bound = a.ask.bound.unwrap_or(a.last_seq);
+        // The table does not show yet what the stream already did (a commit
+        // is decoded a moment before it is visible to new snapshots): ask
+        // the same again a little later, while it still matters.
+        if a.last_seq < bound || (a.ask.user.is_some() && !a.member) {
+            let matters = match &a.ask.user {
+                Some(au) => {
+                    self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen)
+                }
+                None => a.ask.last == Some(c.gen),
+            };
+            if matters {
+                self.retry.push(a.ask);
+            }
+            return;
+        }
         let last = || match &a.last {
             Some((seq, row)) => Last::Row { seq: *seq, row: row.clone() },
             None => Last::Empty,
@@ -723,11 +746,6 @@ impl State {
                     if !fits {
                         e.gen += 1;
                         e.since = 0;
-                    } else if !a.member {
-                        // Removed in the table; the stream will say so.
-                        e.unread = Some(0);
-                        e.since = 0;
-                        set_has(u, chat_id, Some(false));
                     } else {
                         if au.read.is_none() && !e.marks {
                             e.read = a.read;

@@ -195,3 +195,44 @@ fn the_last_holder_drops_the_list_and_its_chats() {
     assert_eq!((s.users(), s.chats()), (0, 0));
     assert!(!s.hold(me));
 }
+
+#[test]
+fn an_answer_from_a_table_behind_the_stream_is_asked_again() {
+    let (me, chat, added) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut s = loaded(me, vec![listed(chat, 0, 0, false)]);
+    // Streamed: I was added; the table does not show my row yet.
+    s.apply(Change::Member { chat: added, user: me, member: true });
+    let (_, asks) = s.drain();
+    let not_yet = Answer {
+        ask: asks[0].clone(),
+        last_seq: 1,
+        last: None,
+        at: 0,
+        member: false,
+        read: 0,
+        delivered: 0,
+        unread: 0,
+    };
+    s.answer(not_yet.clone());
+    assert!(chat_outs(&mut s).is_empty(), "nothing sent from a table that is behind");
+    assert_eq!(s.drain_retries(), asks);
+    // A count up to a seq the table does not show yet: the same.
+    s.apply(Change::Marks { chat, user: me, read: 0, delivered: 0 });
+    let bob = Uuid::new_v4();
+    s.apply(insert(chat, 1, bob));
+    s.apply(insert(chat, 2, bob));
+    s.drain();
+    s.apply(Change::Marks { chat, user: me, read: 1, delivered: 1 });
+    let (_, asks) = s.drain();
+    assert_eq!(asks[0].bound, Some(2));
+    let mut behind = not_yet;
+    behind.ask = asks[0].clone();
+    behind.member = true;
+    s.answer(behind);
+    assert!(s.summary(&me, &chat).is_none());
+    assert_eq!(s.drain_retries(), asks);
+    // Once I am removed, nothing about that chat is asked any more.
+    s.apply(Change::Member { chat: added, user: me, member: false });
+    s.drain();
+    assert!(!s.has_chat(&me, &added));
+}
