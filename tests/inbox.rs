@@ -461,3 +461,28 @@ async fn a_read_on_one_replica_clears_the_badge_on_another() {
     let f = inbox_frame(&mut laptop).await;
     assert_eq!((f["type"].as_str(), f["chat_id"].as_str()), (Some("chat_removed"), Some(added.to_string().as_str())));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_table_reads_every_list_again() {
+    let db = Db::start().await;
+    let c = db.client().await;
+    let relay = Relay::start(&db).await;
+    let (me, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let gone = db.chat(&[me, bob]).await;
+    let mut ws = relay.ws(me).await;
+    page(&mut ws, None, None).await;
+    // Everything of the participants table vanishes at once, then I am
+    // added to a new chat: the list is read again from the table.
+    c.batch_execute("TRUNCATE chat_participants").await.unwrap();
+    let f = inbox_frame(&mut ws).await;
+    assert_eq!((f["type"].as_str(), f["chat_id"].as_str()), (Some("chat_removed"), Some(gone.to_string().as_str())));
+    let fresh = db.chat(&[me, bob]).await;
+    let seq = insert(&c, fresh, bob, "after").await;
+    let f = loop {
+        let f = inbox_frame(&mut ws).await;
+        if f["last_seq"] == seq {
+            break f;
+        }
+    };
+    assert_eq!((f["chat_id"].as_str(), f["unread"].as_i64()), (Some(fresh.to_string().as_str()), Some(1)));
+}
