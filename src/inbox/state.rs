@@ -773,6 +773,9 @@ impl State {
     /// Returns the users whose lists must be read again (with `replace`).
     pub fn resync(&mut self) -> Vec<Uuid> {
         for c in self.chats.values_mut() {
+            // Read the table's last seq again: the stream may have skipped some.
+            c.known = false;
+            c.last = Last::Unknown;
             c.gen += 1;
             c.asked = false;
         }
