@@ -17,11 +17,12 @@ async fn migrates_an_empty_database_once() {
     assert!(first.contains("applied 0001_tables.sql"), "{first}");
     assert!(first.contains("created publication chat_relay"), "{first}");
     let second = db.migrate();
-    assert!(second.contains("schema up to date (8 migrations already applied)"), "{second}");
+    let n = chat_relay::migrate::MIGRATIONS.len();
+    assert!(second.contains(&format!("schema up to date ({n} migrations already applied)")), "{second}");
 
     let c = db.client().await;
     let applied: i64 = c.query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(applied, 8);
+    assert_eq!(applied, n as i64);
     // Publication covers both tables; replica identity is FULL.
     let tables: Vec<String> = c
         .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'chat_relay' ORDER BY 1", &[])
@@ -51,6 +52,13 @@ async fn migrates_an_empty_database_once() {
             c.query_one("SELECT count(*) FROM pg_constraint WHERE conname = $1", &[&constraint]).await.unwrap().get(0);
         assert_eq!(n, 1, "{constraint}");
     }
+    // The inbox lists a user's chats through this index.
+    let def: String = c
+        .query_one("SELECT indexdef FROM pg_indexes WHERE indexname = 'chat_participants_user_id_idx'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(def.ends_with("(user_id)"), "{def}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

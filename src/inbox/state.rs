@@ -692,12 +692,11 @@ impl State {
         // is decoded a moment before it is visible to new snapshots): ask
         // the same again a little later, while it still matters.
         if a.last_seq < bound || (a.ask.user.is_some() && !a.member) {
-            let matters = match &a.ask.user {
-                Some(au) => {
-                    self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen)
-                }
-                None => a.ask.last == Some(c.gen),
-            };
+            // (The chat's part and the user's part each may still matter.)
+            let user_matters = a.ask.user.as_ref().is_some_and(|au| {
+                self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen)
+            });
+            let matters = user_matters || a.ask.last == Some(c.gen);
             if matters {
                 self.retry.push(a.ask);
             }
