@@ -486,3 +486,42 @@ async fn a_truncated_table_reads_every_list_again() {
     };
     assert_eq!((f["chat_id"].as_str(), f["unread"].as_i64()), (Some(fresh.to_string().as_str()), Some(1)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn steady_state_reads_nothing_from_the_table() {
+    let db = Db::start().await;
+    let c = db.client().await;
+    let relay = Relay::start(&db).await;
+    let (me, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chats = [db.chat(&[me, bob]).await, db.chat(&[me, bob]).await];
+    let mut ws = relay.ws(me).await;
+    let mut other = relay.ws(bob).await;
+    page(&mut ws, None, None).await;
+    page(&mut other, None, None).await;
+    let before = relay.metric("chat_relay_inbox_table_reads_total").await;
+    // Messages both ways, deliveries, and reads to the end, on both sides.
+    for round in 0..5 {
+        for chat in chats {
+            let s1 = insert(&c, chat, bob, &format!("r{round}")).await;
+            let s2 = insert(&c, chat, me, &format!("m{round}")).await;
+            c.execute("SELECT mark_messages_as_delivered($1, $2, $3)", &[&chat, &me, &s1]).await.unwrap();
+            c.execute("SELECT mark_messages_as_read($1, $2, $3)", &[&chat, &me, &s2]).await.unwrap();
+            c.execute("SELECT mark_messages_as_read($1, $2, $3)", &[&chat, &bob, &s2]).await.unwrap();
+        }
+    }
+    let last = 10;
+    let f = loop {
+        let f = inbox_frame(&mut ws).await;
+        if f["chat_id"] == chats[1].to_string().as_str() && f["read_seq"] == last {
+            break f;
+        }
+    };
+    assert_eq!((f["unread"].as_i64(), f["unread_chats"].as_i64()), (Some(0), Some(0)), "{f}");
+    loop {
+        let f = inbox_frame(&mut other).await;
+        if f["chat_id"] == chats[1].to_string().as_str() && f["read_seq"] == last {
+            break;
+        }
+    }
+    assert_eq!(relay.metric("chat_relay_inbox_table_reads_total").await, before, "no table read per event");
+}

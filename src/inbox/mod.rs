@@ -102,10 +102,12 @@ impl Inbox {
     fn dispatch(&self, inner: &mut Inner) {
         let (outs, asks) = inner.state.drain();
         if !asks.is_empty() {
+            m::inbox_table_reads(asks.len() as u64);
             let _ = self.asks.send(Job::Now(asks));
         }
         let retries = inner.state.drain_retries();
         if !retries.is_empty() {
+            m::inbox_table_reads(retries.len() as u64);
             let _ = self.asks.send(Job::Later(retries));
         }
         // One encoding per user and chat, shared by the user's connections.

@@ -80,6 +80,9 @@ pub struct Ask {
     pub last: Option<u32>,
     /// A user's count (and, when `read` is None, their watermarks).
     pub user: Option<AskUser>,
+    /// Seqs the stream deleted: while the table still shows one of them, it
+    /// is behind the stream.
+    pub gone: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +108,8 @@ pub struct Answer {
     pub delivered: i64,
     /// Unread up to the bound, at most [`SATURATED`].
     pub unread: u32,
+    /// A row the stream deleted is still visible: the table is behind.
+    pub stale: bool,
 }
 
 /// What to tell a user's connections.
@@ -144,6 +149,8 @@ struct Chat {
     gen: u32,
     asked: bool,
     users: Vec<Uuid>,
+    /// Seqs deleted by the stream that no answer has confirmed gone yet.
+    gone: Vec<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +196,9 @@ struct Log {
     lost: HashSet<u64>,
     next_id: u64,
 }
+
+/// Deleted seqs remembered per chat until the table confirms them.
+const GONE_CAP: usize = 64;
 
 /// Changes kept for loads in flight, at most; past it those loads read again.
 pub const LOG_CAP: usize = 200_000;
@@ -366,6 +376,7 @@ impl State {
                 gen: 0,
                 asked: false,
                 users: Vec::new(),
+                gone: Vec::new(),
             });
             if !c.users.contains(&user) {
                 c.users.push(user);
@@ -471,6 +482,10 @@ impl State {
                     Last::Unknown => true,
                     Last::Empty => false,
                 };
+                if c.gone.len() == GONE_CAP {
+                    c.gone.remove(0);
+                }
+                c.gone.push(*seq);
                 if newest {
                     c.last = Last::Unknown;
                     c.gen += 1;
@@ -548,6 +563,7 @@ impl State {
             gen: 0,
             asked: false,
             users: Vec::new(),
+            gone: Vec::new(),
         });
         if !c.users.contains(&user) {
             c.users.push(user);
@@ -609,6 +625,7 @@ impl State {
             bound,
             last: want_last.then_some(c.gen),
             user: want_user.then_some(AskUser { user, read: e.marks.then_some(e.read), gen: e.gen }),
+            gone: c.gone.clone(),
         });
     }
 
@@ -691,7 +708,7 @@ impl State {
         // The table does not show yet what the stream already did (a commit
         // is decoded a moment before it is visible to new snapshots): ask
         // the same again a little later, while it still matters.
-        if a.last_seq < bound || (a.ask.user.is_some() && !a.member) {
+        if a.stale || a.last_seq < bound || (a.ask.user.is_some() && !a.member) {
             // (The chat's part and the user's part each may still matter.)
             let user_matters = a.ask.user.as_ref().is_some_and(|au| {
                 self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen)
@@ -702,6 +719,8 @@ impl State {
             }
             return;
         }
+        // Those deletes are visible now.
+        c.gone.retain(|g| !a.ask.gone.contains(g));
         let last = || match &a.last {
             Some((seq, row)) => Last::Row { seq: *seq, row: row.clone() },
             None => Last::Empty,
