@@ -9,8 +9,9 @@
 //! ```text
 //!  replication ─Transaction─▶ pipeline ─Sequenced─▶ dyn Fanout ─────────────────────▶ hub ─EventFrame─▶ gateway
 //!  (slot, wire)   (pgoutput)   event → sequencer     fanout::LocalFanout (one relay)     conn queues      sessions, catchup
-//!       ▲                           │                cluster::publish → NATS → follow ─┘                  │
-//!       └──── Checkpoint (LSN) ◀────┘                                                                 protocol (frames)
+//!       ▲                           │                cluster::publish → NATS → follow ─┤                  │
+//!       └──── Checkpoint (LSN) ◀────┘                                                  └─▶ inbox ─chat─▶ protocol (frames)
+//!                                                                                        (lists, summaries)
 //! ```
 //!
 //! | module | job |
@@ -23,6 +24,7 @@
 //! | [`pipeline`] | the stage: transactions → events → sequencer → fan-out; gap reads; the safe LSN back to the replicator |
 //! | [`fanout`] | the seam behind the pipeline; [`fanout::LocalFanout`] is this process's receiving side (hub and membership) |
 //! | [`hub`] | who is subscribed to which chat; offer each frame to every subscriber without waiting; per-connection queues; presence and typing |
+//! | [`inbox`] | every online user's conversation list, kept exact by the same events; pages and `chat` frames |
 //! | [`catchup`] | what each subscription still owes its client (table reads, missed changes, ping barriers), as pure state |
 //! | [`protocol`] | the wire codec: client frames parsed into requests, every server frame typed, HTTP error bodies |
 //! | [`gateway`] | `/v1/ws`: JWT (HS256, JWKS), sessions, history, catch-up from the table, 4008 |
@@ -65,6 +67,11 @@
 //!    outbox, which writes when the socket takes it.
 //! 6. The pipeline reports the safe LSN through a
 //!    [`replication::Checkpoint`]; the replicator confirms it to the slot.
+//!
+//! Beside step 4, [`fanout::LocalFanout`] hands the same frame to the
+//! [`inbox`]: each user of that chat whose inbox is on here gets one
+//! `chat` frame with the chat's new summary, beside their connections'
+//! queues (the latest per chat waits there, so nothing piles up).
 //!
 //! With replicas ([`cluster`]), only the leader runs steps 2 and 3; its
 //! fan-out is JetStream ([`cluster::publish`]), every replica's consumer

@@ -32,6 +32,7 @@ pub const DEDUPE_CACHE: &str = "chat_relay_dedupe_cache_total";
 pub const STREAMING: &str = "chat_relay_replication_streaming";
 pub const READY: &str = "chat_relay_ready";
 pub const JETSTREAM_PENDING: &str = "chat_relay_jetstream_pending";
+pub const INBOX_ASKS: &str = "chat_relay_inbox_table_reads_total";
 
 /// The contract's metric names, for tests and the dashboard check.
 pub const CONTRACT: [&str; 14] = [
@@ -86,6 +87,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     gauge!(JETSTREAM_PENDING).set(0.0);
     gauge!(INBOX_CONNECTIONS).set(0.0);
     counter!(INBOX_FRAMES).absolute(0);
+    counter!(INBOX_ASKS).absolute(0);
     // Registering the histogram makes its (empty) buckets appear.
     let _ = histogram!(COMMIT_TO_SEND);
     // Resolve the per-frame and per-event series once, now that the recorder
@@ -148,6 +150,10 @@ fn describe() {
     );
     describe_gauge!(INBOX_CONNECTIONS, "Connections whose inbox is on");
     describe_counter!(INBOX_FRAMES, "Inbox frames (chat, chat_removed) written to clients");
+    describe_counter!(
+        INBOX_ASKS,
+        "Chat summaries the inbox read from the table (counts after partial reads, newest rows after deletes, chats joined); none per event in steady state"
+    );
     describe_gauge!(LEADER, "1 on the replica that holds the replication slot, else 0 (always 1 for a single relay)");
 }
 
@@ -206,6 +212,10 @@ pub fn messages_sent(n: u64) {
 
 pub fn inbox_connections(n: usize) {
     gauge!(INBOX_CONNECTIONS).set(n as f64);
+}
+
+pub fn inbox_table_reads(n: u64) {
+    counter!(INBOX_ASKS).increment(n);
 }
 
 pub fn inbox_frames(n: u64) {

@@ -359,7 +359,14 @@ impl Store {
                     Some(u) => (u.user, u.read),
                     None => (Uuid::nil(), None),
                 };
-                format!("({i}, '{}'::uuid, '{user}'::uuid, {}::int8, {}::int8)", a.chat, int(read), int(a.bound))
+                let gone: Vec<String> = a.gone.iter().map(i64::to_string).collect();
+                format!(
+                    "({i}, '{}'::uuid, '{user}'::uuid, {}::int8, {}::int8, ARRAY[{}]::int8[])",
+                    a.chat,
+                    int(read),
+                    int(a.bound),
+                    gone.join(",")
+                )
             })
             .collect();
         // Simple (text) protocol, so rows render exactly as in the WAL; the
@@ -370,8 +377,9 @@ impl Store {
                     (SELECT count(*) FROM (SELECT 1 FROM chat_messages m WHERE m.chat_id = b.chat \
                        AND m.seq > coalesce(b.read, p.r) AND m.seq <= coalesce(b.bound, c.last_seq) \
                        AND m.sender_id <> b.usr LIMIT {SATURATED}) x), \
+                    EXISTS (SELECT 1 FROM chat_messages g WHERE g.chat_id = b.chat AND g.seq = ANY(b.gone)), \
                     lm.id IS NOT NULL, {list} \
-               FROM (VALUES {values}) b(i, chat, usr, read, bound) \
+               FROM (VALUES {values}) b(i, chat, usr, read, bound, gone) \
                LEFT JOIN chats c ON c.id = b.chat \
                LEFT JOIN LATERAL (SELECT true AS ok, last_read_seq AS r, last_delivered_seq AS d \
                                     FROM chat_participants WHERE chat_id = b.chat AND user_id = b.usr) p ON true \
@@ -388,10 +396,10 @@ impl Store {
             let SimpleQueryMessage::Row(row) = m else { continue };
             let i = num(row.get(0)) as usize;
             let Some(ask) = asks.get_mut(i).and_then(Option::take) else { continue };
-            let last = if row.get(7) == Some("t") {
+            let last = if row.get(8) == Some("t") {
                 let mut json = Map::new();
                 for (k, (name, oid)) in cols.iter().enumerate() {
-                    let v = row.get(k + 8).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
+                    let v = row.get(k + 9).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
                     json.insert(name.clone(), v);
                 }
                 let seq = json.get("seq").and_then(serde_json::Value::as_i64).unwrap_or(0);
@@ -410,6 +418,7 @@ impl Store {
                 read: num(row.get(3)),
                 delivered: num(row.get(4)),
                 unread: num(row.get(6)).clamp(0, SATURATED as i64) as u32,
+                stale: row.get(7) == Some("t"),
             });
         }
         Ok(out)

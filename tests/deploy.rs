@@ -68,6 +68,8 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         "chat_relay_duplicates_total",
         "chat_relay_seq_gaps_total",
         "chat_relay_slow_consumer_disconnects_total",
+        "chat_relay_inbox_connections",
+        "chat_relay_inbox_frames_total",
         "chat_relay_delivered_flushes_total",
     ] {
         assert!(used.contains(name), "dashboard lacks {name}");

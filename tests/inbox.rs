@@ -155,7 +155,13 @@ async fn pages_list_every_chat_once_in_activity_order_with_exact_unread_and_badg
             // A chat listed on a later page gets a message between pages:
             // it is still listed exactly once.
             let later = want.last().unwrap().0.parse::<Uuid>().unwrap();
-            insert(&c, later, bob, "between pages").await;
+            let seq = insert(&c, later, bob, "between pages").await;
+            // Live, since the inbox is on; and the next pages are as new.
+            let f = inbox_frame(&mut ws).await;
+            assert_eq!(
+                (f["chat_id"].as_str(), f["last_seq"].as_i64()),
+                (Some(want.last().unwrap().0.as_str()), Some(seq))
+            );
         }
         match p["next"].as_str() {
             Some(n) => cursor = Some(n.to_string()),
@@ -356,4 +362,166 @@ async fn inbox_metrics_count_connections_and_frames() {
         assert!(tokio::time::Instant::now() < deadline, "gauge not back to 0");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A WebSocket with a small receive buffer (see tests/flow.rs).
+async fn small_window_ws(relay: &Relay, user: Uuid) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(32 * 1024).unwrap();
+    let stream = sock.connect(([127, 0, 0, 1], relay.port).into()).await.unwrap();
+    let url = format!("ws://127.0.0.1:{}/v1/ws?access_token={}", relay.port, support::token(user, 600));
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    Ws::new(ws)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_falls_behind_gets_the_latest_summary_per_chat_and_stays_connected() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_OUTBOUND_QUEUE", "8")]).await;
+    let (me, bob, watcher) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let flood = db.chat(&[me, bob]).await;
+    let busy = db.chat(&[me, bob]).await;
+    let marker = db.chat(&[watcher]).await;
+    let mut slow = small_window_ws(&relay, me).await;
+    page(&mut slow, None, None).await;
+    slow.subscribe(flood, None).await;
+    let mut w = relay.ws(watcher).await;
+    w.subscribe(marker, None).await;
+    let c = db.client().await;
+    // ~4 MB the reader does not take: its socket and outbox fill up.
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content) SELECT $1, $2, repeat('r', 2000) || g FROM generate_series(1, 2000) g",
+        &[&flood, &bob],
+    )
+    .await
+    .unwrap();
+    // Then 200 changes of another chat, one transaction each.
+    for k in 0..200 {
+        insert(&c, busy, bob, &format!("busy {k}")).await;
+    }
+    // Later in the WAL than all of it.
+    insert(&c, marker, watcher, "after").await;
+    assert_eq!(w.messages(marker, 1).await, [1]);
+    // Now read everything.
+    let mut messages = Vec::new();
+    let mut busy_frames = Vec::new();
+    while messages.len() < 2000 || busy_frames.last().map(|f: &Value| f["last_seq"] != 200).unwrap_or(true) {
+        let v = slow.next().await;
+        match v["type"].as_str() {
+            Some("message") => messages.push(v["seq"].as_i64().unwrap()),
+            Some("chat") if v["chat_id"] == busy.to_string().as_str() => busy_frames.push(v),
+            Some("error" | "unsubscribed") => panic!("{v}"),
+            _ => {}
+        }
+    }
+    assert_eq!(messages, (1..=2000).collect::<Vec<i64>>(), "every message once, in order");
+    let last = busy_frames.last().unwrap();
+    assert_eq!((last["unread"].as_i64(), last["unread_chats"].as_i64()), (Some(200), Some(2)), "{last}");
+    eprintln!("{} chat frames for 200 changes", busy_frames.len());
+    assert!(busy_frames.len() < 50, "merged while behind: {} frames for 200 changes", busy_frames.len());
+    let seqs: Vec<i64> = busy_frames.iter().map(|f| f["last_seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert!(inbox_frames_until_barrier(&mut slow).await.iter().all(|f| f["chat_id"] != busy.to_string().as_str()));
+    assert_eq!(relay.metric("chat_relay_slow_consumer_disconnects_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_on_one_replica_clears_the_badge_on_another() {
+    let db = Db::start().await;
+    let nats = chat_relay::tools::scratch::ScratchNats::start().unwrap();
+    let env = [("CHAT_RELAY_NATS_URL", nats.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Relay::start_with(&db, &env).await;
+    let b = Relay::start_with(&db, &env).await;
+    let (me, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chat = db.chat(&[me, bob]).await;
+    let mut phone = a.ws(me).await;
+    let mut laptop = b.ws(me).await;
+    page(&mut phone, None, None).await;
+    page(&mut laptop, None, None).await;
+    let c = db.client().await;
+    let seq = insert(&c, chat, bob, "hi").await;
+    for ws in [&mut phone, &mut laptop] {
+        let f = inbox_frame(ws).await;
+        assert_eq!((f["unread"].as_i64(), f["unread_chats"].as_i64()), (Some(1), Some(1)), "{f}");
+    }
+    phone.send(json!({"type": "read", "chat_id": chat, "seq": seq})).await;
+    let f = inbox_frame(&mut laptop).await;
+    assert_eq!(
+        (f["read_seq"].as_i64(), f["unread"].as_i64(), f["unread_chats"].as_i64()),
+        (Some(seq), Some(0), Some(0)),
+        "{f}"
+    );
+    // Added and removed on the other replica's stream too.
+    let added = db.chat(&[bob]).await;
+    c.execute("INSERT INTO chat_participants (chat_id, user_id) VALUES ($1, $2)", &[&added, &me]).await.unwrap();
+    assert_eq!(inbox_frame(&mut laptop).await["chat_id"], added.to_string());
+    c.execute("DELETE FROM chat_participants WHERE chat_id = $1 AND user_id = $2", &[&added, &me]).await.unwrap();
+    let f = inbox_frame(&mut laptop).await;
+    assert_eq!((f["type"].as_str(), f["chat_id"].as_str()), (Some("chat_removed"), Some(added.to_string().as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_table_reads_every_list_again() {
+    let db = Db::start().await;
+    let c = db.client().await;
+    let relay = Relay::start(&db).await;
+    let (me, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let gone = db.chat(&[me, bob]).await;
+    let mut ws = relay.ws(me).await;
+    page(&mut ws, None, None).await;
+    // Everything of the participants table vanishes at once, then I am
+    // added to a new chat: the list is read again from the table.
+    c.batch_execute("TRUNCATE chat_participants").await.unwrap();
+    let f = inbox_frame(&mut ws).await;
+    assert_eq!((f["type"].as_str(), f["chat_id"].as_str()), (Some("chat_removed"), Some(gone.to_string().as_str())));
+    let fresh = db.chat(&[me, bob]).await;
+    let seq = insert(&c, fresh, bob, "after").await;
+    let f = loop {
+        let f = inbox_frame(&mut ws).await;
+        if f["last_seq"] == seq {
+            break f;
+        }
+    };
+    assert_eq!((f["chat_id"].as_str(), f["unread"].as_i64()), (Some(fresh.to_string().as_str()), Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn steady_state_reads_nothing_from_the_table() {
+    let db = Db::start().await;
+    let c = db.client().await;
+    let relay = Relay::start(&db).await;
+    let (me, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let chats = [db.chat(&[me, bob]).await, db.chat(&[me, bob]).await];
+    let mut ws = relay.ws(me).await;
+    let mut other = relay.ws(bob).await;
+    page(&mut ws, None, None).await;
+    page(&mut other, None, None).await;
+    let before = relay.metric("chat_relay_inbox_table_reads_total").await;
+    // Messages both ways, deliveries, and reads to the end, on both sides.
+    for round in 0..5 {
+        for chat in chats {
+            let s1 = insert(&c, chat, bob, &format!("r{round}")).await;
+            let s2 = insert(&c, chat, me, &format!("m{round}")).await;
+            c.execute("SELECT mark_messages_as_delivered($1, $2, $3)", &[&chat, &me, &s1]).await.unwrap();
+            c.execute("SELECT mark_messages_as_read($1, $2, $3)", &[&chat, &me, &s2]).await.unwrap();
+            c.execute("SELECT mark_messages_as_read($1, $2, $3)", &[&chat, &bob, &s2]).await.unwrap();
+        }
+    }
+    let last = 10;
+    let f = loop {
+        let f = inbox_frame(&mut ws).await;
+        if f["chat_id"] == chats[1].to_string().as_str() && f["read_seq"] == last {
+            break f;
+        }
+    };
+    assert_eq!((f["unread"].as_i64(), f["unread_chats"].as_i64()), (Some(0), Some(0)), "{f}");
+    loop {
+        let f = inbox_frame(&mut other).await;
+        if f["chat_id"] == chats[1].to_string().as_str() && f["read_seq"] == last {
+            break;
+        }
+    }
+    assert_eq!(relay.metric("chat_relay_inbox_table_reads_total").await, before, "no table read per event");
 }

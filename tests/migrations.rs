@@ -17,11 +17,12 @@ async fn migrates_an_empty_database_once() {
     assert!(first.contains("applied 0001_tables.sql"), "{first}");
     assert!(first.contains("created publication chat_relay"), "{first}");
     let second = db.migrate();
-    assert!(second.contains("schema up to date (8 migrations already applied)"), "{second}");
+    let n = chat_relay::migrate::MIGRATIONS.len();
+    assert!(second.contains(&format!("schema up to date ({n} migrations already applied)")), "{second}");
 
     let c = db.client().await;
     let applied: i64 = c.query_one("SELECT count(*) FROM chat_relay_schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(applied, 8);
+    assert_eq!(applied, n as i64);
     // Publication covers both tables; replica identity is FULL.
     let tables: Vec<String> = c
         .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'chat_relay' ORDER BY 1", &[])
@@ -51,6 +52,13 @@ async fn migrates_an_empty_database_once() {
             c.query_one("SELECT count(*) FROM pg_constraint WHERE conname = $1", &[&constraint]).await.unwrap().get(0);
         assert_eq!(n, 1, "{constraint}");
     }
+    // The inbox lists a user's chats through this index.
+    let def: String = c
+        .query_one("SELECT indexdef FROM pg_indexes WHERE indexname = 'chat_participants_user_id_idx'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(def.ends_with("(user_id)"), "{def}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -559,4 +567,83 @@ async fn a_temporary_table_cannot_choose_the_seq() {
         .await
         .map(|r| r.get::<_, i64>(0));
     assert_eq!(seq.ok(), Some(2), "the shadowing table chose the seq");
+}
+
+/// 0009 keeps chats.last_activity: the created_at of the newest message (by
+/// seq), or NULL when the chat has none; on a legacy schema too.
+#[tokio::test(flavor = "multi_thread")]
+async fn last_activity_follows_the_newest_message_through_every_write_path() {
+    let db = Db::bare().await;
+    let c = db.client().await;
+    // A legacy app: chats without created_at, messages already there.
+    c.batch_execute(
+        "CREATE TABLE chats (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
+         CREATE TABLE chat_participants (chat_id uuid REFERENCES chats ON DELETE CASCADE, user_id uuid, PRIMARY KEY (chat_id, user_id));
+         CREATE TABLE chat_messages (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), chat_id uuid NOT NULL REFERENCES chats,
+             sender_id uuid NOT NULL, content text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO chats (id) VALUES ('00000000-0000-0000-0000-00000000000a'), ('00000000-0000-0000-0000-00000000000b');
+         INSERT INTO chat_messages (chat_id, sender_id, content, created_at) VALUES
+           ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'old', '2024-01-01 00:00:00+00'),
+           ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'newer', '2024-02-01 00:00:00+00');",
+    )
+    .await
+    .unwrap();
+    db.migrate();
+    let a = Uuid::parse_str("00000000-0000-0000-0000-00000000000a").unwrap();
+    let b = Uuid::parse_str("00000000-0000-0000-0000-00000000000b").unwrap();
+    let activity = |chat: Uuid| {
+        let c = &c;
+        async move {
+            let r = c
+                .query_one(
+                    "SELECT to_char(last_activity AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), created_at IS NOT NULL FROM chats WHERE id = $1",
+                    &[&chat],
+                )
+                .await
+                .unwrap();
+            assert!(r.get::<_, bool>(1), "chats.created_at exists and is filled");
+            r.get::<_, Option<String>>(0)
+        }
+    };
+    // Backfilled from the newest message; none for an empty chat.
+    assert_eq!(activity(a).await.as_deref(), Some("2024-02-01 00:00"));
+    assert_eq!(activity(b).await, None);
+    // A single-row insert with an explicit created_at in the past: it is
+    // the newest message, so its created_at is the activity.
+    let at = |s: &str| format!("{s}+00");
+    let ins = "INSERT INTO chat_messages (chat_id, sender_id, content, created_at) VALUES ($1, gen_random_uuid(), 'x', $2::text::timestamptz)";
+    c.execute(ins, &[&a, &at("2023-05-05 05:05")]).await.unwrap();
+    assert_eq!(activity(a).await.as_deref(), Some("2023-05-05 05:05"));
+    // Two rows in one transaction, then a multi-row statement over two chats.
+    let mut c2 = db.client().await;
+    let tx = c2.transaction().await.unwrap();
+    tx.execute(ins, &[&a, &at("2025-01-01 00:00")]).await.unwrap();
+    tx.execute(ins, &[&a, &at("2025-01-02 00:00")]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(activity(a).await.as_deref(), Some("2025-01-02 00:00"));
+    c.execute(
+        "INSERT INTO chat_messages (chat_id, sender_id, content, created_at)
+         SELECT CASE WHEN g % 2 = 0 THEN $1::uuid ELSE $2::uuid END, gen_random_uuid(), 'bulk',
+                timestamptz '2025-03-01' + g * interval '1 minute' FROM generate_series(1, 10) g",
+        &[&a, &b],
+    )
+    .await
+    .unwrap();
+    assert_eq!(activity(a).await.as_deref(), Some("2025-03-01 00:10"));
+    assert_eq!(activity(b).await.as_deref(), Some("2025-03-01 00:09"));
+    // A retried send takes no seq and leaves the activity as it was.
+    let cgid = Uuid::new_v4();
+    let send = "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id, created_at)
+                VALUES ($1, gen_random_uuid(), 'once', $2, $3::text::timestamptz) ON CONFLICT DO NOTHING";
+    c.execute(send, &[&b, &cgid, &at("2025-04-01 00:00")]).await.unwrap();
+    c.execute(send, &[&b, &cgid, &at("2030-01-01 00:00")]).await.unwrap();
+    assert_eq!(activity(b).await.as_deref(), Some("2025-04-01 00:00"));
+    // Deleting the newest message moves it back; deleting all clears it.
+    c.execute("DELETE FROM chat_messages WHERE chat_id = $1 AND client_generated_id = $2", &[&b, &cgid]).await.unwrap();
+    assert_eq!(activity(b).await.as_deref(), Some("2025-03-01 00:09"));
+    c.execute("DELETE FROM chat_messages WHERE chat_id = $1", &[&b]).await.unwrap();
+    assert_eq!(activity(b).await, None);
+    // A chat inserted with only its id (or DEFAULT VALUES) is listed by its creation.
+    c.execute("INSERT INTO chats DEFAULT VALUES", &[]).await.unwrap();
+    assert!(db.migrate().contains("up to date"));
 }

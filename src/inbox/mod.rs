@@ -67,7 +67,7 @@ struct Inner {
 pub struct Inbox {
     inner: Mutex<Inner>,
     store: Store,
-    asks: mpsc::UnboundedSender<Vec<Ask>>,
+    asks: mpsc::UnboundedSender<Job>,
     /// Signalled after answers were applied.
     answered: Notify,
 }
@@ -75,7 +75,7 @@ pub struct Inbox {
 impl Inbox {
     /// The inbox and the task that asks the table (run it until `stop`).
     pub fn new(store: Store, stop: CancellationToken) -> (Arc<Inbox>, impl std::future::Future<Output = ()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
         let inbox = Arc::new(Inbox {
             inner: Mutex::new(Inner { state: State::default(), conns: HashMap::new() }),
             store,
@@ -102,7 +102,13 @@ impl Inbox {
     fn dispatch(&self, inner: &mut Inner) {
         let (outs, asks) = inner.state.drain();
         if !asks.is_empty() {
-            let _ = self.asks.send(asks);
+            m::inbox_table_reads(asks.len() as u64);
+            let _ = self.asks.send(Job::Now(asks));
+        }
+        let retries = inner.state.drain_retries();
+        if !retries.is_empty() {
+            m::inbox_table_reads(retries.len() as u64);
+            let _ = self.asks.send(Job::Later(retries));
         }
         // One encoding per user and chat, shared by the user's connections.
         for out in outs {
@@ -448,21 +454,48 @@ fn change_of(frame: &EventFrame) -> Option<Change> {
     }
 }
 
+/// Work for the asker.
+enum Job {
+    Now(Vec<Ask>),
+    /// The table was behind the stream: ask again after [`RETRY_AFTER`].
+    Later(Vec<Ask>),
+}
+
+const RETRY_AFTER: Duration = Duration::from_millis(20);
+
 /// Asks the table, in batches, until `stop`; retries while it is away.
-async fn asker(inbox: std::sync::Weak<Inbox>, mut rx: mpsc::UnboundedReceiver<Vec<Ask>>, stop: CancellationToken) {
+async fn asker(inbox: std::sync::Weak<Inbox>, mut rx: mpsc::UnboundedReceiver<Job>, stop: CancellationToken) {
     let mut pending: Vec<Ask> = Vec::new();
+    let mut later: Vec<Ask> = Vec::new();
+    let mut later_at: Option<tokio::time::Instant> = None;
+    let take = |job: Job, pending: &mut Vec<Ask>, later: &mut Vec<Ask>, at: &mut Option<tokio::time::Instant>| match job
+    {
+        Job::Now(asks) => pending.extend(asks),
+        Job::Later(asks) => {
+            later.extend(asks);
+            at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY_AFTER);
+        }
+    };
     loop {
         if pending.is_empty() {
+            let due = later_at;
             tokio::select! {
                 got = rx.recv() => match got {
-                    Some(asks) => pending.extend(asks),
+                    Some(job) => take(job, &mut pending, &mut later, &mut later_at),
                     None => return,
                 },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    pending.append(&mut later);
+                    later_at = None;
+                }
                 _ = stop.cancelled() => return,
             }
         }
-        while let Ok(more) = rx.try_recv() {
-            pending.extend(more);
+        while let Ok(job) = rx.try_recv() {
+            take(job, &mut pending, &mut later, &mut later_at);
+        }
+        if pending.is_empty() {
+            continue;
         }
         let Some(inbox) = inbox.upgrade() else { return };
         let batch: Vec<Ask> = pending.drain(..pending.len().min(BATCH)).collect();

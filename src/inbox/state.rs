@@ -80,6 +80,9 @@ pub struct Ask {
     pub last: Option<u32>,
     /// A user's count (and, when `read` is None, their watermarks).
     pub user: Option<AskUser>,
+    /// Seqs the stream deleted: while the table still shows one of them, it
+    /// is behind the stream.
+    pub gone: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,12 +101,15 @@ pub struct Answer {
     /// Newest row with seq <= the bound, and the activity that goes with it.
     pub last: Option<(i64, Arc<RawValue>)>,
     pub at: Micros,
-    /// The user is a participant (their row exists).
+    /// The user is a participant (their row exists). When not, the ask is
+    /// repeated until the stream says they left.
     pub member: bool,
     pub read: i64,
     pub delivered: i64,
     /// Unread up to the bound, at most [`SATURATED`].
     pub unread: u32,
+    /// A row the stream deleted is still visible: the table is behind.
+    pub stale: bool,
 }
 
 /// What to tell a user's connections.
@@ -143,6 +149,8 @@ struct Chat {
     gen: u32,
     asked: bool,
     users: Vec<Uuid>,
+    /// Seqs deleted by the stream that no answer has confirmed gone yet.
+    gone: Vec<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +197,9 @@ struct Log {
     next_id: u64,
 }
 
+/// Deleted seqs remembered per chat until the table confirms them.
+const GONE_CAP: usize = 64;
+
 /// Changes kept for loads in flight, at most; past it those loads read again.
 pub const LOG_CAP: usize = 200_000;
 
@@ -200,6 +211,8 @@ pub struct State {
     log: Log,
     out: Vec<Out>,
     asks: Vec<Ask>,
+    /// Asks to repeat shortly (the table was behind the stream).
+    retry: Vec<Ask>,
 }
 
 /// A load could not be installed: read the list again.
@@ -215,6 +228,11 @@ impl State {
     /// Frames to send, and questions to ask, since the last call.
     pub fn drain(&mut self) -> (Vec<Out>, Vec<Ask>) {
         (std::mem::take(&mut self.out), std::mem::take(&mut self.asks))
+    }
+
+    /// Questions to ask again after a short pause.
+    pub fn drain_retries(&mut self) -> Vec<Ask> {
+        std::mem::take(&mut self.retry)
     }
 
     pub fn is_loaded(&self, user: &Uuid) -> bool {
@@ -358,6 +376,7 @@ impl State {
                 gen: 0,
                 asked: false,
                 users: Vec::new(),
+                gone: Vec::new(),
             });
             if !c.users.contains(&user) {
                 c.users.push(user);
@@ -463,6 +482,10 @@ impl State {
                     Last::Unknown => true,
                     Last::Empty => false,
                 };
+                if c.gone.len() == GONE_CAP {
+                    c.gone.remove(0);
+                }
+                c.gone.push(*seq);
                 if newest {
                     c.last = Last::Unknown;
                     c.gen += 1;
@@ -540,6 +563,7 @@ impl State {
             gen: 0,
             asked: false,
             users: Vec::new(),
+            gone: Vec::new(),
         });
         if !c.users.contains(&user) {
             c.users.push(user);
@@ -601,6 +625,7 @@ impl State {
             bound,
             last: want_last.then_some(c.gen),
             user: want_user.then_some(AskUser { user, read: e.marks.then_some(e.read), gen: e.gen }),
+            gone: c.gone.clone(),
         });
     }
 
@@ -680,6 +705,22 @@ impl State {
         let chat_id = a.ask.chat;
         let Some(c) = self.chats.get_mut(&chat_id) else { return };
         let bound = a.ask.bound.unwrap_or(a.last_seq);
+        // The table does not show yet what the stream already did (a commit
+        // is decoded a moment before it is visible to new snapshots): ask
+        // the same again a little later, while it still matters.
+        if a.stale || a.last_seq < bound || (a.ask.user.is_some() && !a.member) {
+            // (The chat's part and the user's part each may still matter.)
+            let user_matters = a.ask.user.as_ref().is_some_and(|au| {
+                self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen)
+            });
+            let matters = user_matters || a.ask.last == Some(c.gen);
+            if matters {
+                self.retry.push(a.ask);
+            }
+            return;
+        }
+        // Those deletes are visible now.
+        c.gone.retain(|g| !a.ask.gone.contains(g));
         let last = || match &a.last {
             Some((seq, row)) => Last::Row { seq: *seq, row: row.clone() },
             None => Last::Empty,
@@ -723,11 +764,6 @@ impl State {
                     if !fits {
                         e.gen += 1;
                         e.since = 0;
-                    } else if !a.member {
-                        // Removed in the table; the stream will say so.
-                        e.unread = Some(0);
-                        e.since = 0;
-                        set_has(u, chat_id, Some(false));
                     } else {
                         if au.read.is_none() && !e.marks {
                             e.read = a.read;
@@ -755,6 +791,9 @@ impl State {
     /// Returns the users whose lists must be read again (with `replace`).
     pub fn resync(&mut self) -> Vec<Uuid> {
         for c in self.chats.values_mut() {
+            // Read the table's last seq again: the stream may have skipped some.
+            c.known = false;
+            c.last = Last::Unknown;
             c.gen += 1;
             c.asked = false;
         }

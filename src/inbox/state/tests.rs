@@ -36,6 +36,7 @@ fn answer_all(s: &mut State, table: impl Fn(&Ask) -> (u32, Option<i64>)) -> Vec<
             read: 0,
             delivered: 0,
             unread,
+            stale: false,
         });
     }
     asks
@@ -82,7 +83,17 @@ fn a_partial_read_is_asked_and_inserts_meanwhile_add_to_the_answer() {
     s.apply(insert(chat, 5, bob));
     assert!(chat_outs(&mut s).is_empty());
     let ask = asks[0].clone();
-    s.answer(Answer { ask, last_seq: 5, last: None, at: 0, member: true, read: 2, delivered: 2, unread: 2 });
+    s.answer(Answer {
+        ask,
+        last_seq: 5,
+        last: None,
+        at: 0,
+        member: true,
+        read: 2,
+        delivered: 2,
+        unread: 2,
+        stale: false,
+    });
     assert_eq!(chat_outs(&mut s), [Out::Chat { user: me, chat }], "the waiting frame, merged");
     assert_eq!(s.summary(&me, &chat).unwrap().unread, 3);
 }
@@ -109,6 +120,7 @@ fn a_stale_answer_never_overwrites_a_newer_change() {
         read: 1,
         delivered: 1,
         unread: 3,
+        stale: false,
     });
     assert!(s.summary(&me, &chat).is_none(), "the stale count is not used");
     s.answer(Answer {
@@ -120,6 +132,7 @@ fn a_stale_answer_never_overwrites_a_newer_change() {
         read: 3,
         delivered: 3,
         unread: 1,
+        stale: false,
     });
     assert_eq!(s.summary(&me, &chat).unwrap().unread, 1);
 }
@@ -173,6 +186,7 @@ fn being_added_asks_for_the_chat_and_the_watermarks() {
         read: 5,
         delivered: 6,
         unread: 2,
+        stale: false,
     });
     assert_eq!(chat_outs(&mut s), [Out::Chat { user: me, chat: added }]);
     let sum = s.summary(&me, &added).unwrap();
@@ -194,4 +208,79 @@ fn the_last_holder_drops_the_list_and_its_chats() {
     s.release(you);
     assert_eq!((s.users(), s.chats()), (0, 0));
     assert!(!s.hold(me));
+}
+
+#[test]
+fn an_answer_from_a_table_behind_the_stream_is_asked_again() {
+    let (me, chat, added) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut s = loaded(me, vec![listed(chat, 0, 0, false)]);
+    // Streamed: I was added; the table does not show my row yet.
+    s.apply(Change::Member { chat: added, user: me, member: true });
+    let (_, asks) = s.drain();
+    let not_yet = Answer {
+        ask: asks[0].clone(),
+        last_seq: 1,
+        last: None,
+        at: 0,
+        member: false,
+        read: 0,
+        delivered: 0,
+        unread: 0,
+        stale: false,
+    };
+    s.answer(not_yet.clone());
+    assert!(chat_outs(&mut s).is_empty(), "nothing sent from a table that is behind");
+    assert_eq!(s.drain_retries(), asks);
+    // A count up to a seq the table does not show yet: the same.
+    s.apply(Change::Marks { chat, user: me, read: 0, delivered: 0 });
+    let bob = Uuid::new_v4();
+    s.apply(insert(chat, 1, bob));
+    s.apply(insert(chat, 2, bob));
+    s.drain();
+    s.apply(Change::Marks { chat, user: me, read: 1, delivered: 1 });
+    let (_, asks) = s.drain();
+    assert_eq!(asks[0].bound, Some(2));
+    let mut behind = not_yet;
+    behind.ask = asks[0].clone();
+    behind.member = true;
+    s.answer(behind);
+    assert!(s.summary(&me, &chat).is_none());
+    assert_eq!(s.drain_retries(), asks);
+    // Once I am removed, nothing about that chat is asked any more.
+    s.apply(Change::Member { chat: added, user: me, member: false });
+    s.drain();
+    assert!(!s.has_chat(&me, &added));
+}
+
+#[test]
+fn a_deleted_row_still_visible_in_the_table_is_not_shown() {
+    let (me, bob, chat) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut s = loaded(me, vec![listed(chat, 0, 0, false)]);
+    s.apply(insert(chat, 1, bob));
+    s.apply(insert(chat, 2, bob));
+    s.apply(Change::Marks { chat, user: me, read: 2, delivered: 2 });
+    s.drain();
+    s.apply(Change::Delete { chat, seq: 2 });
+    let (outs, asks) = s.drain();
+    assert!(outs.is_empty());
+    assert_eq!((asks[0].last.is_some(), asks[0].gone.clone()), (true, vec![2]));
+    // The table has not caught up: it still shows seq 2.
+    let behind = Answer {
+        ask: asks[0].clone(),
+        last_seq: 2,
+        last: Some((2, raw(2))),
+        at: 20,
+        member: true,
+        read: 2,
+        delivered: 2,
+        unread: 0,
+        stale: true,
+    };
+    s.answer(behind.clone());
+    assert!(chat_outs(&mut s).is_empty(), "the deleted row is not sent");
+    assert_eq!(s.drain_retries(), asks);
+    s.answer(Answer { last: Some((1, raw(1))), at: 10, stale: false, ..behind });
+    assert_eq!(chat_outs(&mut s), [Out::Chat { user: me, chat }]);
+    let sum = s.summary(&me, &chat).unwrap();
+    assert_eq!((sum.last_seq, sum.at, sum.last.unwrap().get()), (2, 10, "{\"seq\":1}"));
 }
