@@ -62,19 +62,20 @@ pub enum Request {
 }
 
 impl Request {
-    /// The chat of a request that costs a database query or a cache entry
-    /// and is limited per user (`send` has a limit of its own).
-    pub fn costly(&self) -> Option<Uuid> {
+    /// Whether the request costs a database query or a cache entry and is
+    /// limited per user (`send` has a limit of its own); with its chat, if
+    /// it names one.
+    pub fn costly(&self) -> Option<Option<Uuid>> {
         match self {
             Request::Subscribe { chat_id, .. }
             | Request::History { chat_id, .. }
             | Request::Ack { chat_id, .. }
-            | Request::Read { chat_id, .. } => Some(*chat_id),
+            | Request::Read { chat_id, .. } => Some(Some(*chat_id)),
+            Request::Inbox { .. } => Some(None),
             Request::Unsubscribe { .. }
             | Request::Send { .. }
             | Request::Auth { .. }
             | Request::Typing { .. }
-            | Request::Inbox { .. }
             | Request::InboxOff
             | Request::Ping => None,
         }
