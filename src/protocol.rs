@@ -62,19 +62,20 @@ pub enum Request {
 }
 
 impl Request {
-    /// The chat of a request that costs a database query or a cache entry
-    /// and is limited per user (`send` has a limit of its own).
-    pub fn costly(&self) -> Option<Uuid> {
+    /// Whether the request costs a database query or a cache entry and is
+    /// limited per user (`send` has a limit of its own); with its chat, if
+    /// it names one.
+    pub fn costly(&self) -> Option<Option<Uuid>> {
         match self {
             Request::Subscribe { chat_id, .. }
             | Request::History { chat_id, .. }
             | Request::Ack { chat_id, .. }
-            | Request::Read { chat_id, .. } => Some(*chat_id),
+            | Request::Read { chat_id, .. } => Some(Some(*chat_id)),
+            Request::Inbox { .. } => Some(None),
             Request::Unsubscribe { .. }
             | Request::Send { .. }
             | Request::Auth { .. }
             | Request::Typing { .. }
-            | Request::Inbox { .. }
             | Request::InboxOff
             | Request::Ping => None,
         }
@@ -486,6 +487,49 @@ mod tests {
             parse(&format!(r#"{{"type":"typing","chat_id":"{c}"}}"#)).unwrap().0,
             Request::Typing { chat_id: c }
         );
+        assert_eq!(parse(r#"{"type":"inbox"}"#).unwrap().0, Request::Inbox { limit: INBOX_DEFAULT, before: None });
+        assert_eq!(
+            parse(r#"{"type":"inbox","limit":1000,"before":"12_x","ref":1}"#).unwrap().0,
+            Request::Inbox { limit: INBOX_MAX, before: Some("12_x".into()) }
+        );
+        assert_eq!(parse(r#"{"type":"inbox","before":null}"#).unwrap().0, Request::Inbox { limit: 50, before: None });
+        assert!(parse(r#"{"type":"inbox","limit":0}"#).unwrap_err().message.contains("at least 1"));
+        assert!(parse(r#"{"type":"inbox","before":5}"#).unwrap_err().message.contains("before"));
+        assert_eq!(parse(r#"{"type":"inbox_off"}"#).unwrap().0, Request::InboxOff);
+    }
+
+    #[test]
+    fn summaries_are_encoded_as_the_protocol_says() {
+        let c = Uuid::new_v4();
+        let row = serde_json::value::RawValue::from_string(r#"{"seq":3,"content":"hi"}"#.into()).unwrap();
+        let s = ChatSummary {
+            chat_id: c,
+            last_seq: 3,
+            last_message: Some(&row),
+            last_activity: rfc3339_micros(1_764_464_400_000_100),
+            unread: 2,
+            read_seq: 1,
+            delivered_seq: 3,
+        };
+        let v: Value = serde_json::from_str(&ServerFrame::Chat { summary: &s, unread_chats: 4 }.encode(None)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "chat", "chat_id": c, "last_seq": 3, "last_message": {"seq": 3, "content": "hi"},
+                   "last_activity": "2025-11-30T01:00:00.000100Z", "unread": 2, "read_seq": 1, "delivered_seq": 3,
+                   "unread_chats": 4})
+        );
+        let list = [s];
+        let page: Value = serde_json::from_str(
+            &ServerFrame::Inbox { chats: &list, next: None, unread_chats: 4 }.encode(Some(&json!("r"))),
+        )
+        .unwrap();
+        assert_eq!(
+            (page["type"].as_str(), page["next"].is_null(), page["ref"].as_str()),
+            (Some("inbox"), true, Some("r"))
+        );
+        assert_eq!(page["chats"][0]["last_message"]["content"], "hi");
+        let gone: Value = serde_json::from_str(&ServerFrame::ChatRemoved { chat_id: c }.encode(None)).unwrap();
+        assert_eq!(gone, json!({"type": "chat_removed", "chat_id": c}));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     // The receiving side: this process's hub and membership, fed by the
     // local pipeline (one relay) or by the NATS follower (replicas).
     let inbox_stop = CancellationToken::new();
-    let (inbox, asker) = Inbox::new(store.clone(), inbox_stop.clone());
+    let (inbox, asker) = Inbox::new(store.clone(), hub.clone(), inbox_stop.clone());
     let asker = tokio::spawn(asker);
     let local = Arc::new(LocalFanout::new(hub.clone(), membership.clone()).with_inbox(inbox.clone()));
     let health = Arc::new(Health::default());

@@ -334,6 +334,7 @@ impl Store {
                 read: r.try_get(3)?,
                 delivered: r.try_get(4)?,
                 has_unread: r.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
+                streamed: None,
             });
         }
         Ok(out)

@@ -525,3 +525,21 @@ async fn steady_state_reads_nothing_from_the_table() {
     }
     assert_eq!(relay.metric("chat_relay_inbox_table_reads_total").await, before, "no table read per event");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_requests_count_against_the_per_user_request_rate() {
+    let db = Db::start().await;
+    let relay = Relay::start_with(&db, &[("CHAT_RELAY_REQUEST_RATE", "5")]).await;
+    let me = Uuid::new_v4();
+    db.chat(&[me]).await;
+    let mut ws = relay.ws(me).await;
+    // Each one reads the user's whole list from the table.
+    for i in 0..20 {
+        ws.send(json!({"type": "inbox", "ref": i})).await;
+    }
+    let frames = ws.barrier().await;
+    let refused: Vec<&Value> = frames.iter().filter(|v| v["code"] == "rate_limited").collect();
+    assert!(refused.len() >= 10, "{frames:?}");
+    assert!(refused.iter().all(|v| v["retry_after_ms"].as_u64().unwrap_or(0) >= 1 && v["chat_id"].is_null()));
+    assert!(frames.iter().filter(|v| v["type"] == "inbox").count() >= 1);
+}

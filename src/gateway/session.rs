@@ -444,9 +444,9 @@ impl Session {
                 return Ok(true);
             }
         };
-        if let Some(chat) = request.costly().filter(|c| !self.answered_from_memory(&request, c)) {
+        if let Some(chat) = request.costly().filter(|c| !c.is_some_and(|c| self.answered_from_memory(&request, &c))) {
             if let Err(wait) = self.gw.parts.limits.request(self.identity.user_id) {
-                let frame = ServerFrame::rate_limited("too many requests; try again later", Some(chat), wait);
+                let frame = ServerFrame::rate_limited("too many requests; try again later", chat, wait);
                 self.answer(frame, &reference);
                 return Ok(true);
             }

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::hub::{Conn, ConnId};
+use crate::hub::{Conn, ConnId, Hub};
 use crate::metrics as m;
 use crate::protocol::{rfc3339_micros, ChatSummary, EventFrame, FrameKind, ServerFrame};
 use crate::store::{Store, StoreError};
@@ -67,6 +67,8 @@ struct Inner {
 pub struct Inbox {
     inner: Mutex<Inner>,
     store: Store,
+    /// The newest seq streamed per chat.
+    hub: Arc<Hub>,
     asks: mpsc::UnboundedSender<Job>,
     /// Signalled after answers were applied.
     answered: Notify,
@@ -74,11 +76,16 @@ pub struct Inbox {
 
 impl Inbox {
     /// The inbox and the task that asks the table (run it until `stop`).
-    pub fn new(store: Store, stop: CancellationToken) -> (Arc<Inbox>, impl std::future::Future<Output = ()>) {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        stop: CancellationToken,
+    ) -> (Arc<Inbox>, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
         let inbox = Arc::new(Inbox {
             inner: Mutex::new(Inner { state: State::default(), conns: HashMap::new() }),
             store,
+            hub,
             asks: tx,
             answered: Notify::new(),
         });
@@ -182,7 +189,12 @@ impl Inbox {
                     self.with(|s| s.abort_load(id));
                     return Err(InboxError::TooMany);
                 }
-                Ok(l) => l,
+                Ok(mut l) => {
+                    for item in &mut l {
+                        item.streamed = self.hub.newest(&item.chat);
+                    }
+                    l
+                }
                 Err(e) => {
                     self.with(|s| s.abort_load(id));
                     return Err(e.into());

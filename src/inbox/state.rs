@@ -68,6 +68,9 @@ pub struct Listed {
     pub read: i64,
     pub delivered: i64,
     pub has_unread: bool,
+    /// The newest seq the stream brought for this chat, when known (a
+    /// commit streamed just before the list was read may not be in it).
+    pub streamed: Option<i64>,
 }
 
 /// A question for the table. `bound` None: up to the chat's last seq as
@@ -381,7 +384,8 @@ impl State {
             if !c.users.contains(&user) {
                 c.users.push(user);
             }
-            let streamed = touched.get(&l.chat).copied();
+            let late = l.streamed.filter(|n| *n > l.last_seq);
+            let streamed = touched.get(&l.chat).copied().max(late);
             // The list and the stream disagree about this chat (or the
             // stream moved on while it was read): count from the table.
             let consistent = c.last_seq == l.last_seq && streamed.is_none();

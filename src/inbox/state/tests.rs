@@ -5,7 +5,7 @@ fn raw(seq: i64) -> Arc<RawValue> {
 }
 
 fn listed(chat: Uuid, last_seq: i64, read: i64, has_unread: bool) -> Listed {
-    Listed { chat, last_seq, at: last_seq * 10, read, delivered: read, has_unread }
+    Listed { chat, last_seq, at: last_seq * 10, read, delivered: read, has_unread, streamed: None }
 }
 
 fn insert(chat: Uuid, seq: i64, sender: Uuid) -> Change {
@@ -283,4 +283,18 @@ fn a_deleted_row_still_visible_in_the_table_is_not_shown() {
     assert_eq!(chat_outs(&mut s), [Out::Chat { user: me, chat }]);
     let sum = s.summary(&me, &chat).unwrap();
     assert_eq!((sum.last_seq, sum.at, sum.last.unwrap().get()), (2, 10, "{\"seq\":1}"));
+}
+
+#[test]
+fn a_commit_streamed_just_before_the_list_was_read_is_counted() {
+    let (me, chat) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut s = State::default();
+    let id = s.begin_load();
+    // The list does not show seq 3 yet; the stream had brought it.
+    let mut l = listed(chat, 2, 0, true);
+    l.streamed = Some(3);
+    s.install(id, me, vec![l], false).unwrap();
+    let asks = answer_all(&mut s, |_| (3, Some(3)));
+    assert_eq!(asks[0].bound, Some(3));
+    assert_eq!(s.summary(&me, &chat).map(|x| (x.last_seq, x.unread)), Some((3, 3)));
 }
