@@ -3,20 +3,25 @@
 -- A chat's activity is the created_at of its newest message (highest seq),
 -- or the chat's own creation time when it has none. It is kept on the chat
 -- row, in chats.last_activity (NULL: no message; read it as
--- coalesce(last_activity, created_at)), by the triggers that already keep
--- chats.last_seq, so a single-row insert writes the chat row exactly as often
--- as before (once) and only one more column of it:
+-- coalesce(last_activity, created_at)), with the newest message's sender in
+-- chats.last_sender_id (NULL: unknown since a delete; then the list looks),
+-- by the triggers that already keep chats.last_seq, so a single-row insert
+-- writes the chat row exactly as often as before (once) and only two more
+-- columns of it. The sender lets the inbox tell "something unread" without
+-- reading messages when the newest is someone else's and past the read mark:
 --
 --  * chat_relay_assign_seq() (0007's function, one change): the UPDATE that
 --    numbers the first row of a chat in a transaction also stores the row's
---    created_at. Its give-back path (a retried id or client_generated_id)
---    restores the newest message's created_at with the number.
+--    created_at and sender. Its give-back path (a retried id or
+--    client_generated_id) restores the newest message's created_at with the
+--    number (and forgets the sender).
 --  * chat_relay_store_last_seq() (0006's statement trigger, one change):
 --    where it stores last_seq for a statement's rows, it stores the
---    created_at of the row with that seq too.
+--    created_at and sender of the row with that seq too.
 --  * chat_relay_deleted_activity(), new: after a DELETE statement, the chats
 --    it touched get the created_at of their newest remaining message (NULL
---    when none is left). Deletes pay for this; inserts do not.
+--    when none is left), and an unknown sender. Deletes pay for this;
+--    inserts do not.
 --
 -- chats gets created_at when an older schema lacks it (existing rows read
 -- the migration's time), and chat_participants an index by user, which is
@@ -25,8 +30,8 @@
 -- HOT. Existing chats are backfilled from their newest message (one probe of
 -- the (chat_id, seq) index per chat, inside this migration's transaction).
 --
--- Left as it is: an UPDATE of the newest message's created_at, and TRUNCATE,
--- do not move last_activity.
+-- Left as it is: an UPDATE of the newest message's created_at or sender_id,
+-- and TRUNCATE, do not move last_activity or last_sender_id.
 --
 -- Re-running is safe (IF NOT EXISTS, CREATE OR REPLACE, DROP TRIGGER IF
 -- EXISTS; the backfill only fills NULLs where a message exists).
@@ -36,18 +41,22 @@
 --           run 0007's and 0006's CREATE OR REPLACE FUNCTION for
 --           chat_relay_assign_seq() and chat_relay_store_last_seq() again;
 --           DROP INDEX chat_participants_user_id_idx;
---           ALTER TABLE chats DROP COLUMN last_activity;
+--           ALTER TABLE chats DROP COLUMN last_activity, DROP COLUMN last_sender_id;
 
 ALTER TABLE chats ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
 ALTER TABLE chats ADD COLUMN IF NOT EXISTS last_activity timestamptz;
+ALTER TABLE chats ADD COLUMN IF NOT EXISTS last_sender_id uuid;
 
 CREATE INDEX IF NOT EXISTS chat_participants_user_id_idx ON chat_participants (user_id);
 
-UPDATE chats c SET last_activity = n.created_at
-  FROM (SELECT c2.id, (SELECT m.created_at FROM chat_messages m
-                        WHERE m.chat_id = c2.id ORDER BY m.seq DESC LIMIT 1) AS created_at
-          FROM chats c2 WHERE c2.last_activity IS NULL AND c2.last_seq > 0) n
- WHERE c.id = n.id AND n.created_at IS NOT NULL;
+UPDATE chats c SET last_activity = n.created_at,
+       last_sender_id = CASE WHEN n.seq = c.last_seq THEN n.sender_id END
+  FROM (SELECT c2.id, m.created_at, m.sender_id, m.seq
+          FROM chats c2
+          JOIN LATERAL (SELECT m.created_at, m.sender_id, m.seq FROM chat_messages m
+                         WHERE m.chat_id = c2.id ORDER BY m.seq DESC LIMIT 1) m ON true
+         WHERE c2.last_activity IS NULL AND c2.last_seq > 0) n
+ WHERE c.id = n.id;
 
 DO $migration$
 BEGIN
@@ -70,7 +79,8 @@ BEGIN
     ELSIF NOT flagged THEN
         -- The chat's stored last_seq is current: lock and number in one go
         -- (and this row, if it is stored, is the chat's newest).
-        UPDATE %1$I.chats c SET last_seq = c.last_seq + 1, last_activity = NEW.created_at
+        UPDATE %1$I.chats c
+           SET last_seq = c.last_seq + 1, last_activity = NEW.created_at, last_sender_id = NEW.sender_id
          WHERE c.id = NEW.chat_id
             RETURNING c.last_seq - 1 INTO last;
         IF NOT FOUND THEN
@@ -102,7 +112,7 @@ BEGIN
         -- Stored seqs are never negative, so only the primary key or the
         -- client_generated_id index can object to this row.
         IF counted THEN
-            UPDATE %1$I.chats c SET last_seq = last,
+            UPDATE %1$I.chats c SET last_seq = last, last_sender_id = NULL,
                    last_activity = (SELECT m.created_at FROM %1$I.chat_messages m
                                      WHERE m.chat_id = NEW.chat_id AND m.seq >= 0
                                      ORDER BY m.seq DESC LIMIT 1)
@@ -132,8 +142,8 @@ BEGIN
     IF current_setting('chat_relay.lagging', true) IS DISTINCT FROM 't' THEN
         RETURN NULL;
     END IF;
-    UPDATE %1$I.chats c SET last_seq = n.seq, last_activity = n.created_at
-      FROM (SELECT DISTINCT ON (r.chat_id) r.chat_id, r.seq, r.created_at
+    UPDATE %1$I.chats c SET last_seq = n.seq, last_activity = n.created_at, last_sender_id = n.sender_id
+      FROM (SELECT DISTINCT ON (r.chat_id) r.chat_id, r.seq, r.created_at, r.sender_id
               FROM chat_relay_new_rows r ORDER BY r.chat_id, r.seq DESC) n
      WHERE c.id = n.chat_id AND c.last_seq < n.seq;
     PERFORM set_config('chat_relay.lagging', 'f', true);
@@ -149,7 +159,8 @@ SET search_path = pg_catalog, pg_temp
 AS $body$
 BEGIN
     UPDATE %1$I.chats c
-       SET last_activity = (SELECT m.created_at FROM %1$I.chat_messages m
+       SET last_sender_id = NULL,
+           last_activity = (SELECT m.created_at FROM %1$I.chat_messages m
                              WHERE m.chat_id = c.id ORDER BY m.seq DESC LIMIT 1)
      WHERE c.id IN (SELECT DISTINCT o.chat_id FROM chat_relay_old_rows o);
     RETURN NULL;

@@ -194,6 +194,43 @@ pub struct ChatSummary<'a> {
     pub delivered_seq: i64,
 }
 
+/// A `chat` frame's part that every user of the chat shares (the chat, its
+/// newest row, its activity), encoded once per change; [`ChatFrameHead::frame`]
+/// completes it per user. The frame is the summary's fields with `type` and
+/// `unread_chats`.
+pub struct ChatFrameHead(String);
+
+impl ChatFrameHead {
+    pub fn new(chat_id: Uuid, last_seq: i64, last_message: Option<&serde_json::value::RawValue>, at: i64) -> Self {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            chat_id: Uuid,
+            last_seq: i64,
+            last_message: Option<&'a serde_json::value::RawValue>,
+            last_activity: String,
+        }
+        let head = Head { ty: "chat", chat_id, last_seq, last_message, last_activity: rfc3339_micros(at) };
+        // Serialising plain data into a String cannot fail.
+        let mut text = serde_json::to_string(&head).unwrap_or_default();
+        text.pop(); // the closing brace: the user's fields follow
+        ChatFrameHead(text)
+    }
+
+    /// The whole frame for one user.
+    pub fn frame(&self, unread: u32, read_seq: i64, delivered_seq: i64, unread_chats: u32) -> Utf8Bytes {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(self.0.len() + 96);
+        text.push_str(&self.0);
+        let _ = write!(
+            text,
+            r#","unread":{unread},"read_seq":{read_seq},"delivered_seq":{delivered_seq},"unread_chats":{unread_chats}}}"#
+        );
+        text.into()
+    }
+}
+
 /// RFC 3339 for Unix microseconds, spelled as message timestamps are.
 pub fn rfc3339_micros(micros: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(micros)
@@ -391,11 +428,6 @@ pub enum ServerFrame<'a> {
         next: Option<&'a str>,
         unread_chats: u32,
     },
-    Chat {
-        #[serde(flatten)]
-        summary: &'a ChatSummary<'a>,
-        unread_chats: u32,
-    },
     ChatRemoved {
         chat_id: Uuid,
     },
@@ -511,7 +543,8 @@ mod tests {
             read_seq: 1,
             delivered_seq: 3,
         };
-        let v: Value = serde_json::from_str(&ServerFrame::Chat { summary: &s, unread_chats: 4 }.encode(None)).unwrap();
+        let head = ChatFrameHead::new(c, 3, Some(&row), 1_764_464_400_000_100);
+        let v: Value = serde_json::from_str(&head.frame(2, 1, 3, 4)).unwrap();
         assert_eq!(
             v,
             json!({"type": "chat", "chat_id": c, "last_seq": 3, "last_message": {"seq": 3, "content": "hi"},

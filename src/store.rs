@@ -308,8 +308,10 @@ impl Store {
 
     /// Every chat of `user_id` for the inbox, at most `cap` (one more tells
     /// the caller there are more): last seq, activity, the user's
-    /// watermarks, and whether anything is unread (one probe of the
-    /// (chat_id, seq) index per chat whose last seq is past the read mark).
+    /// watermarks, and whether anything is unread: known without reading
+    /// messages when the newest (whose sender the chat row keeps) is someone
+    /// else's and past the read mark; otherwise one probe of the
+    /// (chat_id, seq) index.
     pub async fn inbox_list(&self, user_id: Uuid, cap: i64) -> Result<Vec<Listed>, StoreError> {
         let c = self.client().await?;
         let st = c
@@ -317,9 +319,10 @@ impl Store {
                 "SELECT c.id, c.last_seq, \
                         (extract(epoch FROM coalesce(c.last_activity, c.created_at)) * 1000000)::int8, \
                         p.last_read_seq, p.last_delivered_seq, \
-                        c.last_seq > p.last_read_seq AND EXISTS (SELECT 1 FROM chat_messages m \
+                        c.last_seq > p.last_read_seq AND (c.last_sender_id <> p.user_id \
+                          OR EXISTS (SELECT 1 FROM chat_messages m \
                           WHERE m.chat_id = c.id AND m.seq > p.last_read_seq AND m.seq <= c.last_seq \
-                            AND m.sender_id <> p.user_id) \
+                            AND m.sender_id <> p.user_id)) \
                    FROM chat_participants p JOIN chats c ON c.id = p.chat_id \
                   WHERE p.user_id = $1 LIMIT $2",
             )

@@ -614,6 +614,21 @@ async fn last_activity_follows_the_newest_message_through_every_write_path() {
     let ins = "INSERT INTO chat_messages (chat_id, sender_id, content, created_at) VALUES ($1, gen_random_uuid(), 'x', $2::text::timestamptz)";
     c.execute(ins, &[&a, &at("2023-05-05 05:05")]).await.unwrap();
     assert_eq!(activity(a).await.as_deref(), Some("2023-05-05 05:05"));
+    // The newest message's sender is kept beside it (NULL: unknown).
+    let sender_is_newest = |chat: Uuid| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT c.last_sender_id IS NOT DISTINCT FROM (SELECT m.sender_id FROM chat_messages m
+                   WHERE m.chat_id = c.id AND m.seq = c.last_seq), c.last_sender_id IS NULL FROM chats c WHERE c.id = $1",
+                &[&chat],
+            )
+            .await
+            .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
+            .unwrap()
+        }
+    };
+    assert_eq!(sender_is_newest(a).await, (true, false));
     // Two rows in one transaction, then a multi-row statement over two chats.
     let mut c2 = db.client().await;
     let tx = c2.transaction().await.unwrap();
@@ -631,6 +646,8 @@ async fn last_activity_follows_the_newest_message_through_every_write_path() {
     .unwrap();
     assert_eq!(activity(a).await.as_deref(), Some("2025-03-01 00:10"));
     assert_eq!(activity(b).await.as_deref(), Some("2025-03-01 00:09"));
+    assert_eq!(sender_is_newest(a).await, (true, false));
+    assert_eq!(sender_is_newest(b).await, (true, false));
     // A retried send takes no seq and leaves the activity as it was.
     let cgid = Uuid::new_v4();
     let send = "INSERT INTO chat_messages (chat_id, sender_id, content, client_generated_id, created_at)
@@ -638,9 +655,11 @@ async fn last_activity_follows_the_newest_message_through_every_write_path() {
     c.execute(send, &[&b, &cgid, &at("2025-04-01 00:00")]).await.unwrap();
     c.execute(send, &[&b, &cgid, &at("2030-01-01 00:00")]).await.unwrap();
     assert_eq!(activity(b).await.as_deref(), Some("2025-04-01 00:00"));
+    assert!(sender_is_newest(b).await.1, "the give-back forgets the sender (the list then looks)");
     // Deleting the newest message moves it back; deleting all clears it.
     c.execute("DELETE FROM chat_messages WHERE chat_id = $1 AND client_generated_id = $2", &[&b, &cgid]).await.unwrap();
     assert_eq!(activity(b).await.as_deref(), Some("2025-03-01 00:09"));
+    assert!(sender_is_newest(b).await.1, "unknown after a delete");
     c.execute("DELETE FROM chat_messages WHERE chat_id = $1", &[&b]).await.unwrap();
     assert_eq!(activity(b).await, None);
     // A chat inserted with only its id (or DEFAULT VALUES) is listed by its creation.

@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::hub::{Conn, ConnId, Hub};
 use crate::metrics as m;
-use crate::protocol::{rfc3339_micros, ChatSummary, EventFrame, FrameKind, ServerFrame};
+use crate::protocol::{rfc3339_micros, ChatFrameHead, ChatSummary, EventFrame, FrameKind, ServerFrame};
 use crate::store::{Store, StoreError};
 use state::{Ask, Change, Micros, Out, State, Summary};
 
@@ -117,21 +117,25 @@ impl Inbox {
             m::inbox_table_reads(retries.len() as u64);
             let _ = self.asks.send(Job::Later(retries));
         }
-        // One encoding per user and chat, shared by the user's connections.
+        // The chat's part of a frame is encoded once per change, the rest
+        // once per user (shared by the user's connections); nothing for a
+        // user without an inbox connection (a page being answered).
+        let mut heads: HashMap<Uuid, ChatFrameHead> = HashMap::new();
         for out in outs {
-            let (user, chat, text) = match out {
-                Out::Chat { user, chat } => {
+            let (Out::Chat { user, chat } | Out::Removed { user, chat }) = out;
+            let Some(conns) = inner.conns.get(&user).filter(|c| !c.is_empty()) else { continue };
+            let text = match out {
+                Out::Chat { .. } => {
                     let Some(s) = inner.state.summary(&user, &chat) else { continue };
-                    let badge = inner.state.unread_chats(&user);
-                    let summary = wire(&s);
-                    (user, chat, ServerFrame::Chat { summary: &summary, unread_chats: badge }.encode(None))
+                    let head = heads
+                        .entry(chat)
+                        .or_insert_with(|| ChatFrameHead::new(chat, s.last_seq, s.last.as_deref(), s.at));
+                    head.frame(s.unread, s.read, s.delivered, inner.state.unread_chats(&user))
                 }
-                Out::Removed { user, chat } => (user, chat, ServerFrame::ChatRemoved { chat_id: chat }.encode(None)),
+                Out::Removed { .. } => ServerFrame::ChatRemoved { chat_id: chat }.encode(None),
             };
-            if let Some(conns) = inner.conns.get(&user) {
-                for c in conns {
-                    c.inbox_frame(chat, text.clone());
-                }
+            for c in conns {
+                c.inbox_frame(chat, text.clone());
             }
         }
     }
@@ -361,6 +365,10 @@ impl Pager {
                 }
             }
             self.rest.drain(..used);
+            if self.rest.is_empty() {
+                // Not kept at capacity once every page is out.
+                self.rest = Vec::new();
+            }
             take
         };
         let chats: Vec<Uuid> = take.iter().map(|(_, c)| *c).collect();

@@ -382,6 +382,9 @@ impl State {
                 gone: Vec::new(),
             });
             if !c.users.contains(&user) {
+                // Grown one at a time: memberships change rarely, and a
+                // doubled list would hold up to twice the room it needs.
+                c.users.reserve_exact(1);
                 c.users.push(user);
             }
             let late = l.streamed.filter(|n| *n > l.last_seq);
@@ -570,6 +573,7 @@ impl State {
             gone: Vec::new(),
         });
         if !c.users.contains(&user) {
+            c.users.reserve_exact(1);
             c.users.push(user);
         }
         let Some(u) = self.users.get_mut(&user) else { return };
