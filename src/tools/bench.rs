@@ -1671,9 +1671,19 @@ fn field<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
     }
 }
 
-/// What one inbox client received: (chat, last_seq, latency µs) of every
-/// `chat` frame, and how many `chat_removed` came.
-type InboxReceived = (Vec<(Uuid, i64, u32)>, u64);
+/// One `chat` frame as an inbox client saw it.
+struct ChatFrame {
+    chat: Uuid,
+    last_seq: i64,
+    unread: i64,
+    unread_chats: i64,
+    /// Insert → receipt (µs).
+    us: u32,
+}
+
+/// What one inbox client received: every `chat` frame, and how many
+/// `chat_removed` came.
+type InboxReceived = (Vec<ChatFrame>, u64);
 
 /// Many users online with their inboxes on, each in 50 chats of 10, and
 /// messages inserted across the chats: insert → `chat` frame latency,
@@ -1771,7 +1781,7 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let t = Instant::now();
     let mut first = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut wrong_pages = 0u64;
-    let results: Vec<(usize, Ws, u64, bool)> = futures_util::stream::iter(conns.drain(..))
+    let results: Vec<(usize, Ws, u64, bool, usize)> = futures_util::stream::iter(conns.drain(..))
         .map(|(u, mut ws)| async move {
             let started = Instant::now();
             let text = inbox_request(&mut ws, page_limit, None).await?;
@@ -1786,22 +1796,25 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
                 && got.is_subset(&mine)
                 && page.unread_chats == 0
                 && page.chats.iter().all(|s| s.unread == 0 && s.last_seq == 1 && s.last_message.is_some());
-            anyhow::Ok((u, ws, us, ok))
+            anyhow::Ok((u, ws, us, ok, text.len()))
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    for (u, ws, us, ok) in results {
+    let mut page_bytes = 0usize;
+    for (u, ws, us, ok, len) in results {
+        page_bytes += len;
         first.saturating_record(us.max(1));
         wrong_pages += u64::from(!ok);
         conns.push((u, ws));
     }
     println!(
-        "  inboxes on in {:.1} s (first page of {want_listed} chats: p50 {:.2} ms, p99 {:.2} ms, 32 at a time); \
-         {wrong_pages} pages wrong",
+        "  inboxes on in {:.1} s (first page of {want_listed} chats, {} bytes on average: p50 {:.2} ms, p99 {:.2} ms, \
+         32 at a time); {wrong_pages} pages wrong",
         t.elapsed().as_secs_f64(),
+        page_bytes / users,
         first.value_at_quantile(0.5) as f64 / 1000.0,
         first.value_at_quantile(0.99) as f64 / 1000.0
     );
@@ -1840,9 +1853,11 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
                     frames.fetch_add(1, Ordering::Relaxed);
                     let us = latency_us(&t).unwrap_or(0).min(u32::MAX as u64) as u32;
                     let chat = field(&t, "chat_id").and_then(|s| Uuid::parse_str(s).ok());
-                    let seq = field(&t, "last_seq").and_then(|s| s.parse::<i64>().ok());
-                    if let (Some(chat), Some(seq)) = (chat, seq) {
-                        got.0.push((chat, seq, us));
+                    let num = |key: &str| field(&t, key).and_then(|s| s.parse::<i64>().ok());
+                    if let (Some(chat), Some(last_seq), Some(unread), Some(unread_chats)) =
+                        (chat, num("last_seq"), num("unread"), num("unread_chats"))
+                    {
+                        got.0.push(ChatFrame { chat, last_seq, unread, unread_chats, us });
                     }
                 } else if t.starts_with("{\"type\":\"chat_removed\"") {
                     got.1 += 1;
@@ -1901,6 +1916,11 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut got_frames, mut owed, mut merged, mut short, mut backwards, mut strangers, mut removed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    // Every participant had read the one message each chat began with, and
+    // every insert is by a non-participant: a chat's unread is its last_seq
+    // - 1, and the badge counts the chats that had an insert so far (exact
+    // while no frame of the client was merged away).
+    let (mut unread_wrong, mut badge_wrong) = (0u64, 0u64);
     for task in tasks {
         let (u, (got, gone)) = task.await?;
         removed += gone;
@@ -1911,11 +1931,19 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
             })
             .collect();
         let mut mine = mine;
-        for (chat, seq, us) in got {
+        let mut active = std::collections::HashSet::new();
+        for ChatFrame { chat, last_seq: seq, unread, unread_chats, us } in got {
             let Some((seen, n)) = mine.get_mut(&chat) else {
                 strangers += 1;
                 continue;
             };
+            active.insert(chat);
+            if unread != (seq - 1).min(999) {
+                unread_wrong += 1;
+            }
+            if unread_chats != active.len() as i64 {
+                badge_wrong += 1;
+            }
             if seq <= before.get(&chat).copied().unwrap_or(0) {
                 continue; // warm-up
             }
@@ -1945,11 +1973,18 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let (p50, p99) = (q(0.5), q(0.99));
     let per_sec = got_frames as f64 / elapsed;
     let per_frame_us = relay_cpu * 1e6 / got_frames.max(1) as f64;
-    let exact = short == 0 && backwards == 0 && strangers == 0 && removed == 0 && wrong_pages == 0;
+    let exact = short == 0
+        && backwards == 0
+        && strangers == 0
+        && removed == 0
+        && wrong_pages == 0
+        && unread_wrong == 0
+        && (badge_wrong == 0 || merged > 0);
     println!(
         "  sent {sent} ({inserted} committed); {got_frames} chat frames of {owed} owed (one per insert and participant): \
          {merged} merged away, {short} (client, chat) pairs short of the final seq, {backwards} out of order, \
-         {strangers} for chats not the user's, {removed} chat_removed; relay counted {counted} inbox frames"
+         {strangers} for chats not the user's, {removed} chat_removed; relay counted {counted} inbox frames; \
+         {unread_wrong} frames with a wrong unread, {badge_wrong} with a wrong unread_chats"
     );
     println!(
         "  insert → chat frame: p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms; {per_sec:.0} chat frames/s",
