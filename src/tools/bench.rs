@@ -2076,7 +2076,7 @@ async fn inbox_ab(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let exact = lat.iter().flatten().all(|l| l.ok) && fan.iter().flatten().all(|f| f.exact);
     Ok(vec![
         Row {
-            scenario: "2. live latency, inboxes off vs on",
+            scenario: "15. live latency, inboxes off vs on",
             figure: format!(
                 "p50 {:.2} → {:.2} ms ({:.2}x), p99 {:.2} → {:.2} ms ({:.2}x), medians of {reps}",
                 lp50[0],
@@ -2090,7 +2090,7 @@ async fn inbox_ab(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
             met: Some(exact && lp50[1] <= lp50[0] * 1.15 && lp99[1] <= lp99[0] * 1.15),
         },
         Row {
-            scenario: "3. fan-out, inboxes off vs on",
+            scenario: "15. fan-out, inboxes off vs on",
             figure: format!(
                 "{:.0} → {:.0} message frames/s, p99 {:.1} → {:.1} ms ({:.2}x), relay CPU per message frame \
                  {:.2} → {:.2} µs ({:.2}x; on: each message is a chat frame too), medians of {reps}",
