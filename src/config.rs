@@ -267,8 +267,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server), hole.
-    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas", "hole"])]
+    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server), hole, inbox-pages, inbox-live; not in all: inbox-ab (latency and fan-out with and without inboxes, alternating), writepath-inbox (pgbench with 0008's triggers against 0009's).
+    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas", "hole", "inbox-pages", "inbox-live", "inbox-ab", "writepath-inbox"])]
     pub scenario: String,
 
     /// Repetitions for scenarios that compare two runs (medians are reported).
@@ -283,7 +283,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub subscribers: Option<usize>,
 
-    /// fan-out, slowreaders: messages per second (defaults 100; 20 and 50 with --quick).
+    /// fan-out, slowreaders, inbox-live: messages per second (defaults 100, 100, 1000; 20, 50, 200 with --quick).
     #[arg(long)]
     pub rate: Option<u64>,
 
@@ -294,6 +294,24 @@ pub struct BenchArgs {
     /// slowreaders: content bytes per message (default 1000).
     #[arg(long)]
     pub message_bytes: Option<usize>,
+
+    /// latency, fanout: every subscriber also turns its inbox on (protocol 1.2), so each
+    /// message is also a `chat` frame to each of them.
+    #[arg(long)]
+    pub inbox: bool,
+
+    /// inbox-live: users, one connection each, in 50 chats of 10 (default 10000; 1000 with --quick).
+    #[arg(long)]
+    pub users: Option<usize>,
+
+    /// inbox-live: seconds of measured load (default 20; 5 with --quick).
+    #[arg(long)]
+    pub secs: Option<f64>,
+
+    /// inbox-live: `limit` of each user's first `inbox` page (default: none, the protocol's 50).
+    /// A small one shows what the page itself leaves behind in each connection.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200))]
+    pub page_limit: Option<u64>,
 
     /// Tracing filter for the bench itself.
     #[arg(long = "log", env = "RUST_LOG", default_value = "warn")]
