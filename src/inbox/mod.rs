@@ -303,10 +303,11 @@ impl Pager {
             let order = inner.state.order(&conn.user_id);
             conn.inbox_forget(None);
             inner.conns.entry(conn.user_id).or_default().push(conn.clone());
+            // Set under the lock, so that the last writer saw the last change.
+            m::inbox_connections(inner.conns.values().map(Vec::len).sum());
             order
         };
         self.on = true;
-        m::inbox_connections(inbox.connections());
         self.rest = order;
         self.cursor = None;
         self.next_page(inbox, conn, limit, reference).await
@@ -404,9 +405,9 @@ impl Pager {
             }
             inner.state.release(conn.user_id);
             inbox.dispatch(&mut inner);
+            m::inbox_connections(inner.conns.values().map(Vec::len).sum());
         }
         conn.inbox_forget(None);
-        m::inbox_connections(inbox.connections());
     }
 }
 
