@@ -156,10 +156,9 @@ impl Inbox {
 
     /// The user is (now) a participant of the chat, or no longer one.
     pub fn member(&self, chat: Uuid, user: Uuid, member: bool) {
+        // Every join and leave is noted (a list read a moment later may not
+        // show it yet), whether or not an inbox here cares now.
         let mut inner = self.lock();
-        if !inner.state.is_loaded(&user) && !inner.state.wants(&chat) {
-            return;
-        }
         inner.state.apply(Change::Member { chat, user, member });
         self.dispatch(&mut inner);
     }

@@ -16,8 +16,9 @@
 //! overwrites something newer. Counts asked up to a bound seq take the
 //! inserts streamed after it as they come (`since`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -40,6 +41,13 @@ pub enum Change {
 }
 
 impl Change {
+    fn user(&self) -> Option<Uuid> {
+        match self {
+            Change::Marks { user, .. } | Change::Member { user, .. } => Some(*user),
+            _ => None,
+        }
+    }
+
     fn chat(&self) -> Uuid {
         match self {
             Change::Insert { chat, .. }
@@ -247,12 +255,17 @@ struct Log {
     changes: Vec<Change>,
     /// Absolute index of `changes[0]`.
     base: u64,
-    /// Loads in flight: id → first change they must see.
-    loads: HashMap<u64, u64>,
+    /// Loads in flight: id → first change they must see, and when it began.
+    loads: HashMap<u64, (u64, Instant)>,
     /// Loads that lost changes (the log overflowed).
     lost: HashSet<u64>,
     next_id: u64,
 }
+
+/// Joins and leaves remembered for lists read right after them: at most
+/// this many, and only this recent.
+const MEMBERS_CAP: usize = 4096;
+const MEMBERS_FOR: Duration = Duration::from_secs(10);
 
 /// Deleted seqs remembered per chat until the table confirms them.
 const GONE_CAP: usize = 64;
@@ -268,6 +281,8 @@ pub struct State {
     log: Log,
     out: Vec<Out>,
     asks: Vec<Ask>,
+    /// The latest joins and leaves streamed, whoever they were for.
+    members: VecDeque<(Instant, Change)>,
     /// Asks to repeat shortly (the table was behind the stream).
     retry: Vec<Ask>,
 }
@@ -290,10 +305,6 @@ impl State {
     /// Questions to ask again after a short pause.
     pub fn drain_retries(&mut self) -> Vec<Ask> {
         std::mem::take(&mut self.retry)
-    }
-
-    pub fn is_loaded(&self, user: &Uuid) -> bool {
-        self.users.contains_key(user)
     }
 
     pub fn users(&self) -> usize {
@@ -348,7 +359,7 @@ impl State {
         let id = self.log.next_id;
         self.log.next_id += 1;
         let at = self.log.base + self.log.changes.len() as u64;
-        self.log.loads.insert(id, at);
+        self.log.loads.insert(id, (at, Instant::now()));
         id
     }
 
@@ -371,7 +382,7 @@ impl State {
     /// With `replace`, the list replaces what is held (after a resync):
     /// chats missing from it are removed, and every held one is asked again.
     pub fn install(&mut self, id: u64, user: Uuid, listed: Vec<Listed>, replace: bool) -> Result<(), Reload> {
-        let Some(start) = self.log.loads.remove(&id) else { return Err(Reload) };
+        let Some((start, began)) = self.log.loads.remove(&id) else { return Err(Reload) };
         if self.log.lost.remove(&id) {
             self.trim_log();
             return Err(Reload);
@@ -472,6 +483,18 @@ impl State {
                 self.touch(user, l.chat);
             }
         }
+        // Joins and leaves of this user streamed just before the list was
+        // read: its statement may not see them yet (a commit is decoded a
+        // moment before it is visible). Replayed in order, the latest wins.
+        let recent: Vec<Change> = self
+            .members
+            .iter()
+            .filter(|(at, c)| *at <= began && began.duration_since(*at) < MEMBERS_FOR && c.user() == Some(user))
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in recent {
+            self.apply_for(&c, Some(user));
+        }
         // Watermarks and membership of this user that streamed meanwhile.
         for c in changes {
             match c {
@@ -486,6 +509,12 @@ impl State {
 
     /// Applies one change from the stream.
     pub fn apply(&mut self, change: Change) {
+        if let Change::Member { .. } = change {
+            if self.members.len() == MEMBERS_CAP {
+                self.members.pop_front();
+            }
+            self.members.push_back((Instant::now(), change.clone()));
+        }
         if !self.log.loads.is_empty() {
             if self.log.changes.len() >= LOG_CAP {
                 let ids: Vec<u64> = self.log.loads.keys().copied().collect();

@@ -298,3 +298,21 @@ fn a_commit_streamed_just_before_the_list_was_read_is_counted() {
     assert_eq!(asks[0].bound, Some(3));
     assert_eq!(s.summary(&me, &chat).map(|x| (x.last_seq, x.unread)), Some((3, 3)));
 }
+
+#[test]
+fn a_join_or_leave_streamed_just_before_the_list_was_read_is_applied() {
+    let (me, kept, left, joined) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut s = State::default();
+    // Streamed while nobody here held my list; the list's statement, a
+    // moment later, does not see them yet.
+    s.apply(Change::Member { chat: left, user: me, member: false });
+    s.apply(Change::Member { chat: joined, user: me, member: true });
+    s.apply(Change::Member { chat: kept, user: Uuid::new_v4(), member: false });
+    let id = s.begin_load();
+    s.install(id, me, vec![listed(kept, 0, 0, false), listed(left, 0, 0, false)], false).unwrap();
+    assert!(s.has_chat(&me, &kept));
+    assert!(!s.has_chat(&me, &left), "a leave the list did not show yet");
+    assert!(s.has_chat(&me, &joined), "a join the list did not show yet");
+    let (_, asks) = s.drain();
+    assert_eq!(asks.iter().map(|a| a.chat).collect::<Vec<_>>(), [joined]);
+}
