@@ -94,6 +94,8 @@ pub struct Ask {
     /// Seqs the stream deleted: while the table still shows one of them, it
     /// is behind the stream.
     pub gone: Vec<i64>,
+    /// Times this was asked again because the table was behind.
+    pub tries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -266,6 +268,10 @@ struct Log {
 /// this many, and only this recent.
 const MEMBERS_CAP: usize = 4096;
 const MEMBERS_FOR: Duration = Duration::from_secs(10);
+
+/// An answer from a table behind the stream is asked again this many times
+/// (20 ms apart), then taken as the truth.
+const PATIENCE: u32 = 50;
 
 /// Deleted seqs remembered per chat until the table confirms them.
 const GONE_CAP: usize = 64;
@@ -489,6 +495,7 @@ impl State {
         let recent: Vec<Change> = self
             .members
             .iter()
+            .filter(|_| !replace)
             .filter(|(at, c)| *at <= began && began.duration_since(*at) < MEMBERS_FOR && c.user() == Some(user))
             .map(|(_, c)| c.clone())
             .collect();
@@ -722,6 +729,7 @@ impl State {
             last: want_last.then_some(c.gen),
             user: want_user.then_some(AskUser { user, read: e.marks.then_some(e.read), gen: e.gen }),
             gone: c.gone.clone(),
+            tries: 0,
         });
     }
 
@@ -804,17 +812,33 @@ impl State {
         // The table does not show yet what the stream already did (a commit
         // is decoded a moment before it is visible to new snapshots): ask
         // the same again a little later, while it still matters.
-        if a.stale || a.last_seq < bound || (a.ask.user.is_some() && !a.member) {
+        let behind = a.stale || a.last_seq < bound || (a.ask.user.is_some() && !a.member);
+        if behind && a.ask.tries < PATIENCE {
             // (The chat's part and the user's part each may still matter.)
             let user_matters = a.ask.user.as_ref().is_some_and(|au| {
                 self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen)
             });
             let matters = user_matters || a.ask.last == Some(c.gen);
             if matters {
-                self.retry.push(a.ask);
+                let mut ask = a.ask;
+                ask.tries += 1;
+                self.retry.push(ask);
             }
             return;
         }
+        if behind && !a.member {
+            // Asked for a second: the table is the truth, the stream will
+            // not say more (a table truncated, say). The user is not in it.
+            if let Some(au) = &a.ask.user {
+                let current =
+                    self.users.get(&au.user).and_then(|u| u.entries.get(&chat_id)).is_some_and(|e| e.gen == au.gen);
+                if current {
+                    self.remove_entry(au.user, chat_id);
+                }
+            }
+            return;
+        }
+        let Some(c) = self.chats.get_mut(&chat_id) else { return };
         // Those deletes are visible now.
         c.gone.retain(|g| !a.ask.gone.contains(g));
         let last = || match &a.last {
@@ -886,6 +910,8 @@ impl State {
     /// The stream lost continuity: nothing known about chats can be trusted.
     /// Returns the users whose lists must be read again (with `replace`).
     pub fn resync(&mut self) -> Vec<Uuid> {
+        // Joins and leaves from before are no guide to a table read after.
+        self.members.clear();
         for c in self.chats.values_mut() {
             // Read the table's last seq again: the stream may have skipped some.
             c.known = false;
