@@ -456,9 +456,11 @@ async fn pongs_waiting_for_a_catch_up_are_bounded() {
         }
     }
     assert_eq!(messages, 2000, "every pong waited for the catch-up");
-    // Read only once the 64 waiting pongs were written (then the pings read
-    // on the way to it are answered at once, in order, before it).
-    assert!(pongs.len() >= 64, "answered after only {} pongs", pongs.len());
+    // Read only once all 100 pings were, and with at most 64 pongs still
+    // waiting then: at least 36 were written before its answer (on main it
+    // was read at once and answered ahead of every pong). How many more
+    // depends on when the catch-up's pages let the barriers pass.
+    assert!(pongs.len() >= 100 - 64, "answered after only {} pongs", pongs.len());
     assert_eq!(pongs, (0..pongs.len() as i64).collect::<Vec<_>>());
     while pongs.len() < 100 {
         let v = ws.next().await;

@@ -166,6 +166,21 @@ struct Chat {
     gone: Vec<i64>,
 }
 
+impl Chat {
+    fn new(last_seq: i64, known: bool, at: Micros, last: Last) -> Chat {
+        Chat { last_seq, known, at, last, gen: 0, asked: false, users: Vec::new(), gone: Vec::new() }
+    }
+
+    fn join(&mut self, user: Uuid) {
+        if !self.users.contains(&user) {
+            // Grown one at a time: memberships change rarely, and a doubled
+            // list would hold up to twice the room it needs.
+            self.users.reserve_exact(1);
+            self.users.push(user);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     read: i64,
@@ -447,22 +462,9 @@ impl State {
                 asked: false,
                 marks: true,
             };
-            let c = self.chats.entry(l.chat).or_insert_with(|| Chat {
-                last_seq: l.last_seq,
-                known: true,
-                at: l.at,
-                last: if l.last_seq == 0 { Last::Empty } else { Last::Unknown },
-                gen: 0,
-                asked: false,
-                users: Vec::new(),
-                gone: Vec::new(),
-            });
-            if !c.users.contains(&user) {
-                // Grown one at a time: memberships change rarely, and a
-                // doubled list would hold up to twice the room it needs.
-                c.users.reserve_exact(1);
-                c.users.push(user);
-            }
+            let last = if l.last_seq == 0 { Last::Empty } else { Last::Unknown };
+            let c = self.chats.entry(l.chat).or_insert_with(|| Chat::new(l.last_seq, true, l.at, last));
+            c.join(user);
             let late = l.streamed.filter(|n| *n > l.last_seq);
             let streamed = touched.get(&l.chat).copied().max(late);
             // The list and the stream disagree about this chat (or the
@@ -657,20 +659,7 @@ impl State {
 
     /// The user was added to a chat: everything about it is asked.
     fn add_entry(&mut self, user: Uuid, chat: Uuid) {
-        let c = self.chats.entry(chat).or_insert_with(|| Chat {
-            last_seq: 0,
-            known: false,
-            at: 0,
-            last: Last::Unknown,
-            gen: 0,
-            asked: false,
-            users: Vec::new(),
-            gone: Vec::new(),
-        });
-        if !c.users.contains(&user) {
-            c.users.reserve_exact(1);
-            c.users.push(user);
-        }
+        self.chats.entry(chat).or_insert_with(|| Chat::new(0, false, 0, Last::Unknown)).join(user);
         let Some(u) = self.users.get_mut(&user) else { return };
         u.entries.insert(
             chat,
