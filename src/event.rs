@@ -1,6 +1,6 @@
 //! event: decoded row changes seen as chat events.
 //!
-//! [`ChatTxn::from_transaction`] maps a committed pgoutput transaction onto the
+//! [`push_events`] maps each change of a committed pgoutput transaction onto the
 //! two tables the relay cares about: message inserts/updates/deletes and
 //! participant changes. Rows lacking a field the relay needs (a NULL `seq`
 //! from before the migration, say) are skipped with a warning, never a panic.

@@ -4,7 +4,7 @@
 //! `Arc` is offered to every subscriber of its chat: nothing is serialised per
 //! subscriber. Each connection ([`Conn`]) has a bounded queue of frames.
 //! Offering a frame never blocks: when a connection's queue is full, the
-//! subscription is *behind* ([`Behind`]): its live frames are dropped, and the
+//! subscription is *behind* ([`crate::catchup::Behind`]): its live frames are dropped, and the
 //! few facts a later table read could not recover are noted (which deletes
 //! it missed, from which seq it missed updates, whose receipts). The session
 //! catches the subscription up from the table once its socket has room, then

@@ -92,7 +92,7 @@ impl Hub {
     /// The subscription's membership was checked: it counts for presence
     /// from now on (a user's first one is announced to the others), and it
     /// gets the chat's current presence. Changes after this snapshot reach
-    /// it through [`Control::presence`].
+    /// it through [`super::conn::Control::presence`].
     pub fn present(&self, chat_id: Uuid, conn: &Arc<Conn>) -> Online {
         let mut entry = self.chats.entry(chat_id).or_default();
         let subs = &mut *entry;

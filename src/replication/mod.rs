@@ -4,7 +4,7 @@
 //! it makes sure the slot exists (creating it, or recreating it loudly when it
 //! was dropped or invalidated underneath), runs `START_REPLICATION` from the
 //! slot's confirmed position, feeds every XLogData payload to the
-//! [`Decoder`](crate::pgoutput::Decoder) and sends each committed
+//! [`crate::pgoutput::Decoder`] and sends each committed
 //! [`Transaction`] down a bounded channel.
 //!
 //! LSN feedback is careful: the position confirmed to the server (the slot's
