@@ -63,6 +63,13 @@ struct Inner {
     conns: HashMap<Uuid, Vec<Arc<Conn>>>,
 }
 
+impl Inner {
+    /// Sets the gauge; under the lock, so the last writer saw the last change.
+    fn count_connections(&self) {
+        m::inbox_connections(self.conns.values().map(Vec::len).sum());
+    }
+}
+
 /// The inbox of this process.
 pub struct Inbox {
     inner: Mutex<Inner>,
@@ -214,17 +221,6 @@ impl Inbox {
         self.with(|s| s.release(user));
     }
 
-    /// Connections with the inbox on, here.
-    pub fn connections(&self) -> usize {
-        self.lock().conns.values().map(Vec::len).sum()
-    }
-
-    /// Users and chats held (for memory figures).
-    pub fn held(&self) -> (usize, usize) {
-        let inner = self.lock();
-        (inner.state.users(), inner.state.chats())
-    }
-
     /// Exact summaries of `chats` (those the user is still in), waiting for
     /// the table where needed; with `forget`, inbox frames of those chats
     /// not taken yet by that connection are dropped (the answer supersedes
@@ -302,8 +298,7 @@ impl Pager {
             let order = inner.state.order(&conn.user_id);
             conn.inbox_forget(None);
             inner.conns.entry(conn.user_id).or_default().push(conn.clone());
-            // Set under the lock, so that the last writer saw the last change.
-            m::inbox_connections(inner.conns.values().map(Vec::len).sum());
+            inner.count_connections();
             order
         };
         self.on = true;
@@ -334,11 +329,8 @@ impl Pager {
             order.into_iter().filter(|(at, c)| *at < after.0 || (*at == after.0 && *c > after.1)).collect();
         let mut once = Pager { on: false, rest, cursor: None };
         let page = once.next_page(inbox, conn, limit, reference).await;
+        // (This connection's own pages, if its inbox is on, go on as they were.)
         inbox.close(user);
-        if self.on {
-            // The connection's own cursor stays as it was.
-            return page;
-        }
         page
     }
 
@@ -404,7 +396,7 @@ impl Pager {
             }
             inner.state.release(conn.user_id);
             inbox.dispatch(&mut inner);
-            m::inbox_connections(inner.conns.values().map(Vec::len).sum());
+            inner.count_connections();
         }
         conn.inbox_forget(None);
     }

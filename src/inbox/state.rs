@@ -328,10 +328,12 @@ impl State {
         std::mem::take(&mut self.retry)
     }
 
+    #[cfg(test)]
     pub fn users(&self) -> usize {
         self.users.len()
     }
 
+    #[cfg(test)]
     pub fn chats(&self) -> usize {
         self.chats.len()
     }
@@ -479,11 +481,7 @@ impl State {
                 c.asked = false;
             }
             let u = self.users.entry(user).or_default();
-            let old = u.entries.insert(l.chat, entry);
-            if let Some(old) = old {
-                forget_flags(u, &old);
-            }
-            count_flags(u, l.chat);
+            u.put(l.chat, entry);
             if !consistent || replace {
                 self.invalidate(user, l.chat);
             }
@@ -661,19 +659,19 @@ impl State {
     fn add_entry(&mut self, user: Uuid, chat: Uuid) {
         self.chats.entry(chat).or_insert_with(|| Chat::new(0, false, 0, Last::Unknown)).join(user);
         let Some(u) = self.users.get_mut(&user) else { return };
-        u.entries.insert(
+        u.put(
             chat,
             Entry { read: 0, delivered: 0, unread: None, has: None, since: 0, gen: 0, asked: false, marks: false },
         );
-        u.uncertain += 1;
         self.ask(user, chat);
         self.touch(user, chat);
     }
 
     fn remove_entry(&mut self, user: Uuid, chat: Uuid) {
         let Some(u) = self.users.get_mut(&user) else { return };
-        let Some(e) = u.entries.remove(&chat) else { return };
-        forget_flags(u, &e);
+        if u.take(&chat).is_none() {
+            return;
+        }
         u.dirty.remove(&chat);
         self.leave_chat(chat, user);
         self.out.push(Out::Removed { user, chat });
@@ -957,41 +955,45 @@ impl State {
     }
 }
 
+impl User {
+    /// Counts (or, with `add` false, un-counts) an entry's unread flag in
+    /// the badge or among the uncertain ones.
+    fn tally(&mut self, has: Option<bool>, add: bool) {
+        let counter = match has {
+            Some(true) => &mut self.unread_chats,
+            None => &mut self.uncertain,
+            Some(false) => return,
+        };
+        if add {
+            *counter += 1;
+        } else {
+            *counter -= 1;
+        }
+    }
+
+    /// Sets an entry, its flag counted.
+    fn put(&mut self, chat: Uuid, entry: Entry) {
+        let has = entry.has;
+        if let Some(old) = self.entries.insert(chat, entry) {
+            self.tally(old.has, false);
+        }
+        self.tally(has, true);
+    }
+
+    /// Removes an entry, its flag no longer counted.
+    fn take(&mut self, chat: &Uuid) -> Option<Entry> {
+        let e = self.entries.remove(chat)?;
+        self.tally(e.has, false);
+        Some(e)
+    }
+}
+
 fn set_has(u: &mut User, chat: Uuid, has: Option<bool>) {
     let Some(e) = u.entries.get_mut(&chat) else { return };
-    let old = e.has;
-    if old == has {
-        return;
-    }
-    e.has = has;
-    match old {
-        Some(true) => u.unread_chats -= 1,
-        None => u.uncertain -= 1,
-        Some(false) => {}
-    }
-    match has {
-        Some(true) => u.unread_chats += 1,
-        None => u.uncertain += 1,
-        Some(false) => {}
-    }
-}
-
-/// Counts a freshly inserted entry's flags.
-fn count_flags(u: &mut User, chat: Uuid) {
-    let Some(e) = u.entries.get(&chat) else { return };
-    match e.has {
-        Some(true) => u.unread_chats += 1,
-        None => u.uncertain += 1,
-        Some(false) => {}
-    }
-}
-
-/// Un-counts a removed entry's flags.
-fn forget_flags(u: &mut User, e: &Entry) {
-    match e.has {
-        Some(true) => u.unread_chats -= 1,
-        None => u.uncertain -= 1,
-        Some(false) => {}
+    let old = std::mem::replace(&mut e.has, has);
+    if old != has {
+        u.tally(old, false);
+        u.tally(has, true);
     }
 }
 
