@@ -324,25 +324,13 @@ async fn updates_and_deletes_racing_a_catch_up_never_overtake_their_message() {
     }
 }
 
-/// A WebSocket whose socket has a fixed, small receive buffer (a client on
-/// a constrained path rather than loopback's tens of megabytes).
-async fn small_window_ws(relay: &Relay, user: Uuid) -> Ws {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(32 * 1024).unwrap();
-    let stream = sock.connect(([127, 0, 0, 1], relay.port).into()).await.unwrap();
-    let url = format!("ws://127.0.0.1:{}/v1/ws?access_token={}", relay.port, support::token(user, 600));
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    Ws::new(ws)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_of_a_steady_stream_gets_every_message_to_the_last() {
     let db = Db::start().await;
     let relay = Relay::start_with(&db, &[("CHAT_RELAY_OUTBOUND_QUEUE", "8")]).await;
     let user = Uuid::new_v4();
     let chat = db.chat(&[user]).await;
-    let mut ws = small_window_ws(&relay, user).await;
+    let mut ws = relay.small_window_ws(user).await;
     ws.subscribe(chat, None).await;
     // Many small transactions, faster than the reader reads: four rows each
     // (a single-row insert a time ran slower than the reader on a loaded
@@ -375,7 +363,7 @@ async fn a_catch_up_that_meets_a_restarting_database_waits_for_it_and_loses_noth
     let (user, watcher) = (Uuid::new_v4(), Uuid::new_v4());
     let chat = db.chat(&[user]).await;
     let marker = db.chat(&[watcher]).await;
-    let mut slow = small_window_ws(&relay, user).await;
+    let mut slow = relay.small_window_ws(user).await;
     slow.subscribe(chat, None).await;
     let mut w = relay.ws(watcher).await;
     w.subscribe(marker, None).await;
@@ -438,7 +426,7 @@ async fn pongs_waiting_for_a_catch_up_are_bounded() {
     )
     .await
     .unwrap();
-    let mut ws = small_window_ws(&relay, user).await;
+    let mut ws = relay.small_window_ws(user).await;
     ws.subscribe(chat, Some(0)).await; // owes 2 MB from the table
     for i in 0..100 {
         ws.send(json!({"type": "ping", "ref": i})).await;

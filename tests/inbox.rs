@@ -364,17 +364,6 @@ async fn inbox_metrics_count_connections_and_frames() {
     }
 }
 
-/// A WebSocket with a small receive buffer (see tests/flow.rs).
-async fn small_window_ws(relay: &Relay, user: Uuid) -> Ws {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(32 * 1024).unwrap();
-    let stream = sock.connect(([127, 0, 0, 1], relay.port).into()).await.unwrap();
-    let url = format!("ws://127.0.0.1:{}/v1/ws?access_token={}", relay.port, support::token(user, 600));
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    Ws::new(ws)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_falls_behind_gets_the_latest_summary_per_chat_and_stays_connected() {
     let db = Db::start().await;
@@ -383,7 +372,7 @@ async fn a_client_that_falls_behind_gets_the_latest_summary_per_chat_and_stays_c
     let flood = db.chat(&[me, bob]).await;
     let busy = db.chat(&[me, bob]).await;
     let marker = db.chat(&[watcher]).await;
-    let mut slow = small_window_ws(&relay, me).await;
+    let mut slow = relay.small_window_ws(me).await;
     page(&mut slow, None, None).await;
     slow.subscribe(flood, None).await;
     let mut w = relay.ws(watcher).await;

@@ -10,6 +10,14 @@ use std::process::Command;
 use support::{insert, Db};
 use uuid::Uuid;
 
+/// An app's schema before chat-relay (no seq, status, watermarks; chats
+/// without created_at), with two chats: ...0a and ...0b.
+const LEGACY: &str = "CREATE TABLE chats (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
+     CREATE TABLE chat_participants (chat_id uuid REFERENCES chats ON DELETE CASCADE, user_id uuid, PRIMARY KEY (chat_id, user_id));
+     CREATE TABLE chat_messages (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), chat_id uuid NOT NULL REFERENCES chats,
+         sender_id uuid NOT NULL, content text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+     INSERT INTO chats (id) VALUES ('00000000-0000-0000-0000-00000000000a'), ('00000000-0000-0000-0000-00000000000b');";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrates_an_empty_database_once() {
     let db = Db::bare().await;
@@ -355,16 +363,12 @@ async fn every_migration_runs_again_after_failing_at_any_statement() {
         let url = db.pg.url(&dbname);
         let c = support::connect(&url).await;
         // A legacy database with rows to backfill, in two chats.
-        c.batch_execute(
-            "CREATE TABLE chats (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
-             CREATE TABLE chat_participants (chat_id uuid REFERENCES chats ON DELETE CASCADE, user_id uuid, PRIMARY KEY (chat_id, user_id));
-             CREATE TABLE chat_messages (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), chat_id uuid NOT NULL REFERENCES chats,
-                 sender_id uuid NOT NULL, content text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-             INSERT INTO chats (id) VALUES ('00000000-0000-0000-0000-00000000000a'), ('00000000-0000-0000-0000-00000000000b');
+        c.batch_execute(&format!(
+            "{LEGACY}
              INSERT INTO chat_messages (chat_id, sender_id, content)
              SELECT CASE WHEN g % 2 = 0 THEN '00000000-0000-0000-0000-00000000000a'::uuid ELSE '00000000-0000-0000-0000-00000000000b'::uuid END,
-                    gen_random_uuid(), 'm' || g FROM generate_series(1, 10) g;",
-        )
+                    gen_random_uuid(), 'm' || g FROM generate_series(1, 10) g;"
+        ))
         .await
         .unwrap();
         let failed = Command::new(env!("CARGO_BIN_EXE_chat-relay"))
@@ -576,16 +580,12 @@ async fn last_activity_follows_the_newest_message_through_every_write_path() {
     let db = Db::bare().await;
     let c = db.client().await;
     // A legacy app: chats without created_at, messages already there.
-    c.batch_execute(
-        "CREATE TABLE chats (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
-         CREATE TABLE chat_participants (chat_id uuid REFERENCES chats ON DELETE CASCADE, user_id uuid, PRIMARY KEY (chat_id, user_id));
-         CREATE TABLE chat_messages (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), chat_id uuid NOT NULL REFERENCES chats,
-             sender_id uuid NOT NULL, content text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO chats (id) VALUES ('00000000-0000-0000-0000-00000000000a'), ('00000000-0000-0000-0000-00000000000b');
+    c.batch_execute(&format!(
+        "{LEGACY}
          INSERT INTO chat_messages (chat_id, sender_id, content, created_at) VALUES
            ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'old', '2024-01-01 00:00:00+00'),
-           ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'newer', '2024-02-01 00:00:00+00');",
-    )
+           ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'newer', '2024-02-01 00:00:00+00');"
+    ))
     .await
     .unwrap();
     db.migrate();

@@ -218,6 +218,18 @@ impl Relay {
     pub async fn ws(&self, user: Uuid) -> Ws {
         Ws::connect(self.port, &token(user, 3600)).await
     }
+
+    /// A WebSocket whose socket has a fixed, small receive buffer (a client
+    /// on a constrained path rather than loopback's tens of megabytes).
+    pub async fn small_window_ws(&self, user: Uuid) -> Ws {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(32 * 1024).unwrap();
+        let stream = sock.connect(([127, 0, 0, 1], self.port).into()).await.unwrap();
+        let url = format!("ws://127.0.0.1:{}/v1/ws?access_token={}", self.port, token(user, 600));
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        Ws::new(ws)
+    }
 }
 
 impl Drop for Relay {
