@@ -383,6 +383,25 @@ async fn chats_with_users(
     Ok(out)
 }
 
+/// The next text frame (pings and other control frames skipped); None once
+/// the socket ends or `stop` is cancelled.
+async fn next_text(
+    ws: &mut Ws,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<tokio_tungstenite::tungstenite::Utf8Bytes> {
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = stop.cancelled() => return None,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(t),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
 /// What one subscriber received: (seq, latency in µs) of every message frame.
 type Received = Vec<(i64, u32)>;
 
@@ -520,17 +539,7 @@ async fn open_readers_inbox(
                     let mut got = Received::new();
                     let started = Instant::now();
                     let mut bytes = 0usize;
-                    loop {
-                        let msg = tokio::select! {
-                            m = ws.next() => m,
-                            _ = stop.cancelled() => break,
-                        };
-                        let t = match msg {
-                            Some(Ok(Message::Text(t))) => t,
-                            // Pings (every 30 s) and other control frames.
-                            Some(Ok(_)) => continue,
-                            Some(Err(_)) | None => break,
-                        };
+                    while let Some(t) = next_text(&mut ws, &stop).await {
                         if !t.starts_with("{\"type\":\"message\"") {
                             if t.starts_with("{\"type\":\"chat\"") {
                                 chat_frames.fetch_add(1, Ordering::Relaxed);
@@ -1839,16 +1848,7 @@ async fn inbox_live(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         let (frames, stop) = (frames.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut got: InboxReceived = (Vec::new(), 0);
-            loop {
-                let msg = tokio::select! {
-                    m = ws.next() => m,
-                    _ = stop.cancelled() => break,
-                };
-                let t = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => break,
-                };
+            while let Some(t) = next_text(&mut ws, &stop).await {
                 if t.starts_with("{\"type\":\"chat\"") {
                     frames.fetch_add(1, Ordering::Relaxed);
                     let us = latency_us(&t).unwrap_or(0).min(u32::MAX as u64) as u32;
