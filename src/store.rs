@@ -289,11 +289,7 @@ impl Store {
                 if row.get(1).is_none() {
                     continue;
                 }
-                let mut json = Map::new();
-                for (i, (name, oid)) in cols.iter().enumerate() {
-                    let v = row.get(i + 1).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
-                    json.insert(name.clone(), v);
-                }
+                let json = row_json(&row, &cols, 1);
                 fetched = row.get(cols.len() + 1).and_then(|n| n.parse().ok()).unwrap_or(fetched);
                 out.push(MessageRow::from_json(json).ok_or(StoreError::Unexpected("message row without id or seq"))?);
             }
@@ -401,11 +397,7 @@ impl Store {
             let i = num(row.get(0)) as usize;
             let Some(ask) = asks.get_mut(i).and_then(Option::take) else { continue };
             let last = if row.get(8) == Some("t") {
-                let mut json = Map::new();
-                for (k, (name, oid)) in cols.iter().enumerate() {
-                    let v = row.get(k + 9).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
-                    json.insert(name.clone(), v);
-                }
+                let json = row_json(&row, &cols, 9);
                 let seq = json.get("seq").and_then(serde_json::Value::as_i64).unwrap_or(0);
                 let text = serde_json::to_string(&json).map_err(|_| StoreError::Unexpected("row JSON"))?;
                 let raw = RawValue::from_string(text).map_err(|_| StoreError::Unexpected("row JSON"))?;
@@ -544,4 +536,15 @@ impl Store {
             .await?;
         Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
     }
+}
+
+/// A message row of a simple-protocol result, its columns from `first` on,
+/// as JSON rendered exactly as the WAL renders it.
+fn row_json(row: &tokio_postgres::SimpleQueryRow, cols: &Columns, first: usize) -> Map<String, serde_json::Value> {
+    let mut json = Map::new();
+    for (k, (name, oid)) in cols.iter().enumerate() {
+        let v = row.get(k + first).map(|t| text_to_json(*oid, t)).unwrap_or(serde_json::Value::Null);
+        json.insert(name.clone(), v);
+    }
+    json
 }
