@@ -33,8 +33,14 @@ pub trait Fanout: Send + Sync {
     /// Whether anyone may want events of this chat (a broker-backed fan-out
     /// answers true); lets the pipeline skip encoding frames nobody reads.
     fn wants(&self, chat_id: &Uuid) -> bool;
-    /// Offers a frame to every subscriber of its chat. Never waits.
+    /// Offers a frame to every subscriber of its chat. Never waits. What
+    /// connections take may wait for [`Fanout::flush`] (at most
+    /// [`crate::hub::HOLD_AT_MOST`]).
     fn publish(&self, frame: Arc<EventFrame>);
+    /// The publisher has nothing more at hand: write what was published.
+    /// Called whenever its input is empty, so frames that arrived together
+    /// leave together and a lone frame leaves at once.
+    fn flush(&self) {}
     /// A message with `seq` was committed in `chat_id`, whether or not
     /// anyone wants its frame.
     fn committed(&self, _chat_id: Uuid, _seq: i64) {}
@@ -78,6 +84,10 @@ impl Fanout for LocalFanout {
         if let Some(inbox) = &self.inbox {
             inbox.frame(&frame);
         }
+    }
+
+    fn flush(&self) {
+        self.hub.flush();
     }
 
     fn committed(&self, chat_id: Uuid, seq: i64) {

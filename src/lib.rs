@@ -23,11 +23,11 @@
 //! | [`sequencer`] | drop duplicates (id, client_generated_id, seq), keep each chat's seq increasing, hold early messages, ask for gaps |
 //! | [`pipeline`] | the stage: transactions → events → sequencer → fan-out; gap reads; the safe LSN back to the replicator |
 //! | [`fanout`] | the seam behind the pipeline; [`fanout::LocalFanout`] is this process's receiving side (hub and membership) |
-//! | [`hub`] | who is subscribed to which chat; offer each frame to every subscriber without waiting; per-connection queues; presence and typing |
+//! | [`hub`] | who is subscribed to which chat; offer each frame to every subscriber without waiting (written at once, or queued); presence and typing |
 //! | [`inbox`] | every online user's conversation list, kept exact by the same events; pages and `chat` frames |
 //! | [`catchup`] | what each subscription still owes its client (table reads, missed changes, ping barriers), as pure state |
 //! | [`protocol`] | the wire codec: client frames parsed into requests, every server frame typed, HTTP error bodies |
-//! | [`gateway`] | `/v1/ws`: JWT (HS256, JWKS), sessions, history, catch-up from the table, 4008 |
+//! | [`gateway`] | `/v1/ws`: JWT (HS256, JWKS), sessions, the link live frames are written through, history, catch-up from the table, 4008 |
 //!
 //! Side paths: [`store`] (all SQL: backfill, history, membership, send,
 //! marking, lag), [`membership`] (the brief cache of who is in which chat,
@@ -58,13 +58,17 @@
 //!    in order; [`pipeline::dispatch`] encodes it once as an
 //!    [`protocol::EventFrame`] and hands it to the [`fanout::Fanout`].
 //! 4. [`fanout::LocalFanout`] gives it to [`hub::Hub`], which offers that
-//!    frame to every subscribed connection's queue, never waiting: a
-//!    connection whose queue is full falls behind instead.
-//! 5. The connection's session in [`gateway`] asks [`catchup::Catchup`]
-//!    what to do with it: write it, drop it (already written: the history
-//!    seam, a replay), or read the table first (something is missing, or
-//!    the subscription fell behind). What is written goes to the session's
-//!    outbox, which writes when the socket takes it.
+//!    frame to every subscribed connection, never waiting: a connection
+//!    takes it at once (its link, step 5), or queues it for its session, or,
+//!    with a full queue, falls behind instead.
+//! 5. [`catchup::Catchup`] decides what the connection does with it: write
+//!    it, drop it (already written: the history seam, a replay), or read the
+//!    table first (something is missing, or the subscription fell behind).
+//!    When nothing is ahead of the frame, that is decided and the frame
+//!    written to the socket right there, on the publisher's thread (the
+//!    gateway's link: one lock, one write); otherwise the connection's
+//!    session in [`gateway`] takes it from the queue in turn. What the socket
+//!    does not take at once waits in the outbox, written by the session.
 //! 6. The pipeline reports the safe LSN through a
 //!    [`replication::Checkpoint`]; the replicator confirms it to the slot.
 //!

@@ -187,6 +187,11 @@ pub async fn run(
             _ = sleep_until(deadline), if deadline.is_some() => pipeline.fill_gaps(&store).await,
             _ = sweep.tick() => pipeline.sweep(),
         }
+        // Nothing more at hand: what was published leaves now (together,
+        // when several transactions came at once).
+        if rx.is_empty() {
+            pipeline.fanout.flush();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::format::{self, StreamEvent};
@@ -68,7 +68,16 @@ async fn consume(
     health.set(true, "following the JetStream stream");
     // Whatever happened while no consumer ran is in the table.
     local.resync_all();
-    while let Some(msg) = messages.next().await {
+    loop {
+        // Nothing more at hand: what was published leaves now.
+        let next = match messages.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                local.flush();
+                messages.next().await
+            }
+        };
+        let Some(msg) = next else { break };
         let msg = msg?;
         if let Ok(info) = msg.info() {
             crate::metrics::jetstream_pending(info.pending);

@@ -2,10 +2,13 @@
 //!
 //! The token is checked before the upgrade (401 with a JSON body otherwise);
 //! each accepted connection becomes a [`session::Session`] task that speaks the
-//! protocol of docs/protocol.md. Connections are cheap while idle: small read
-//! and write buffers, one bounded queue, no per-subscription task.
+//! protocol of docs/protocol.md. Live frames reach the socket through the
+//! connection's [`link::Link`], mostly without waking the session. Connections
+//! are cheap while idle: small read and write buffers, one bounded queue, no
+//! per-subscription task.
 
 mod auth;
+mod link;
 mod outbox;
 mod session;
 

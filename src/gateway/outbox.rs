@@ -1,7 +1,9 @@
 //! The write side of one WebSocket: frames waiting for the socket.
 //!
-//! Nothing in the session ever awaits a socket write. Frames go into the
-//! outbox; [`Outbox::poll_write`] is one branch of the session's `select!`,
+//! Nothing ever awaits a socket write. Frames go into the outbox; the
+//! publisher that put a live frame there writes what the socket takes at
+//! once (see `link`), and [`Outbox::poll_write`] is one branch of the
+//! session's `select!` for the rest,
 //! so shutdown, token expiry, revocations and the ping check are handled while
 //! a write is pending. When several frames wait, they are handed to the
 //! WebSocket together and flushed once (one `write` for many frames). The
@@ -11,12 +13,12 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::{DateTime, Utc};
 use futures_util::stream::SplitSink;
-use futures_util::{Sink, SinkExt};
+use futures_util::Sink;
 
 use crate::metrics as m;
 
@@ -157,31 +159,29 @@ impl Outbox {
         }
     }
 
-    /// Writes everything waiting, for at most `limit`.
-    pub(super) async fn finish(&mut self, limit: Duration) -> Result<(), Closed> {
-        let all = futures_util::future::poll_fn(|cx| loop {
+    /// Writes everything waiting: Ready once nothing waits (or on error).
+    pub(super) fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
+        loop {
             match self.poll_write(cx) {
                 Poll::Ready(Ok(())) if self.busy() => continue,
                 other => return other,
             }
-        });
-        tokio::time::timeout(limit, all).await.map_err(|_| Closed)?
+        }
     }
 
-    /// Closes the connection with `code`: after what is waiting when
-    /// `flush_first` (within `limit` in all), else dropping it (a stalled
-    /// peer would never take it anyway).
-    pub(super) async fn close(&mut self, code: u16, reason: &str, flush_first: bool, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// Queues the close frame with `code`: after what is waiting when
+    /// `flush_first`, else instead of it (a stalled peer would never take
+    /// it anyway).
+    pub(super) fn close_frame(&mut self, code: u16, reason: &str, flush_first: bool) {
         if !flush_first {
             self.queue.clear();
             self.bytes = 0;
         }
         self.push(Item { msg: Message::Close(Some(CloseFrame { code, reason: reason.into() })), len: 0, event: None });
-        let _ = tokio::time::timeout_at(deadline, async {
-            let _ = self.finish(limit).await;
-            let _ = self.sink.close().await;
-        })
-        .await;
+    }
+
+    /// Closes the socket (after [`Outbox::poll_finish`]).
+    pub(super) fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.sink).poll_close(cx).map(|_| ())
     }
 }

@@ -1,11 +1,13 @@
-//! One WebSocket connection: the protocol's requests, the live frames from
-//! its hub queue, table work, and its socket, in one task.
+//! One WebSocket connection: the protocol's requests, the live frames the
+//! hub queued, table work, and its socket, in one task.
 //!
 //! What each subscription still owes, and in which order, is decided by
-//! [`Catchup`] (pure state); the session does the reading (every read
-//! checks participation in the same statement: a removed user, or a check
-//! that cannot be made, ends the subscription) and the writing. Table work
-//! runs a page at a time, only while the socket has room.
+//! `Catchup` (pure state, in the connection's [`Link`], where the hub also
+//! writes live frames directly when nothing is ahead of them); the session
+//! does the reading (every read checks participation in the same
+//! statement: a removed user, or a check that cannot be made, ends the
+//! subscription) and the rest of the writing. Table work runs a page at a
+//! time, only while the socket has room.
 //!
 //! The session never awaits its socket ([`Outbox`]). It stops taking live
 //! frames and requests while too much waits to be written, and closes with
@@ -20,18 +22,18 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::auth::Identity;
+use super::link::Link;
 use super::outbox::{Closed, Outbox};
 use super::Gateway;
-use crate::catchup::{Catchup, Step, Verdict};
+use crate::catchup::Step;
 use crate::event::MessageRow;
 use crate::hub::Conn;
 use crate::inbox::{InboxError, Pager};
 use crate::metrics as m;
-use crate::protocol::{self, ErrorCode, EventFrame, FrameKind, Request, ServerFrame, UnsubscribeReason};
+use crate::protocol::{self, ErrorCode, EventFrame, Request, ServerFrame, UnsubscribeReason};
 use crate::store::StoreError;
 
 /// WebSocket close codes of the protocol.
@@ -71,10 +73,9 @@ pub(super) struct Session {
     gw: Arc<Gateway>,
     identity: Identity,
     conn: Arc<Conn>,
-    rx: mpsc::Receiver<Arc<EventFrame>>,
-    out: Outbox,
-    /// What each subscription still owes; pongs wait here for their barrier.
-    owed: Catchup<Option<Value>>,
+    /// The queue, what each subscription owes, the outbox: shared with the
+    /// hub, which writes live frames directly when nothing is ahead of them.
+    link: Arc<Link>,
     last_heard: Instant,
     /// Table work failed for a passing reason: when it started failing and
     /// the next pause.
@@ -117,13 +118,14 @@ impl Session {
         let id = gw.next_conn_id();
         let (conn, rx) = Conn::new(id, identity.user_id, gw.cfg.outbound_queue);
         let (sink, stream) = socket.split();
+        let delivery = gw.cfg.auto_delivered.then(|| gw.parts.delivery.clone());
+        let link = Arc::new(Link::new(rx, Outbox::new(sink), conn.wake.clone(), identity.user_id, delivery));
+        conn.set_direct(link.clone());
         let mut session = Session {
             gw,
             identity,
             conn,
-            rx,
-            out: Outbox::new(sink),
-            owed: Catchup::default(),
+            link,
             last_heard: Instant::now(),
             failing: None,
             retry_at: None,
@@ -139,12 +141,14 @@ impl Session {
             m::slow_consumer();
             tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
         }
-        for chat in session.owed.chats() {
+        let chats: Vec<Uuid> = session.link.lock().owed.chats().collect();
+        for chat in chats {
             session.gw.parts.hub.unsubscribe(chat, id);
         }
         session.inbox.stop(&session.gw.parts.inbox, &session.conn);
-        if let End::Close { code, reason, flush } = end {
-            session.out.close(code, reason, flush, Duration::from_secs(2)).await;
+        match end {
+            End::Close { code, reason, flush } => session.link.close(code, reason, flush, Duration::from_secs(2)).await,
+            End::Quietly => session.link.abandon(),
         }
         m::ws_disconnected();
         tracing::debug!(conn = id, "disconnected");
@@ -158,33 +162,36 @@ impl Session {
         let mut expiry = Box::pin(tokio::time::sleep(self.identity.remaining()));
         loop {
             self.release_barriers();
-            if self.out.bytes() > MAX_UNSENT && self.out.bytes_beside_biggest() > MAX_UNSENT {
-                return End::Close {
-                    code: close::SLOW_CONSUMER,
-                    reason: "slow consumer: unsent data over the limit; resubscribe with after_seq",
-                    flush: false,
-                };
-            }
-            let room = self.out.bytes() < HIGH_WATER;
-            // Requests wait too while too many pongs wait for their barriers.
-            let read_room = room && self.owed.pongs_waiting() < MAX_WAITING_PONGS;
-            let table_room = self.owed.has_work() && self.out.bytes() < LOW_WATER && self.retry_at.is_none();
+            let (room, read_room, table_room, busy, stall_at) = {
+                let s = self.link.lock();
+                if s.out.bytes() > MAX_UNSENT && s.out.bytes_beside_biggest() > MAX_UNSENT {
+                    return End::Close {
+                        code: close::SLOW_CONSUMER,
+                        reason: "slow consumer: unsent data over the limit; resubscribe with after_seq",
+                        flush: false,
+                    };
+                }
+                let room = s.out.bytes() < HIGH_WATER;
+                // Requests wait too while too many pongs wait for their barriers.
+                let read_room = room && s.owed.pongs_waiting() < MAX_WAITING_PONGS;
+                let table_room = s.owed.has_work() && s.out.bytes() < LOW_WATER && self.retry_at.is_none();
+                (room, read_room, table_room, s.out.busy(), s.out.last_progress() + patience)
+            };
             // Like `stall_at`: only polled when there is one.
             let retry_at = self.retry_at;
-            let busy = self.out.busy();
-            let stall_at = self.out.last_progress() + patience;
+            let link = &self.link;
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
                 _ = &mut expiry => Wake::Expired,
                 _ = self.conn.wake.notified() => Wake::Control,
-                r = futures_util::future::poll_fn(|cx| self.out.poll_write(cx)), if busy => Wake::Wrote(r),
+                r = std::future::poll_fn(|cx| link.lock().out.poll_write(cx)), if busy => Wake::Wrote(r),
                 _ = tokio::time::sleep_until(stall_at.into()), if busy => Wake::Stalled,
                 _ = ping.tick() => Wake::Tick,
                 msg = stream.next(), if read_room => Wake::In(msg),
                 _ = std::future::ready(()), if table_room => Wake::Work,
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => Wake::Retry,
-                f = self.rx.recv(), if room => Wake::Frame(f),
+                f = std::future::poll_fn(|cx| link.lock().rx.poll_recv(cx)), if room => Wake::Frame(f),
             };
             let step: Result<(), End> = match wake {
                 Wake::Shutdown => {
@@ -192,13 +199,20 @@ impl Session {
                 }
                 Wake::Expired => return End::Close { code: close::UNAUTHORIZED, reason: "token expired", flush: true },
                 Wake::Control => self.control(),
-                Wake::Wrote(r) => match r {
-                    // Room again: presence changes that waited for it.
-                    Ok(()) if self.out.bytes() < HIGH_WATER && self.conn.side_waiting() => self.control(),
-                    r => r.map_err(End::from),
-                },
+                Wake::Wrote(r) => {
+                    let room = self.link.lock().out.bytes() < HIGH_WATER;
+                    match r {
+                        // Room again: presence changes that waited for it.
+                        Ok(()) if room && self.conn.side_waiting() => self.control(),
+                        r => r.map_err(End::from),
+                    }
+                }
                 Wake::Stalled => {
-                    if self.out.busy() && self.out.last_progress().elapsed() >= patience {
+                    let stalled = {
+                        let s = self.link.lock();
+                        s.out.busy() && s.out.last_progress().elapsed() >= patience
+                    };
+                    if stalled {
                         return End::Close {
                             code: close::SLOW_CONSUMER,
                             reason: "slow consumer: took nothing from its socket; resubscribe with after_seq",
@@ -210,11 +224,12 @@ impl Session {
                 Wake::Tick => {
                     // Silent: no frame heard and nothing taken from the socket.
                     let quiet = |t: Instant| t.elapsed() > interval * 2;
-                    if quiet(self.last_heard) && (!self.out.busy() || quiet(self.out.last_progress())) {
+                    let mut s = self.link.lock();
+                    if quiet(self.last_heard) && (!s.out.busy() || quiet(s.out.last_progress())) {
                         tracing::debug!(conn = self.conn.id, "peer silent for two ping intervals; dropping");
                         return End::Quietly;
                     }
-                    self.out.ping();
+                    s.out.ping();
                     Ok(())
                 }
                 Wake::In(None) => return End::Quietly,
@@ -241,14 +256,19 @@ impl Session {
                 }
                 Wake::Frame(None) => return End::Quietly,
                 Wake::Frame(Some(frame)) => {
-                    self.on_frame(frame);
-                    for _ in 1..BATCH {
-                        if self.out.bytes() >= HIGH_WATER {
-                            break;
-                        }
-                        match self.rx.try_recv() {
-                            Ok(frame) => self.on_frame(frame),
-                            Err(_) => break,
+                    {
+                        let mut s = self.link.lock();
+                        self.link.live(&mut s, &frame);
+                        for _ in 1..BATCH {
+                            if s.out.bytes() >= HIGH_WATER {
+                                break;
+                            }
+                            match s.rx.try_recv() {
+                                Ok(frame) => {
+                                    self.link.live(&mut s, &frame);
+                                }
+                                Err(_) => break,
+                            }
                         }
                     }
                     if self.conn.has_behind() {
@@ -266,8 +286,11 @@ impl Session {
 
     /// Revocations, resynchronisation, subscriptions that fell behind.
     fn control(&mut self) -> Result<(), End> {
-        let room = self.out.bytes() < HIGH_WATER;
-        let ctl = self.conn.take(self.owed.taken(), room);
+        let (room, taken) = {
+            let s = self.link.lock();
+            (s.out.bytes() < HIGH_WATER, s.owed.taken())
+        };
+        let ctl = self.conn.take(taken, room);
         if ctl.overflow {
             return Err(End::Close {
                 code: close::SLOW_CONSUMER,
@@ -283,47 +306,33 @@ impl Session {
                 );
             }
         }
+        let inbox_on = self.inbox.is_on();
+        let mut s = self.link.lock();
         if ctl.resync {
-            self.owed.resync();
+            s.owed.resync();
         }
         for (chat, behind) in ctl.behind {
-            self.owed.fell_behind(chat, behind);
+            s.owed.fell_behind(chat, behind);
         }
         for (chat, user, online) in ctl.presence {
-            if self.owed.is_subscribed(&chat) {
+            if s.owed.is_subscribed(&chat) {
                 let frame = ServerFrame::Presence { chat_id: chat, user_id: user, online };
-                self.out.event(frame.encode(None), None);
+                s.out.event(frame.encode(None), None);
             }
         }
-        if !ctl.inbox.is_empty() && self.inbox.is_on() {
+        if !ctl.inbox.is_empty() && inbox_on {
             m::inbox_frames(ctl.inbox.len() as u64);
             for text in ctl.inbox {
-                self.out.text(text);
+                s.out.text(text);
             }
         }
         Ok(())
     }
 
-    /// A live frame from the hub.
-    fn on_frame(&mut self, frame: Arc<EventFrame>) {
-        if self.owed.live(&frame, self.failing.is_some()) == Verdict::Write {
-            if frame.kind == FrameKind::Message {
-                self.auto_deliver(&frame);
-            }
-            self.out.event(frame.text.clone(), frame.commit_time);
-        }
-    }
-
-    fn auto_deliver(&self, frame: &EventFrame) {
-        if self.gw.cfg.auto_delivered && frame.subject != Some(self.identity.user_id) {
-            self.gw.parts.delivery.delivered(frame.chat_id, self.identity.user_id, frame.seq);
-        }
-    }
-
     /// One step of the oldest table work: a page of messages or updates, the
     /// missed deletes, the missed receipts.
     async fn work_step(&mut self) -> Result<(), End> {
-        let Some((chat, step)) = self.owed.next_step(|_| m::catchup()) else { return Ok(()) };
+        let Some((chat, step)) = self.link.lock().owed.next_step(|_| m::catchup()) else { return Ok(()) };
         let user = self.identity.user_id;
         let (page, store) = (self.gw.cfg.backfill_page, self.gw.parts.store.clone());
         match step {
@@ -332,19 +341,23 @@ impl Session {
                     Ok(r) => r,
                     Err(e) => return self.work_failed(chat, e),
                 };
-                for row in rows {
-                    if self.owed.table_message(chat, row.seq) {
-                        let frame = EventFrame::message(&row, None);
-                        self.auto_deliver(&frame);
-                        self.out.event(frame.text, None);
+                let complete = {
+                    let mut s = self.link.lock();
+                    for row in rows {
+                        if s.owed.table_message(chat, row.seq) {
+                            let frame = EventFrame::message(&row, None);
+                            self.link.delivered(&frame);
+                            s.out.event(frame.text, None);
+                        }
                     }
-                }
-                if !self.owed.messages_read(chat, more) {
+                    s.owed.messages_read(chat, more)
+                };
+                if !complete {
                     // A streamed message the table does not show: deleted
                     // since, or committed but not visible yet (a synchronous
                     // standby has not confirmed it): then read again.
                     match store.latest_seq(chat).await {
-                        Ok(latest) if self.owed.visible_up_to(chat, latest) => {}
+                        Ok(latest) if self.link.lock().owed.visible_up_to(chat, latest) => {}
                         Ok(_) => {
                             let why = "a streamed message is not visible in the table yet";
                             return self.work_failed(chat, StoreError::Unavailable(why.into()));
@@ -359,26 +372,29 @@ impl Session {
                     Err(e) => return self.work_failed(chat, e),
                 };
                 let rest = rows.last().filter(|_| more).map(|r| (r.seq + 1, to));
+                let mut s = self.link.lock();
                 for row in rows {
-                    self.out.event(EventFrame::update(&row, None).text, None);
+                    s.out.event(EventFrame::update(&row, None).text, None);
                 }
-                self.owed.updates_read(chat, rest);
+                s.owed.updates_read(chat, rest);
             }
             Step::Deletes(deletes) => {
+                let mut s = self.link.lock();
                 for (seq, id) in deletes {
-                    self.out.event(EventFrame::delete(chat, id, seq, None).text, None);
+                    s.out.event(EventFrame::delete(chat, id, seq, None).text, None);
                 }
             }
             Step::Receipts(users) => match store.watermarks(chat, users.as_deref()).await {
                 Ok(list) => {
+                    let mut s = self.link.lock();
                     for p in list {
-                        self.out.event(EventFrame::receipt(&p, None).text, None);
+                        s.out.event(EventFrame::receipt(&p, None).text, None);
                     }
                 }
                 Err(e) => return self.work_failed(chat, e),
             },
         }
-        self.failing = None;
+        self.set_failing(None);
         Ok(())
     }
 
@@ -392,12 +408,12 @@ impl Session {
             let (since, delay) = self.failing.unwrap_or((Instant::now(), RETRY_FIRST));
             if since.elapsed() < UNAVAILABLE_FOR {
                 tracing::debug!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; retrying");
-                self.failing = Some((since, (delay * 2).min(RETRY_MAX)));
+                self.set_failing(Some((since, (delay * 2).min(RETRY_MAX))));
                 self.retry_at = Some(tokio::time::Instant::now() + delay);
                 return Ok(());
             }
         }
-        self.failing = None;
+        self.set_failing(None);
         self.end_sub(chat);
         match e {
             StoreError::NotParticipant => self
@@ -415,10 +431,18 @@ impl Session {
         Ok(())
     }
 
+    /// Table work is failing (Some) or not: live messages of chats that owe
+    /// a read are held back meanwhile.
+    fn set_failing(&mut self, failing: Option<(Instant, Duration)>) {
+        self.failing = failing;
+        self.link.lock().reading_held = failing.is_some();
+    }
+
     /// Writes the pongs whose barriers have passed.
     fn release_barriers(&mut self) {
-        while let Some(reference) = self.owed.pong() {
-            self.answer(ServerFrame::Pong, &reference);
+        let mut s = self.link.lock();
+        while let Some(reference) = s.owed.pong() {
+            s.out.text(ServerFrame::Pong.encode(reference.as_ref()));
         }
     }
 
@@ -455,7 +479,9 @@ impl Session {
             Request::Ping => {
                 // Answered once everything owed before it is written: the
                 // live frames queued so far and the table work asked for.
-                self.owed.ping(reference, self.rx.len() as u64);
+                let mut s = self.link.lock();
+                let queued = s.rx.len() as u64;
+                s.owed.ping(reference, queued);
             }
             Request::Subscribe { chat_id, after_seq } => self.subscribe(chat_id, after_seq, &reference).await,
             Request::Unsubscribe { chat_id } => {
@@ -489,7 +515,7 @@ impl Session {
             }
             Request::Typing { chat_id } => {
                 let user = self.identity.user_id;
-                if !self.owed.is_subscribed(&chat_id) {
+                if !self.link.lock().owed.is_subscribed(&chat_id) {
                     self.error(
                         ErrorCode::Forbidden,
                         "subscribe to the chat before typing in it",
@@ -523,13 +549,13 @@ impl Session {
     /// (a client acking a burst of messages is not abusing anything).
     fn answered_from_memory(&self, request: &Request, chat: &Uuid) -> bool {
         matches!(request, Request::Ack { .. } | Request::Read { .. })
-            && (self.owed.is_subscribed(chat)
+            && (self.link.lock().owed.is_subscribed(chat)
                 || self.gw.parts.membership.cached(*chat, self.identity.user_id).is_some())
     }
 
     async fn subscribe(&mut self, chat: Uuid, after_seq: Option<i64>, reference: &Option<Value>) {
         let user = self.identity.user_id;
-        let already = self.owed.is_subscribed(&chat);
+        let already = self.link.lock().owed.is_subscribed(&chat);
         if !already {
             // Register first, then check and read: whatever commits after the
             // read is certain to arrive through the hub.
@@ -557,12 +583,14 @@ impl Session {
         if already {
             return;
         }
-        self.owed.start(chat, latest, after_seq);
         // Streamed already but newer than the table showed: committed, not
         // yet visible (synchronous replication). Its frame may have passed
         // before this subscription was registered, so read until it shows.
-        if let Some(newest) = self.gw.parts.hub.newest(&chat).filter(|n| *n > latest) {
-            self.owed.expect(chat, newest);
+        let newest = self.gw.parts.hub.newest(&chat).filter(|n| *n > latest);
+        let mut s = self.link.lock();
+        s.owed.start(chat, latest, after_seq);
+        if let Some(newest) = newest {
+            s.owed.expect(chat, newest);
         }
     }
 
@@ -611,7 +639,7 @@ impl Session {
             Some(cursor) => self.inbox.more(&inbox, &self.conn, cursor, limit, reference.as_ref()).await,
         };
         match page {
-            Ok(page) => self.out.text(page.text),
+            Ok(page) => self.link.lock().out.text(page.text),
             Err(InboxError::BadCursor) => {
                 self.error(ErrorCode::BadRequest, "field before is not a cursor of this relay", None, reference)
             }
@@ -650,11 +678,11 @@ impl Session {
     /// repeats a message. Returns whether the chat was subscribed.
     fn end_sub(&mut self, chat: Uuid) -> bool {
         self.gw.parts.hub.unsubscribe(chat, self.conn.id);
-        self.owed.end(chat)
+        self.link.lock().owed.end(chat)
     }
 
     fn answer(&mut self, frame: ServerFrame, reference: &Option<Value>) {
-        self.out.text(frame.encode(reference.as_ref()));
+        self.link.lock().out.text(frame.encode(reference.as_ref()));
     }
 }
 

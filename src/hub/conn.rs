@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use rustc_hash::FxBuildHasher;
@@ -22,6 +22,32 @@ pub type ConnId = u64;
 /// about 2.4 MB. Past it the connection is closed with 4008 (its unsent data
 /// passed the memory bound) and resumes with `after_seq`.
 pub const MAX_REMEMBERED_DELETES: usize = 100_000;
+
+/// A connection's writer that can take a live frame at once, on the
+/// publisher's thread, so a frame costs one socket write and no hand-off to
+/// the connection's task (see `gateway::link`).
+pub trait Direct: Send + Sync {
+    /// Takes `frame` now, or calls `queue` while still holding whatever
+    /// orders the frame against the writer's own taking from the queue, so
+    /// frames keep their order either way. With `hold`, what it takes may
+    /// wait for [`Direct::flush`] (so frames that arrive together are
+    /// written together).
+    fn offer(&self, frame: &Arc<EventFrame>, hold: bool, queue: &mut dyn FnMut()) -> Offered;
+    /// Writes what [`Direct::offer`] held.
+    fn flush(&self);
+}
+
+/// What a [`Direct`] writer did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Left to the queue.
+    Queued,
+    /// Taken (written, held, or not due).
+    Taken,
+    /// Taken and held: the first frame held since the writer's last flush,
+    /// so the publisher owes it a [`Direct::flush`].
+    Held,
+}
 
 /// Requests beside the frame queue, taken by the session.
 #[derive(Debug, Default)]
@@ -64,8 +90,11 @@ pub struct Conn {
     /// Chats currently behind: the fast path of [`Conn::offer`] skips the lock at 0.
     behind_chats: AtomicUsize,
     control: Mutex<ControlState>,
-    /// Signalled when something was put into `control`.
-    pub wake: Notify,
+    /// Signalled when something was put into `control` (or the direct writer
+    /// left something for the session).
+    pub wake: Arc<Notify>,
+    /// Set once by the session: live frames go through it when it can take them.
+    direct: OnceLock<Arc<dyn Direct>>,
 }
 
 impl Conn {
@@ -79,14 +108,17 @@ impl Conn {
             enqueued: AtomicU64::new(0),
             behind_chats: AtomicUsize::new(0),
             control: Mutex::new(ControlState { deletes_left: MAX_REMEMBERED_DELETES, ..Default::default() }),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            direct: OnceLock::new(),
         };
         (Arc::new(conn), rx)
     }
 
-    /// Queues a frame without ever waiting; when the queue is full the
-    /// frame's subscription falls behind.
-    pub fn offer(&self, frame: &Arc<EventFrame>) {
+    /// Hands a frame over without ever waiting: to the direct writer when it
+    /// takes it, else to the queue; when the queue is full the frame's
+    /// subscription falls behind. True when the writer held it: the caller
+    /// owes [`Conn::flush`].
+    pub fn offer(&self, frame: &Arc<EventFrame>, hold: bool) -> bool {
         if self.behind_chats.load(Ordering::Acquire) > 0 {
             if let Ok(mut ctl) = self.control.lock() {
                 let ControlState { behind, deletes_left, overflow, .. } = &mut *ctl;
@@ -96,10 +128,33 @@ impl Conn {
                         drop(ctl);
                         self.wake.notify_one();
                     }
-                    return;
+                    return false;
                 }
             }
         }
+        match self.direct.get() {
+            Some(direct) => match direct.offer(frame, hold, &mut || self.enqueue(frame)) {
+                Offered::Queued => false,
+                taken => {
+                    self.enqueued.fetch_add(1, Ordering::Release);
+                    taken == Offered::Held
+                }
+            },
+            None => {
+                self.enqueue(frame);
+                false
+            }
+        }
+    }
+
+    /// Writes what the direct writer held.
+    pub fn flush(&self) {
+        if let Some(direct) = self.direct.get() {
+            direct.flush();
+        }
+    }
+
+    fn enqueue(&self, frame: &Arc<EventFrame>) {
         match self.queue.try_send(frame.clone()) {
             Ok(()) => {
                 self.enqueued.fetch_add(1, Ordering::Release);
@@ -112,9 +167,26 @@ impl Conn {
     /// Queues an ephemeral frame (typing) if there is room; never falls
     /// behind for it and never remembers it.
     pub(super) fn offer_ephemeral(&self, frame: &Arc<EventFrame>) {
-        if self.queue.try_send(frame.clone()).is_ok() {
-            self.enqueued.fetch_add(1, Ordering::Release);
+        let queue = || {
+            if self.queue.try_send(frame.clone()).is_ok() {
+                self.enqueued.fetch_add(1, Ordering::Release);
+            }
+        };
+        match self.direct.get() {
+            Some(direct) => {
+                let mut queue = queue;
+                if direct.offer(frame, false, &mut queue) != Offered::Queued {
+                    self.enqueued.fetch_add(1, Ordering::Release);
+                }
+            }
+            None => queue(),
         }
+    }
+
+    /// Live frames go through `direct` from now on when it takes them (set
+    /// once; later calls change nothing).
+    pub fn set_direct(&self, direct: Arc<dyn Direct>) {
+        let _ = self.direct.set(direct);
     }
 
     /// A user's presence in a chat changed (coalesced with any change not

@@ -2,7 +2,10 @@
 //!
 //! Every event is encoded to its JSON frame once ([`EventFrame`]) and the same
 //! `Arc` is offered to every subscriber of its chat: nothing is serialised per
-//! subscriber. Each connection ([`Conn`]) has a bounded queue of frames.
+//! subscriber. A connection ([`Conn`]) whose writer can take the frame at
+//! once ([`Direct`]: the gateway's link, when nothing is ahead of the frame)
+//! has it written right there, on the publisher's thread; otherwise the
+//! frame goes into the connection's bounded queue for its session.
 //! Offering a frame never blocks: when a connection's queue is full, the
 //! subscription is *behind* ([`crate::catchup::Behind`]): its live frames are dropped, and the
 //! few facts a later table read could not recover are noted (which deletes
@@ -32,13 +35,14 @@ mod presence;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use lru::LruCache;
 use rustc_hash::FxBuildHasher;
 use uuid::Uuid;
 
-pub use conn::{Conn, ConnId};
+pub use conn::{Conn, ConnId, Direct, Offered};
 pub use presence::PresenceOut;
 
 use crate::protocol::EventFrame;
@@ -77,6 +81,20 @@ impl ChatSubs {
     }
 }
 
+/// Frames held for a write wait at most this long, even while the
+/// publisher keeps publishing (see [`Hub::flush`]).
+pub const HOLD_AT_MOST: Duration = Duration::from_millis(10);
+
+/// Up to this many connections, [`Hub::flush`] writes on the caller's thread.
+pub const FLUSH_INLINE: usize = 128;
+
+/// Connections holding frames for [`Hub::flush`].
+#[derive(Default)]
+struct Held {
+    conns: Vec<Arc<Conn>>,
+    since: Option<Instant>,
+}
+
 /// Chats whose newest streamed seq is remembered, at most (least recently
 /// streamed first out).
 pub const NEWEST_CAPACITY: usize = 100_000;
@@ -89,12 +107,21 @@ pub struct Hub {
     /// subscription that starts while that message is committed but not
     /// visible yet (synchronous replication) knows to wait for it.
     newest: Mutex<LruCache<Uuid, i64>>,
+    held: Mutex<Held>,
+    /// Parts a big flush is shared out in: the cores.
+    writers: usize,
 }
 
 impl Default for Hub {
     fn default() -> Hub {
         let cap = NonZeroUsize::new(NEWEST_CAPACITY).unwrap_or(NonZeroUsize::MIN);
-        Hub { chats: DashMap::default(), shared: Shared::default(), newest: Mutex::new(LruCache::new(cap)) }
+        Hub {
+            chats: DashMap::default(),
+            shared: Shared::default(),
+            newest: Mutex::new(LruCache::new(cap)),
+            held: Mutex::default(),
+            writers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 }
 
@@ -154,10 +181,57 @@ impl Hub {
 
     /// Offers a frame to every subscriber of its chat. Never waits.
     pub fn publish(&self, frame: &Arc<EventFrame>) {
+        let mut held = Vec::new();
         if let Some(subs) = self.chats.get(&frame.chat_id) {
             for s in subs.conns.values() {
-                s.conn.offer(frame);
+                if s.conn.offer(frame, true) {
+                    held.push(s.conn.clone());
+                }
             }
+        }
+        let overdue = {
+            let Ok(mut h) = self.held.lock() else { return };
+            if !held.is_empty() {
+                h.since.get_or_insert_with(Instant::now);
+                h.conns.append(&mut held);
+            }
+            h.since.is_some_and(|t| t.elapsed() >= HOLD_AT_MOST)
+        };
+        if overdue {
+            self.flush();
+        }
+    }
+
+    /// The publisher has nothing more at hand: writes what the connections
+    /// held of what it published (frames that arrived together leave in one
+    /// write per socket).
+    ///
+    /// The writes are shared out: past [`FLUSH_INLINE`] connections, each
+    /// worker thread of the runtime gets a part, and the publisher goes on
+    /// with the next event meanwhile.
+    pub fn flush(&self) {
+        let mut conns = match self.held.lock() {
+            Ok(mut h) => {
+                h.since = None;
+                std::mem::take(&mut h.conns)
+            }
+            Err(_) => return,
+        };
+        if conns.len() > FLUSH_INLINE && self.writers > 1 {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let part = conns.len().div_ceil(self.writers).max(FLUSH_INLINE);
+                while conns.len() > part {
+                    let rest = conns.split_off(conns.len() - part);
+                    rt.spawn(async move {
+                        for c in rest {
+                            c.flush();
+                        }
+                    });
+                }
+            }
+        }
+        for c in conns {
+            c.flush();
         }
     }
 
@@ -198,6 +272,8 @@ mod tests {
     use super::*;
     use crate::event::{MessageRow, Participant, RowBody};
     use serde_json::{json, Map};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn row(chat: Uuid, seq: i64) -> MessageRow {
         let mut json = Map::new();
@@ -215,6 +291,70 @@ mod tests {
 
     fn msg(chat: Uuid, seq: i64) -> Arc<EventFrame> {
         Arc::new(EventFrame::message(&row(chat, seq), None))
+    }
+
+    /// A writer that takes frames while `open`, else leaves them to the
+    /// queue; it holds what it takes until flushed.
+    #[derive(Default)]
+    struct Writer {
+        open: AtomicBool,
+        held: AtomicBool,
+        taken: Mutex<Vec<i64>>,
+        flushes: AtomicUsize,
+    }
+
+    impl Direct for Writer {
+        fn offer(&self, frame: &Arc<EventFrame>, hold: bool, queue: &mut dyn FnMut()) -> Offered {
+            if !self.open.load(SeqCst) {
+                queue();
+                return Offered::Queued;
+            }
+            self.taken.lock().unwrap().push(frame.seq);
+            match hold && !self.held.swap(true, SeqCst) {
+                true => Offered::Held,
+                false => Offered::Taken,
+            }
+        }
+
+        fn flush(&self) {
+            self.held.store(false, SeqCst);
+            self.flushes.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_writer_takes_frames_past_the_queue_and_counts_them_for_catch_up() {
+        let hub = Hub::new();
+        let chat = Uuid::new_v4();
+        let (c, mut rx) = Conn::new(1, Uuid::new_v4(), 2);
+        let writer = Arc::new(Writer::default());
+        writer.open.store(true, SeqCst);
+        c.set_direct(writer.clone());
+        hub.subscribe(chat, &c);
+        for seq in 1..=5 {
+            hub.publish(&msg(chat, seq));
+        }
+        // Taken at once: nothing queued, nothing behind, even past the queue's
+        // size; held until the publisher flushes, then written in one go.
+        assert_eq!(*writer.taken.lock().unwrap(), vec![1, 2, 3, 4, 5]);
+        assert!(rx.try_recv().is_err());
+        assert!(!c.has_behind());
+        assert_eq!(writer.flushes.load(SeqCst), 0);
+        hub.flush();
+        assert_eq!(writer.flushes.load(SeqCst), 1);
+        hub.flush();
+        assert_eq!(writer.flushes.load(SeqCst), 1, "nothing held, nothing flushed");
+        // Refused: queued while there is room, then behind.
+        writer.open.store(false, SeqCst);
+        for seq in 6..=8 {
+            hub.publish(&msg(chat, seq));
+        }
+        assert!(c.has_behind());
+        // The catch-up waits for the 7 frames handed over before the drop
+        // (5 taken directly, 2 queued), not for the 2 queued alone.
+        assert!(c.take(6, true).behind.is_empty());
+        assert_eq!(c.take(7, true).behind[&chat].after, 7);
+        assert_eq!((rx.recv().await.unwrap().seq, rx.recv().await.unwrap().seq), (6, 7));
     }
 
     #[tokio::test]
