@@ -125,6 +125,8 @@ impl Pipeline {
     /// the table cannot be read: a gap is never counted unchecked).
     pub async fn fill_gaps(&mut self, store: &Store) {
         for gap in self.seq.expired(Instant::now()) {
+            // What was published so far leaves before this waits on the table.
+            self.fanout.flush();
             match store.messages_between(gap.chat_id, gap.after, gap.before).await {
                 Ok(found) => {
                     for item in self.seq.fill(gap, found, Instant::now()) {

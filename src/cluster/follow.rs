@@ -34,6 +34,8 @@ pub async fn follow(
             r = consume(&client, &names, &local, &health) => r,
             _ = stop.cancelled() => return,
         };
+        // What the consumer published before it ended leaves now.
+        local.flush();
         let e = match result {
             Ok(()) => "the consumer ended".to_string(),
             Err(e) => e.to_string(),

@@ -3,8 +3,9 @@
 //! shared by the session and the hub.
 //!
 //! A live frame is taken on the publisher's own thread whenever nothing is
-//! ahead of it: the queue is empty, the outbox has room and the chat's
-//! subscription is started. Then the frame costs a lock, the catch-up
+//! ahead of it: the session is parked (not in the middle of a request,
+//! table work or frames it took), the queue is empty, the outbox has room
+//! and the chat's subscription is started. Then the frame costs a lock, the catch-up
 //! verdict and its share of a socket write, not a hand-off to the session's
 //! task (a channel push, a wake-up, a `select!`). The hub's publisher holds
 //! what it takes until it has nothing more at hand ([`crate::hub::Hub::flush`]),
@@ -47,6 +48,13 @@ pub(super) struct Shared {
     /// Table work is failing for a passing reason: live messages of chats
     /// that owe a read are held back (see [`Catchup::live`]).
     pub reading_held: bool,
+    /// The session is parked, waiting for something to do: only then may
+    /// the publisher judge and write a frame itself. While the session is
+    /// busy (a request, table work, frames taken from the queue), frames
+    /// queue behind what it is doing, as they always did: a `sent` answer
+    /// precedes the sender's own `message`, a table read's rows precede the
+    /// live frames committed after it, a frame taken precedes the next.
+    pub idle: bool,
     /// The session is ending: frames are dropped.
     closing: bool,
     /// Live frames wait in the outbox for the publisher's flush.
@@ -83,7 +91,8 @@ impl Link {
         user: Uuid,
         delivery: Option<Delivery>,
     ) -> Link {
-        let shared = Shared { rx, owed: Catchup::default(), out, reading_held: false, closing: false, held: false };
+        let shared =
+            Shared { rx, owed: Catchup::default(), out, reading_held: false, idle: false, closing: false, held: false };
         let waker = Waker::from(Arc::new(NotifyWaker(notify.clone())));
         Link { shared: Mutex::new(shared), waker, notify, user, delivery }
     }
@@ -163,7 +172,7 @@ impl Direct for Link {
         if s.closing {
             return Offered::Taken;
         }
-        if !s.rx.is_empty() || s.out.bytes() >= HIGH_WATER || !s.owed.is_subscribed(&frame.chat_id) {
+        if !s.idle || !s.rx.is_empty() || s.out.bytes() >= HIGH_WATER || !s.owed.is_subscribed(&frame.chat_id) {
             queue();
             return Offered::Queued;
         }
@@ -189,6 +198,9 @@ impl Direct for Link {
     fn flush(&self) {
         let mut s = self.lock();
         s.held = false;
+        if s.closing {
+            return;
+        }
         let wake = self.write_now(&mut s);
         drop(s);
         if wake {

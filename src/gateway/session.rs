@@ -163,7 +163,9 @@ impl Session {
         loop {
             self.release_barriers();
             let (room, read_room, table_room, busy, stall_at) = {
-                let s = self.link.lock();
+                let mut s = self.link.lock();
+                // Parked from here until something wakes the session.
+                s.idle = true;
                 if s.out.bytes() > MAX_UNSENT && s.out.bytes_beside_biggest() > MAX_UNSENT {
                     return End::Close {
                         code: close::SLOW_CONSUMER,
@@ -191,8 +193,18 @@ impl Session {
                 msg = stream.next(), if read_room => Wake::In(msg),
                 _ = std::future::ready(()), if table_room => Wake::Work,
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => Wake::Retry,
-                f = std::future::poll_fn(|cx| link.lock().rx.poll_recv(cx)), if room => Wake::Frame(f),
+                f = std::future::poll_fn(|cx| {
+                    // Taken and no longer idle in one step: nothing the
+                    // publisher judges may overtake the frame in hand.
+                    let mut s = link.lock();
+                    let f = s.rx.poll_recv(cx);
+                    if f.is_ready() {
+                        s.idle = false;
+                    }
+                    f
+                }), if room => Wake::Frame(f),
             };
+            self.link.lock().idle = false;
             let step: Result<(), End> = match wake {
                 Wake::Shutdown => {
                     return End::Close { code: close::GOING_AWAY, reason: "server shutting down", flush: true }
