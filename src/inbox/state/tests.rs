@@ -23,20 +23,31 @@ fn loaded(user: Uuid, list: Vec<Listed>) -> State {
 
 /// Answers every pending ask as the table would: `table(chat)` gives the
 /// chat's (unread up to the bound, newest seq).
-fn answer_all(s: &mut State, table: impl Fn(&Ask) -> (u32, Option<i64>)) -> Vec<Ask> {
+/// The table's answer to `ask` when it shows the user as a participant of a
+/// chat at `last_seq` and nothing else (no row, watermarks 0, nothing unread).
+fn table(ask: &Ask, last_seq: i64) -> Answer {
+    Answer {
+        ask: ask.clone(),
+        last_seq,
+        last: None,
+        at: 0,
+        member: true,
+        read: 0,
+        delivered: 0,
+        unread: 0,
+        stale: false,
+    }
+}
+
+fn answer_all(s: &mut State, table_of: impl Fn(&Ask) -> (u32, Option<i64>)) -> Vec<Ask> {
     let (_, asks) = s.drain();
     for ask in &asks {
-        let (unread, newest) = table(ask);
+        let (unread, newest) = table_of(ask);
         s.answer(Answer {
-            ask: ask.clone(),
-            last_seq: ask.bound.unwrap_or(newest.unwrap_or(0)),
             last: newest.map(|n| (n, raw(n))),
             at: newest.unwrap_or(0) * 10,
-            member: true,
-            read: 0,
-            delivered: 0,
             unread,
-            stale: false,
+            ..table(ask, ask.bound.unwrap_or(newest.unwrap_or(0)))
         });
     }
     asks
@@ -87,18 +98,7 @@ fn a_partial_read_is_asked_and_inserts_meanwhile_add_to_the_answer() {
     // One more arrives before the answer (counted up to 4: 2).
     s.apply(insert(chat, 5, bob));
     assert!(chat_outs(&mut s).is_empty());
-    let ask = asks[0].clone();
-    s.answer(Answer {
-        ask,
-        last_seq: 5,
-        last: None,
-        at: 0,
-        member: true,
-        read: 2,
-        delivered: 2,
-        unread: 2,
-        stale: false,
-    });
+    s.answer(Answer { read: 2, delivered: 2, unread: 2, ..table(&asks[0], 5) });
     assert_eq!(chat_outs(&mut s), [Out::Chat { user: me, chat }], "the waiting frame, merged");
     assert_eq!(s.summary(&me, &chat).unwrap().unread, 3);
 }
@@ -116,29 +116,9 @@ fn a_stale_answer_never_overwrites_a_newer_change() {
     s.apply(Change::Marks { chat, user: me, read: 3, delivered: 3 });
     let (_, second) = s.drain();
     assert_eq!(second.len(), 1);
-    s.answer(Answer {
-        ask: first[0].clone(),
-        last_seq: 4,
-        last: None,
-        at: 0,
-        member: true,
-        read: 1,
-        delivered: 1,
-        unread: 3,
-        stale: false,
-    });
+    s.answer(Answer { read: 1, delivered: 1, unread: 3, ..table(&first[0], 4) });
     assert!(s.summary(&me, &chat).is_none(), "the stale count is not used");
-    s.answer(Answer {
-        ask: second[0].clone(),
-        last_seq: 4,
-        last: None,
-        at: 0,
-        member: true,
-        read: 3,
-        delivered: 3,
-        unread: 1,
-        stale: false,
-    });
+    s.answer(Answer { read: 3, delivered: 3, unread: 1, ..table(&second[0], 4) });
     assert_eq!(s.summary(&me, &chat).unwrap().unread, 1);
 }
 
@@ -182,17 +162,7 @@ fn being_added_asks_for_the_chat_and_the_watermarks() {
     assert!(outs.is_empty());
     assert_eq!(asks.len(), 1);
     assert_eq!((asks[0].bound, asks[0].user.as_ref().map(|u| u.read)), (None, Some(None)));
-    s.answer(Answer {
-        ask: asks[0].clone(),
-        last_seq: 7,
-        last: Some((7, raw(7))),
-        at: 70,
-        member: true,
-        read: 5,
-        delivered: 6,
-        unread: 2,
-        stale: false,
-    });
+    s.answer(Answer { last: Some((7, raw(7))), at: 70, read: 5, delivered: 6, unread: 2, ..table(&asks[0], 7) });
     assert_eq!(chat_outs(&mut s), [Out::Chat { user: me, chat: added }]);
     let sum = s.summary(&me, &added).unwrap();
     assert_eq!((sum.last_seq, sum.read, sum.delivered, sum.unread), (7, 5, 6, 2));
@@ -222,17 +192,7 @@ fn an_answer_from_a_table_behind_the_stream_is_asked_again() {
     // Streamed: I was added; the table does not show my row yet.
     s.apply(Change::Member { chat: added, user: me, member: true });
     let (_, asks) = s.drain();
-    let not_yet = Answer {
-        ask: asks[0].clone(),
-        last_seq: 1,
-        last: None,
-        at: 0,
-        member: false,
-        read: 0,
-        delivered: 0,
-        unread: 0,
-        stale: false,
-    };
+    let not_yet = Answer { member: false, ..table(&asks[0], 1) };
     s.answer(not_yet.clone());
     assert!(chat_outs(&mut s).is_empty(), "nothing sent from a table that is behind");
     assert_eq!(s.drain_retries(), again(&asks));
@@ -270,17 +230,7 @@ fn a_deleted_row_still_visible_in_the_table_is_not_shown() {
     assert!(outs.is_empty());
     assert_eq!((asks[0].last.is_some(), asks[0].gone.clone()), (true, vec![2]));
     // The table has not caught up: it still shows seq 2.
-    let behind = Answer {
-        ask: asks[0].clone(),
-        last_seq: 2,
-        last: Some((2, raw(2))),
-        at: 20,
-        member: true,
-        read: 2,
-        delivered: 2,
-        unread: 0,
-        stale: true,
-    };
+    let behind = Answer { last: Some((2, raw(2))), at: 20, read: 2, delivered: 2, stale: true, ..table(&asks[0], 2) };
     s.answer(behind.clone());
     assert!(chat_outs(&mut s).is_empty(), "the deleted row is not sent");
     assert_eq!(s.drain_retries(), again(&asks));
@@ -332,17 +282,7 @@ fn a_table_that_stays_behind_for_a_second_is_taken_as_the_truth() {
     while let Some(ask) = asks.pop() {
         rounds += 1;
         assert!(rounds <= 60, "asked forever");
-        s.answer(Answer {
-            ask,
-            last_seq: 0,
-            last: None,
-            at: 0,
-            member: false,
-            read: 0,
-            delivered: 0,
-            unread: 0,
-            stale: false,
-        });
+        s.answer(Answer { member: false, ..table(&ask, 0) });
         asks = s.drain_retries();
     }
     assert_eq!(rounds, 51);
