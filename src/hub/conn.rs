@@ -115,10 +115,10 @@ impl Conn {
     }
 
     /// Hands a frame over without ever waiting: to the direct writer when it
-    /// takes it, else to the queue; when the queue is full the frame's
-    /// subscription falls behind. True when the writer held it: the caller
-    /// owes [`Conn::flush`].
-    pub fn offer(&self, frame: &Arc<EventFrame>, hold: bool) -> bool {
+    /// takes it (which may hold it for a write with later frames), else to
+    /// the queue; when the queue is full the frame's subscription falls
+    /// behind. True when the writer held it: the caller owes [`Conn::flush`].
+    pub fn offer(&self, frame: &Arc<EventFrame>) -> bool {
         if self.behind_chats.load(Ordering::Acquire) > 0 {
             if let Ok(mut ctl) = self.control.lock() {
                 let ControlState { behind, deletes_left, overflow, .. } = &mut *ctl;
@@ -132,17 +132,21 @@ impl Conn {
                 }
             }
         }
-        match self.direct.get() {
-            Some(direct) => match direct.offer(frame, hold, &mut || self.enqueue(frame)) {
-                Offered::Queued => false,
-                taken => {
-                    self.enqueued.fetch_add(1, Ordering::Release);
-                    taken == Offered::Held
-                }
-            },
-            None => {
-                self.enqueue(frame);
-                false
+        self.hand(frame, true, || self.enqueue(frame))
+    }
+
+    /// To the direct writer, counted as handed over when it takes the frame;
+    /// else `queue` (which counts what it queues).
+    fn hand(&self, frame: &Arc<EventFrame>, hold: bool, mut queue: impl FnMut()) -> bool {
+        let Some(direct) = self.direct.get() else {
+            queue();
+            return false;
+        };
+        match direct.offer(frame, hold, &mut queue) {
+            Offered::Queued => false,
+            taken => {
+                self.enqueued.fetch_add(1, Ordering::Release);
+                taken == Offered::Held
             }
         }
     }
@@ -167,20 +171,11 @@ impl Conn {
     /// Queues an ephemeral frame (typing) if there is room; never falls
     /// behind for it and never remembers it.
     pub(super) fn offer_ephemeral(&self, frame: &Arc<EventFrame>) {
-        let queue = || {
+        self.hand(frame, false, || {
             if self.queue.try_send(frame.clone()).is_ok() {
                 self.enqueued.fetch_add(1, Ordering::Release);
             }
-        };
-        match self.direct.get() {
-            Some(direct) => {
-                let mut queue = queue;
-                if direct.offer(frame, false, &mut queue) != Offered::Queued {
-                    self.enqueued.fetch_add(1, Ordering::Release);
-                }
-            }
-            None => queue(),
-        }
+        });
     }
 
     /// Live frames go through `direct` from now on when it takes them (set

@@ -184,7 +184,7 @@ impl Hub {
         let mut held = Vec::new();
         if let Some(subs) = self.chats.get(&frame.chat_id) {
             for s in subs.conns.values() {
-                if s.conn.offer(frame, true) {
+                if s.conn.offer(frame) {
                     held.push(s.conn.clone());
                 }
             }
