@@ -26,6 +26,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
@@ -45,9 +46,10 @@ pub(super) struct Shared {
     /// What each subscription still owes; pongs wait here for their barrier.
     pub owed: Catchup<Option<Value>>,
     pub out: Outbox,
-    /// Table work is failing for a passing reason: live messages of chats
-    /// that owe a read are held back (see [`Catchup::live`]).
-    pub reading_held: bool,
+    /// Table work is failing for a passing reason: when it started failing
+    /// and the next pause. Meanwhile live messages of chats that owe a read
+    /// are held back (see [`Catchup::live`]).
+    pub failing: Option<(Instant, Duration)>,
     /// The session is parked, waiting for something to do: only then may
     /// the publisher judge and write a frame itself. While the session is
     /// busy (a request, table work, frames taken from the queue), frames
@@ -92,7 +94,7 @@ impl Link {
         delivery: Option<Delivery>,
     ) -> Link {
         let shared =
-            Shared { rx, owed: Catchup::default(), out, reading_held: false, idle: false, closing: false, held: false };
+            Shared { rx, owed: Catchup::default(), out, failing: None, idle: false, closing: false, held: false };
         let waker = Waker::from(Arc::new(NotifyWaker(notify.clone())));
         Link { shared: Mutex::new(shared), waker, notify, user, delivery }
     }
@@ -105,7 +107,7 @@ impl Link {
     /// A live frame, from the queue or offered directly: judged, and
     /// written to the outbox when it is due.
     pub(super) fn live(&self, s: &mut Shared, frame: &EventFrame) -> Verdict {
-        let verdict = s.owed.live(frame, s.reading_held);
+        let verdict = s.owed.live(frame, s.failing.is_some());
         if verdict == Verdict::Write {
             if frame.kind == FrameKind::Message {
                 self.delivered(frame);
@@ -128,7 +130,7 @@ impl Link {
     /// From here on frames are dropped; what waits is written (or, unless
     /// `flush_first`, dropped) and the socket closed with `code`, within
     /// `limit`.
-    pub(super) async fn close(&self, code: u16, reason: &str, flush_first: bool, limit: std::time::Duration) {
+    pub(super) async fn close(&self, code: u16, reason: &str, flush_first: bool, limit: Duration) {
         {
             let mut s = self.lock();
             s.closing = true;
@@ -145,11 +147,9 @@ impl Link {
     pub(super) fn abandon(&self) {
         self.lock().closing = true;
     }
-}
 
-impl Link {
-    /// Writes what the outbox holds as far as the socket takes it now; what
-    /// is left (or a failed socket) is the session's to handle.
+    /// Writes what the outbox holds as far as the socket takes it now; true
+    /// when something is left (or the socket failed): the session's to handle.
     fn write_now(&self, s: &mut Shared) -> bool {
         if !s.out.busy() {
             return false;
@@ -198,12 +198,8 @@ impl Direct for Link {
     fn flush(&self) {
         let mut s = self.lock();
         s.held = false;
-        if s.closing {
-            return;
-        }
-        let wake = self.write_now(&mut s);
-        drop(s);
-        if wake {
+        if !s.closing && self.write_now(&mut s) {
+            drop(s);
             self.notify.notify_one();
         }
     }

@@ -77,9 +77,6 @@ pub(super) struct Session {
     /// hub, which writes live frames directly when nothing is ahead of them.
     link: Arc<Link>,
     last_heard: Instant,
-    /// Table work failed for a passing reason: when it started failing and
-    /// the next pause.
-    failing: Option<(Instant, Duration)>,
     /// No table work before this (a database that is coming back).
     retry_at: Option<tokio::time::Instant>,
     /// The connection's inbox: on or off, and the pages still to come.
@@ -121,16 +118,8 @@ impl Session {
         let delivery = gw.cfg.auto_delivered.then(|| gw.parts.delivery.clone());
         let link = Arc::new(Link::new(rx, Outbox::new(sink), conn.wake.clone(), identity.user_id, delivery));
         conn.set_direct(link.clone());
-        let mut session = Session {
-            gw,
-            identity,
-            conn,
-            link,
-            last_heard: Instant::now(),
-            failing: None,
-            retry_at: None,
-            inbox: Pager::default(),
-        };
+        let mut session =
+            Session { gw, identity, conn, link, last_heard: Instant::now(), retry_at: None, inbox: Pager::default() };
         m::ws_connected();
         tracing::debug!(conn = id, user = %identity.user_id, "connected");
         let end = session.serve(stream).await;
@@ -406,7 +395,7 @@ impl Session {
                 Err(e) => return self.work_failed(chat, e),
             },
         }
-        self.set_failing(None);
+        self.link.lock().failing = None;
         Ok(())
     }
 
@@ -417,15 +406,15 @@ impl Session {
     /// told why: it never stays on unchecked.
     fn work_failed(&mut self, chat: Uuid, e: StoreError) -> Result<(), End> {
         if e.is_transient() {
-            let (since, delay) = self.failing.unwrap_or((Instant::now(), RETRY_FIRST));
+            let (since, delay) = self.link.lock().failing.unwrap_or((Instant::now(), RETRY_FIRST));
             if since.elapsed() < UNAVAILABLE_FOR {
                 tracing::debug!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; retrying");
-                self.set_failing(Some((since, (delay * 2).min(RETRY_MAX))));
+                self.link.lock().failing = Some((since, (delay * 2).min(RETRY_MAX)));
                 self.retry_at = Some(tokio::time::Instant::now() + delay);
                 return Ok(());
             }
         }
-        self.set_failing(None);
+        self.link.lock().failing = None;
         self.end_sub(chat);
         match e {
             StoreError::NotParticipant => self
@@ -441,13 +430,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// Table work is failing (Some) or not: live messages of chats that owe
-    /// a read are held back meanwhile.
-    fn set_failing(&mut self, failing: Option<(Instant, Duration)>) {
-        self.failing = failing;
-        self.link.lock().reading_held = failing.is_some();
     }
 
     /// Writes the pongs whose barriers have passed.
