@@ -127,15 +127,17 @@ pub async fn ws_handler(
         // Defaults are 128 KiB each per connection; an idle chat client needs
         // little. Frames handed over together are written together up to
         // this, so a burst costs one write per 16 KiB, not one per frame.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         // The session bounds what waits (MAX_UNSENT); one frame may be big.
         .max_write_buffer_size(usize::MAX)
         .on_upgrade(move |socket| {
             let tracker = gw.sessions.clone();
-            tracker.track_future(async move {
-                session::Session::run(gw, socket, identity).await;
+            let (session, stream) = session::Session::open(gw, socket, identity);
+            let f = async move {
+                session.run(stream).await;
                 drop(slot);
-            })
+            };
+            tracker.track_future(f)
         })
 }

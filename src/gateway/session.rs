@@ -111,17 +111,27 @@ impl From<Closed> for End {
 }
 
 impl Session {
-    pub(super) async fn run(gw: Arc<Gateway>, socket: WebSocket, identity: Identity) {
+    /// Sets the connection up; [`Session::run`] serves it. Kept apart so the
+    /// connection's task holds only the session and the read half, not the
+    /// WebSocket it was made from (a future keeps room for its arguments
+    /// for as long as it lives: that was most of an idle connection).
+    pub(super) fn open(gw: Arc<Gateway>, socket: WebSocket, identity: Identity) -> (Session, SplitStream<WebSocket>) {
         let id = gw.next_conn_id();
         let (conn, rx) = Conn::new(id, identity.user_id, gw.cfg.outbound_queue);
         let (sink, stream) = socket.split();
         let delivery = gw.cfg.auto_delivered.then(|| gw.parts.delivery.clone());
         let link = Arc::new(Link::new(rx, Outbox::new(sink), conn.wake.clone(), identity.user_id, delivery));
         conn.set_direct(link.clone());
-        let mut session =
+        let session =
             Session { gw, identity, conn, link, last_heard: Instant::now(), retry_at: None, inbox: Pager::default() };
         m::ws_connected();
         tracing::debug!(conn = id, user = %identity.user_id, "connected");
+        (session, stream)
+    }
+
+    pub(super) async fn run(mut self, stream: SplitStream<WebSocket>) {
+        let (id, identity) = (self.conn.id, self.identity);
+        let session = &mut self;
         let end = session.serve(stream).await;
         // Counted before anything of the end is visible to others (the
         // presence change that unsubscribing sends), so a dashboard or test
@@ -136,7 +146,9 @@ impl Session {
         }
         session.inbox.stop(&session.gw.parts.inbox, &session.conn);
         match end {
-            End::Close { code, reason, flush } => session.link.close(code, reason, flush, Duration::from_secs(2)).await,
+            End::Close { code, reason, flush } => {
+                Box::pin(session.link.close(code, reason, flush, Duration::from_secs(2))).await
+            }
             End::Quietly => session.link.abandon(),
         }
         m::ws_disconnected();
@@ -244,13 +256,13 @@ impl Session {
                 }
                 Wake::In(Some(Ok(msg))) => {
                     self.last_heard = Instant::now();
-                    match self.on_incoming(msg, &mut expiry).await {
+                    match Box::pin(self.on_incoming(msg, &mut expiry)).await {
                         Ok(true) => Ok(()),
                         Ok(false) => return End::Quietly,
                         Err(end) => Err(end),
                     }
                 }
-                Wake::Work => self.work_step().await,
+                Wake::Work => Box::pin(self.work_step()).await,
                 Wake::Retry => {
                     self.retry_at = None;
                     Ok(())
