@@ -12,7 +12,11 @@
 //! so frames that arrive together (a publisher that is behind) leave in one
 //! write per socket, and a lone frame leaves at once. Anything else goes through the
 //! queue and the session, as before: a subscription that is still being
-//! checked, frames behind others, a socket that is not taking them. Because
+//! checked, frames behind others, a socket that is not taking them. Inbox
+//! frames take the same path ([`Direct::offer_side`]) while the socket
+//! keeps up and no older one waits beside the queue (where they merge per
+//! chat); they join live frames the publisher holds, so a message and the
+//! chat frame it causes leave in one write. Because
 //! the publisher decides under the same lock the session holds while it
 //! takes frames from the queue, writes table rows or answers, every frame is
 //! judged and written in the order it would have been had it gone through
@@ -28,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -37,6 +42,7 @@ use super::session::HIGH_WATER;
 use crate::catchup::{Catchup, Verdict};
 use crate::delivery::Delivery;
 use crate::hub::{Direct, Offered};
+use crate::metrics as m;
 use crate::protocol::{EventFrame, FrameKind};
 
 /// What the lock guards.
@@ -60,7 +66,25 @@ pub(super) struct Shared {
     /// The session is ending: frames are dropped.
     closing: bool,
     /// Live frames wait in the outbox for the publisher's flush.
-    held: bool,
+    held: Holding,
+}
+
+/// Whether the outbox holds live frames for the publisher's flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    No,
+    /// Nothing else waits: the socket had taken everything before.
+    Alone,
+    /// Behind what the socket has not taken yet.
+    Behind,
+}
+
+impl Shared {
+    /// The publisher may write a frame itself: the session is parked,
+    /// nothing waits in the queue ahead of the frame and the outbox has room.
+    fn parked(&self) -> bool {
+        self.idle && self.rx.is_empty() && self.out.bytes() < HIGH_WATER
+    }
 }
 
 pub(super) struct Link {
@@ -94,7 +118,7 @@ impl Link {
         delivery: Option<Delivery>,
     ) -> Link {
         let shared =
-            Shared { rx, owed: Catchup::default(), out, failing: None, idle: false, closing: false, held: false };
+            Shared { rx, owed: Catchup::default(), out, failing: None, idle: false, closing: false, held: Holding::No };
         let waker = Waker::from(Arc::new(NotifyWaker(notify.clone())));
         Link { shared: Mutex::new(shared), waker, notify, user, delivery }
     }
@@ -172,17 +196,18 @@ impl Direct for Link {
         if s.closing {
             return Offered::Taken;
         }
-        if !s.idle || !s.rx.is_empty() || s.out.bytes() >= HIGH_WATER || !s.owed.is_subscribed(&frame.chat_id) {
+        if !s.parked() || !s.owed.is_subscribed(&frame.chat_id) {
             queue();
             return Offered::Queued;
         }
+        let behind = s.out.busy();
         // A gap: the session reads the table.
         let gap = self.live(&mut s, frame) == Verdict::Gap;
         let mut offered = Offered::Taken;
         let mut wake = gap;
         if hold && s.out.busy() {
-            if !s.held {
-                s.held = true;
+            if s.held == Holding::No {
+                s.held = if behind { Holding::Behind } else { Holding::Alone };
                 offered = Offered::Held;
             }
         } else {
@@ -195,9 +220,35 @@ impl Direct for Link {
         offered
     }
 
+    fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> bool {
+        let mut s = self.lock();
+        if s.closing {
+            return true;
+        }
+        // Only while the socket keeps up: frames that would wait for it
+        // wait beside the queue instead, where they merge per chat. They
+        // join live frames held for the publisher's flush (a message and
+        // the chat frame it causes leave in one write).
+        let keeping_up = match s.held {
+            Holding::No => !s.out.busy(),
+            Holding::Alone => true,
+            Holding::Behind => false,
+        };
+        if !keeping_up || !s.parked() || waiting() {
+            return false;
+        }
+        s.out.text(text.clone());
+        m::inbox_frames(1);
+        if s.held == Holding::No && self.write_now(&mut s) {
+            drop(s);
+            self.notify.notify_one();
+        }
+        true
+    }
+
     fn flush(&self) {
         let mut s = self.lock();
-        s.held = false;
+        s.held = Holding::No;
         if !s.closing && self.write_now(&mut s) {
             drop(s);
             self.notify.notify_one();

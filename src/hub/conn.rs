@@ -35,6 +35,11 @@ pub trait Direct: Send + Sync {
     fn offer(&self, frame: &Arc<EventFrame>, hold: bool, queue: &mut dyn FnMut()) -> Offered;
     /// Writes what [`Direct::offer`] held.
     fn flush(&self);
+    /// Takes a frame that travels beside the queue (an inbox frame) now,
+    /// unless `waiting()`, asked while holding whatever orders it against
+    /// the writer's own taking of such frames, says older ones wait beside
+    /// the queue. False when it is left to the caller.
+    fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> bool;
 }
 
 /// What a [`Direct`] writer did with a frame.
@@ -201,7 +206,15 @@ impl Conn {
     /// An inbox frame for `chat`: replaces one of that chat not taken yet
     /// (so a connection that is behind gets the latest summary per chat,
     /// and at most one per chat waits).
+    /// Written at once instead when the direct writer takes it and none
+    /// waits here (it would be older).
     pub fn inbox_frame(&self, chat: Uuid, text: Utf8Bytes) {
+        if let Some(direct) = self.direct.get() {
+            let mut waiting = || self.control.lock().map_or(true, |ctl| !ctl.inbox.is_empty());
+            if direct.offer_side(&text, &mut waiting) {
+                return;
+            }
+        }
         if let Ok(mut ctl) = self.control.lock() {
             ctl.inbox_turn += 1;
             let turn = ctl.inbox_turn;

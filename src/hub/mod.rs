@@ -271,6 +271,7 @@ mod tests {
     use super::presence::ONLINE_CAP;
     use super::*;
     use crate::event::{MessageRow, Participant, RowBody};
+    use axum::extract::ws::Utf8Bytes;
     use serde_json::{json, Map};
     use std::sync::atomic::Ordering::SeqCst;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -301,6 +302,8 @@ mod tests {
         held: AtomicBool,
         taken: Mutex<Vec<i64>>,
         flushes: AtomicUsize,
+        /// Side frames taken, in order.
+        side: Mutex<Vec<String>>,
     }
 
     impl Direct for Writer {
@@ -319,6 +322,14 @@ mod tests {
         fn flush(&self) {
             self.held.store(false, SeqCst);
             self.flushes.fetch_add(1, SeqCst);
+        }
+
+        fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> bool {
+            if !self.open.load(SeqCst) || waiting() {
+                return false;
+            }
+            self.side.lock().unwrap().push(text.to_string());
+            true
         }
     }
 
@@ -355,6 +366,28 @@ mod tests {
         assert!(c.take(6, true).behind.is_empty());
         assert_eq!(c.take(7, true).behind[&chat].after, 7);
         assert_eq!((rx.recv().await.unwrap().seq, rx.recv().await.unwrap().seq), (6, 7));
+    }
+
+    #[test]
+    fn an_inbox_frame_is_written_directly_unless_older_ones_wait_beside_the_queue() {
+        let (c, _rx) = Conn::new(1, Uuid::new_v4(), 2);
+        let writer = Arc::new(Writer::default());
+        c.set_direct(writer.clone());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let texts = |v: Vec<Utf8Bytes>| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        // The session is busy: the frame waits beside the queue...
+        c.inbox_frame(a, Utf8Bytes::from_static("a1"));
+        writer.open.store(true, SeqCst);
+        // ... and later ones wait behind it, though the writer would take
+        // them now (a newer summary of a chat must not precede an older one).
+        c.inbox_frame(b, Utf8Bytes::from_static("b1"));
+        c.inbox_frame(a, Utf8Bytes::from_static("a2"));
+        assert!(writer.side.lock().unwrap().is_empty());
+        assert_eq!(texts(c.take(0, true).inbox), ["b1", "a2"]);
+        // Nothing waits: written at once, nothing left to take.
+        c.inbox_frame(a, Utf8Bytes::from_static("a3"));
+        assert_eq!(*writer.side.lock().unwrap(), ["a3"]);
+        assert!(c.take(0, true).inbox.is_empty());
     }
 
     #[tokio::test]

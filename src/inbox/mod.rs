@@ -11,9 +11,11 @@
 //! nothing is asked.
 //!
 //! Each change yields one `chat` frame per user, encoded once and offered
-//! to each of the user's inbox connections beside their frame queue
-//! ([`Conn::inbox_frame`]): the latest per chat waits there, so a client
-//! that is behind gets merged summaries and nothing stalls.
+//! to each of the user's inbox connections ([`Conn::inbox_frame`]): written
+//! at once by this thread when the connection is parked with nothing
+//! waiting, like a live frame, else left beside its frame queue, where the
+//! latest per chat waits, so a client that is behind gets merged summaries
+//! and nothing stalls.
 //!
 //! Pages ([`Pager`]) are cut from the list as it stood when the inbox
 //! started, so every chat is listed once across `next` cursors however
