@@ -909,7 +909,11 @@ async fn fanout_run(args: &BenchArgs, inbox: bool) -> anyhow::Result<FanoutRun> 
         d.summary(),
     );
     if inbox {
-        println!("  chat frames: {chat_frames} (one per message and subscriber unless merged: {expected})");
+        println!(
+            "  chat frames: {chat_frames} (one per message and subscriber unless merged: {expected}); relay {:.2} µs \
+             CPU per frame, message and chat frames counted",
+            relay_cpu * 1e6 / (d.frames + chat_frames).max(1) as f64
+        );
     }
     Ok(FanoutRun {
         per_sec,
