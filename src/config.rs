@@ -267,8 +267,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server), hole, inbox-pages, inbox-live; not in all: inbox-ab (latency and fan-out with and without inboxes, alternating), writepath-inbox (pgbench with 0008's triggers against 0009's).
-    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas", "hole", "inbox-pages", "inbox-live", "inbox-ab", "writepath-inbox"])]
+    /// Which scenario: all, catchup, latency, fanout, connections, writepath, slowreaders, bulkinsert, typing, replicas (needs nats-server), hole, inbox-pages, inbox-live; not in all: inbox-ab (latency and fan-out with and without inboxes, alternating), writepath-inbox (pgbench with 0008's triggers against 0009's), floor (the cost of fan-out's socket writes alone on this machine, no relay).
+    #[arg(long, default_value = "all", value_parser = ["all", "catchup", "latency", "fanout", "connections", "writepath", "slowreaders", "bulkinsert", "typing", "replicas", "hole", "inbox-pages", "inbox-live", "inbox-ab", "writepath-inbox", "floor"])]
     pub scenario: String,
 
     /// Repetitions for scenarios that compare two runs (medians are reported).

@@ -82,6 +82,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenario == "inbox-ab" {
         rows.extend(inbox_ab(&args).await.context("inbox A/B")?);
     }
+    if args.scenario == "floor" {
+        rows.push(floor(&args).await.context("write floor")?);
+    }
     if args.scenario == "writepath-inbox" {
         rows.push(writepath_inbox(&args).await.context("write path, 0008 vs 0009")?);
     }
@@ -924,6 +927,116 @@ async fn fanout_run(args: &BenchArgs, inbox: bool) -> anyhow::Result<FanoutRun> 
         summary: d.summary(),
         chat_frames,
     })
+}
+
+/// What the writes alone cost on this machine: one thread writing a fan-out
+/// message frame (the same bytes a subscriber gets) to each of `subs`
+/// loopback sockets, `rate` times a second, while tasks of this process
+/// read them, as the fan-out readers do. Loopback charges the receiving
+/// side's processing and wake-up to the writer, as it does to the relay, so
+/// this is the floor of the relay's CPU per delivered frame: what fan-out
+/// costs beyond it is the relay's own.
+async fn floor(args: &BenchArgs) -> anyhow::Result<Row> {
+    use tokio::io::AsyncReadExt;
+    let (subs, rate, secs) = if args.quick { (500, 20, 5.0) } else { (5000, 100, 10.0) };
+    let (subs, rate, secs) = (args.subscribers.unwrap_or(subs), args.rate.unwrap_or(rate), args.secs.unwrap_or(secs));
+    let frame = floor_frame();
+    println!(
+        "write floor: {subs} loopback sockets, a {}-byte frame to each {rate} times a second, {secs} s",
+        frame.len()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut sockets = Vec::with_capacity(subs);
+    for _ in 0..subs {
+        let mut reader = tokio::net::TcpStream::connect(addr).await?;
+        let (writer, _) = listener.accept().await?;
+        writer.set_nodelay(true)?;
+        let writer = writer.into_std()?;
+        writer.set_nonblocking(false)?;
+        sockets.push(writer);
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf).await {
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    let bytes = frame.len() as u64;
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, f64, f64)> {
+        use std::io::Write;
+        let cpu = thread_cpu_secs();
+        let tick = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let started = Instant::now();
+        let (mut next, mut written) = (started, 0u64);
+        while started.elapsed().as_secs_f64() < secs {
+            for s in &mut sockets {
+                s.write_all(&frame)?;
+                written += 1;
+            }
+            next += tick;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok((written, thread_cpu_secs() - cpu, started.elapsed().as_secs_f64()))
+    });
+    let (written, cpu, elapsed) = writer.await??;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < written * bytes && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = received.load(Ordering::Relaxed) == written * bytes;
+    let per_write = cpu * 1e6 / written.max(1) as f64;
+    println!(
+        "  {written} writes in {elapsed:.1} s ({:.0}/s), all read: {all}; writer thread {cpu:.2} s CPU: {per_write:.2} µs per write",
+        written as f64 / elapsed
+    );
+    Ok(Row {
+        scenario: "3f. write floor",
+        figure: format!("{per_write:.2} µs CPU per frame written ({subs} sockets × {rate}/s), every byte read: {all}"),
+        target: "for comparison with 3",
+        met: None,
+    })
+}
+
+/// A message frame as fan-out delivers it (the bench's 4-byte content),
+/// with its WebSocket header.
+fn floor_frame() -> Vec<u8> {
+    let text = json!({
+        "type": "message",
+        "chat_id": Uuid::new_v4(),
+        "seq": 123_456,
+        "message": {
+            "id": Uuid::new_v4(),
+            "chat_id": Uuid::new_v4(),
+            "sender_id": "00000000-0000-0000-0000-000000000001",
+            "client_generated_id": null,
+            "content": "llll",
+            "seq": 123_456,
+            "status": "sent",
+            "created_at": "2026-11-30T05:00:00.123456+00:00",
+        }
+    })
+    .to_string();
+    let mut frame = vec![0x81];
+    match text.len() {
+        n @ 0..=125 => frame.push(n as u8),
+        n => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// CPU time of the calling thread, in seconds (scheduler's own count, in ns).
+fn thread_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    stat.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()).unwrap_or(0.0) / 1e9
 }
 
 async fn slowreaders(args: &BenchArgs) -> anyhow::Result<Row> {
