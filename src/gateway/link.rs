@@ -220,10 +220,10 @@ impl Direct for Link {
         offered
     }
 
-    fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> bool {
+    fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> Offered {
         let mut s = self.lock();
         if s.closing {
-            return true;
+            return Offered::Taken;
         }
         // Only while the socket keeps up: frames that would wait for it
         // wait beside the queue instead, where they merge per chat. They
@@ -235,15 +235,17 @@ impl Direct for Link {
             Holding::Behind => false,
         };
         if !keeping_up || !s.parked() || waiting() {
-            return false;
+            return Offered::Queued;
         }
         s.out.text(text.clone());
         m::inbox_frames(1);
-        if s.held == Holding::No && self.write_now(&mut s) {
-            drop(s);
-            self.notify.notify_one();
+        // Written by whoever holds the outbox: the caller once it has let
+        // go of its locks, or the hub's publisher.
+        if s.held == Holding::No {
+            s.held = Holding::Alone;
+            return Offered::Held;
         }
-        true
+        Offered::Taken
     }
 
     fn flush(&self) {

@@ -38,8 +38,9 @@ pub trait Direct: Send + Sync {
     /// Takes a frame that travels beside the queue (an inbox frame) now,
     /// unless `waiting()`, asked while holding whatever orders it against
     /// the writer's own taking of such frames, says older ones wait beside
-    /// the queue. False when it is left to the caller.
-    fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> bool;
+    /// the queue. What it takes waits for [`Direct::flush`] when it says
+    /// [`Offered::Held`], so the caller writes no socket under its locks.
+    fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> Offered;
 }
 
 /// What a [`Direct`] writer did with a frame.
@@ -206,13 +207,15 @@ impl Conn {
     /// An inbox frame for `chat`: replaces one of that chat not taken yet
     /// (so a connection that is behind gets the latest summary per chat,
     /// and at most one per chat waits).
-    /// Written at once instead when the direct writer takes it and none
-    /// waits here (it would be older).
-    pub fn inbox_frame(&self, chat: Uuid, text: Utf8Bytes) {
+    /// Taken by the direct writer instead when it can and none waits here
+    /// (it would be older). True when the writer held it: the caller owes
+    /// [`Conn::flush`], once it has released its own locks.
+    pub fn inbox_frame(&self, chat: Uuid, text: Utf8Bytes) -> bool {
         if let Some(direct) = self.direct.get() {
             let mut waiting = || self.control.lock().map_or(true, |ctl| !ctl.inbox.is_empty());
-            if direct.offer_side(&text, &mut waiting) {
-                return;
+            match direct.offer_side(&text, &mut waiting) {
+                Offered::Queued => {}
+                taken => return taken == Offered::Held,
             }
         }
         if let Ok(mut ctl) = self.control.lock() {
@@ -221,6 +224,7 @@ impl Conn {
             ctl.inbox.insert(chat, (turn, text));
         }
         self.wake.notify_one();
+        false
     }
 
     /// Drops inbox frames not taken yet for these chats (an answer the

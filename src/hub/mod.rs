@@ -324,12 +324,12 @@ mod tests {
             self.flushes.fetch_add(1, SeqCst);
         }
 
-        fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> bool {
+        fn offer_side(&self, text: &Utf8Bytes, waiting: &mut dyn FnMut() -> bool) -> Offered {
             if !self.open.load(SeqCst) || waiting() {
-                return false;
+                return Offered::Queued;
             }
             self.side.lock().unwrap().push(text.to_string());
-            true
+            Offered::Held
         }
     }
 
@@ -376,7 +376,7 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let texts = |v: Vec<Utf8Bytes>| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
         // The session is busy: the frame waits beside the queue...
-        c.inbox_frame(a, Utf8Bytes::from_static("a1"));
+        assert!(!c.inbox_frame(a, Utf8Bytes::from_static("a1")), "nothing to flush");
         writer.open.store(true, SeqCst);
         // ... and later ones wait behind it, though the writer would take
         // them now (a newer summary of a chat must not precede an older one).
@@ -385,7 +385,7 @@ mod tests {
         assert!(writer.side.lock().unwrap().is_empty());
         assert_eq!(texts(c.take(0, true).inbox), ["b1", "a2"]);
         // Nothing waits: written at once, nothing left to take.
-        c.inbox_frame(a, Utf8Bytes::from_static("a3"));
+        assert!(c.inbox_frame(a, Utf8Bytes::from_static("a3")), "held: the caller owes a flush");
         assert_eq!(*writer.side.lock().unwrap(), ["a3"]);
         assert!(c.take(0, true).inbox.is_empty());
     }

@@ -111,11 +111,15 @@ impl Inbox {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let mut inner = self.lock();
         let t = f(&mut inner.state);
-        self.dispatch(&mut inner);
+        let writes = self.dispatch(&mut inner);
+        drop(inner);
+        writes.write();
         t
     }
 
-    fn dispatch(&self, inner: &mut Inner) {
+    /// Offers the frames the state produced; the connections that took some
+    /// are written once the caller has released the lock.
+    fn dispatch(&self, inner: &mut Inner) -> Writes {
         let (outs, asks) = inner.state.drain();
         if !asks.is_empty() {
             m::inbox_table_reads(asks.len() as u64);
@@ -130,6 +134,7 @@ impl Inbox {
         // once per user (shared by the user's connections); nothing for a
         // user without an inbox connection (a page being answered).
         let mut heads: HashMap<Uuid, ChatFrameHead> = HashMap::new();
+        let mut writes = Vec::new();
         for out in outs {
             let (Out::Chat { user, chat } | Out::Removed { user, chat }) = out;
             let Some(conns) = inner.conns.get(&user).filter(|c| !c.is_empty()) else { continue };
@@ -144,9 +149,12 @@ impl Inbox {
                 Out::Removed { .. } => ServerFrame::ChatRemoved { chat_id: chat }.encode(None),
             };
             for c in conns {
-                c.inbox_frame(chat, text.clone());
+                if c.inbox_frame(chat, text.clone()) {
+                    writes.push(c.clone());
+                }
             }
         }
+        Writes(writes)
     }
 
     /// Whether events of this chat matter to an inbox here.
@@ -169,7 +177,9 @@ impl Inbox {
         // show it yet), whether or not an inbox here cares now.
         let mut inner = self.lock();
         inner.state.apply(Change::Member { chat, user, member });
-        self.dispatch(&mut inner);
+        let writes = self.dispatch(&mut inner);
+        drop(inner);
+        writes.write();
     }
 
     /// The stream lost continuity: every held list is read again.
@@ -387,7 +397,7 @@ impl Pager {
         }
         self.rest = Vec::new();
         self.cursor = None;
-        {
+        let writes = {
             let mut inner = inbox.lock();
             let id: ConnId = conn.id;
             if let Some(list) = inner.conns.get_mut(&conn.user_id) {
@@ -397,10 +407,26 @@ impl Pager {
                 }
             }
             inner.state.release(conn.user_id);
-            inbox.dispatch(&mut inner);
+            let writes = inbox.dispatch(&mut inner);
             inner.count_connections();
-        }
+            writes
+        };
+        writes.write();
         conn.inbox_forget(None);
+    }
+}
+
+/// Connections holding inbox frames to write: written once the inbox's
+/// lock is released, so no socket write ever waits under it (the pipeline
+/// asks the inbox about every frame).
+#[must_use]
+struct Writes(Vec<Arc<Conn>>);
+
+impl Writes {
+    fn write(self) {
+        for c in self.0 {
+            c.flush();
+        }
     }
 }
 
