@@ -74,8 +74,10 @@
 //!
 //! Beside step 4, [`fanout::LocalFanout`] hands the same frame to the
 //! [`inbox`]: each user of that chat whose inbox is on here gets one
-//! `chat` frame with the chat's new summary, beside their connections'
-//! queues (the latest per chat waits there, so nothing piles up).
+//! `chat` frame with the chat's new summary, taken by the connection's link
+//! like a live frame while its socket keeps up (with the message, in one
+//! write), else beside its queue (the latest per chat waits there, so
+//! nothing piles up).
 //!
 //! With replicas ([`cluster`]), only the leader runs steps 2 and 3; its
 //! fan-out is JetStream ([`cluster::publish`]), every replica's consumer
