@@ -11,11 +11,11 @@
 //! nothing is asked.
 //!
 //! Each change yields one `chat` frame per user, encoded once and offered
-//! to each of the user's inbox connections ([`Conn::inbox_frame`]): written
-//! at once by this thread when the connection is parked with nothing
-//! waiting, like a live frame, else left beside its frame queue, where the
-//! latest per chat waits, so a client that is behind gets merged summaries
-//! and nothing stalls.
+//! to each of the user's inbox connections ([`Conn::inbox_frame`]): taken
+//! at once when the connection is parked with nothing waiting, like a live
+//! frame (and written by this thread once it lets go of the inbox's lock),
+//! else left beside its frame queue, where the latest per chat waits, so a
+//! client that is behind gets merged summaries and nothing stalls.
 //!
 //! Pages ([`Pager`]) are cut from the list as it stood when the inbox
 //! started, so every chat is listed once across `next` cursors however
@@ -175,11 +175,7 @@ impl Inbox {
     pub fn member(&self, chat: Uuid, user: Uuid, member: bool) {
         // Every join and leave is noted (a list read a moment later may not
         // show it yet), whether or not an inbox here cares now.
-        let mut inner = self.lock();
-        inner.state.apply(Change::Member { chat, user, member });
-        let writes = self.dispatch(&mut inner);
-        drop(inner);
-        writes.write();
+        self.with(|s| s.apply(Change::Member { chat, user, member }));
     }
 
     /// The stream lost continuity: every held list is read again.
