@@ -131,8 +131,7 @@ impl Session {
 
     pub(super) async fn run(mut self, stream: SplitStream<WebSocket>) {
         let (id, identity) = (self.conn.id, self.identity);
-        let session = &mut self;
-        let end = session.serve(stream).await;
+        let end = self.serve(stream).await;
         // Counted before anything of the end is visible to others (the
         // presence change that unsubscribing sends), so a dashboard or test
         // that sees the peer gone also sees why.
@@ -140,16 +139,16 @@ impl Session {
             m::slow_consumer();
             tracing::info!(conn = id, user = %identity.user_id, reason, "slow consumer disconnected");
         }
-        let chats: Vec<Uuid> = session.link.lock().owed.chats().collect();
+        let chats: Vec<Uuid> = self.link.lock().owed.chats().collect();
         for chat in chats {
-            session.gw.parts.hub.unsubscribe(chat, id);
+            self.gw.parts.hub.unsubscribe(chat, id);
         }
-        session.inbox.stop(&session.gw.parts.inbox, &session.conn);
+        self.inbox.stop(&self.gw.parts.inbox, &self.conn);
         match end {
             End::Close { code, reason, flush } => {
-                Box::pin(session.link.close(code, reason, flush, Duration::from_secs(2))).await
+                Box::pin(self.link.close(code, reason, flush, Duration::from_secs(2))).await
             }
-            End::Quietly => session.link.abandon(),
+            End::Quietly => self.link.abandon(),
         }
         m::ws_disconnected();
         tracing::debug!(conn = id, "disconnected");
@@ -417,16 +416,18 @@ impl Session {
     /// that, or for any other error, the subscription ends and the client is
     /// told why: it never stays on unchecked.
     fn work_failed(&mut self, chat: Uuid, e: StoreError) -> Result<(), End> {
-        if e.is_transient() {
-            let (since, delay) = self.link.lock().failing.unwrap_or((Instant::now(), RETRY_FIRST));
-            if since.elapsed() < UNAVAILABLE_FOR {
-                tracing::debug!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; retrying");
-                self.link.lock().failing = Some((since, (delay * 2).min(RETRY_MAX)));
-                self.retry_at = Some(tokio::time::Instant::now() + delay);
-                return Ok(());
-            }
+        let retry_in = {
+            let mut s = self.link.lock();
+            let (since, delay) = s.failing.unwrap_or((Instant::now(), RETRY_FIRST));
+            let retry = e.is_transient() && since.elapsed() < UNAVAILABLE_FOR;
+            s.failing = retry.then(|| (since, (delay * 2).min(RETRY_MAX)));
+            retry.then_some(delay)
+        };
+        if let Some(delay) = retry_in {
+            tracing::debug!(conn = self.conn.id, chat_id = %chat, error = %e, "reading the chat failed; retrying");
+            self.retry_at = Some(tokio::time::Instant::now() + delay);
+            return Ok(());
         }
-        self.link.lock().failing = None;
         self.end_sub(chat);
         match e {
             StoreError::NotParticipant => self

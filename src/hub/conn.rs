@@ -204,12 +204,12 @@ impl Conn {
         self.control.lock().is_ok_and(|ctl| !ctl.presence.is_empty() || !ctl.inbox.is_empty())
     }
 
-    /// An inbox frame for `chat`: replaces one of that chat not taken yet
-    /// (so a connection that is behind gets the latest summary per chat,
-    /// and at most one per chat waits).
-    /// Taken by the direct writer instead when it can and none waits here
-    /// (it would be older). True when the writer held it: the caller owes
-    /// [`Conn::flush`], once it has released its own locks.
+    /// An inbox frame for `chat`: taken by the direct writer when it can
+    /// and none waits here (that one would be older); else it replaces one
+    /// of that chat not taken yet (so a connection that is behind gets the
+    /// latest summary per chat, and at most one per chat waits). True when
+    /// the writer held it: the caller owes [`Conn::flush`], once it has
+    /// released its own locks.
     pub fn inbox_frame(&self, chat: Uuid, text: Utf8Bytes) -> bool {
         if let Some(direct) = self.direct.get() {
             let mut waiting = || self.control.lock().map_or(true, |ctl| !ctl.inbox.is_empty());
